@@ -1,0 +1,204 @@
+"""Argument checks and convolution geometry: every rule about shapes is written here, once.
+
+A call is described by one immutable :class:`ConvGeometry`, in 3-D: a 1-D or 2-D call is a 3-D
+call with leading singleton spatial dimensions, so the kernels exist once. Every error message
+names the operation, the argument, what was expected and what was given.
+"""
+
+from dataclasses import dataclass
+from numbers import Integral
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """One convolution, seen by the kernels.
+
+    ``in_size`` is the spatial size the kernel reads (after any non-zero ``padding_mode`` padding
+    has been applied explicitly), ``padding`` the implicit zero padding before each dimension
+    (the padding after is implied by ``out_size``). For a transposed convolution this describes
+    the equivalent forward convolution, whose input is the transposed convolution's output.
+    """
+
+    ndim: int
+    batch: int
+    in_channels: int
+    out_channels: int
+    groups: int
+    in_size: tuple
+    kernel: tuple
+    stride: tuple
+    dilation: tuple
+    padding: tuple
+    out_size: tuple
+    mode_padding: tuple = ((0, 0),) * 3  # explicit (before, after) per dim for padding_mode
+    padding_mode: str = "zeros"
+
+    def spatial(self, size):
+        """The last ``ndim`` entries of a 3-D size: what the user sees."""
+        return tuple(size[3 - self.ndim:])
+
+    @property
+    def flops(self):
+        """Multiply-adds x 2 of the forward convolution."""
+        taps = int(np.prod(self.kernel))
+        return 2 * self.batch * self.out_channels * (self.in_channels // self.groups) * taps * int(np.prod(self.out_size))
+
+
+def check_array(op, name, a, dtype=None, ndim=None):
+    """A float32/float64 ndarray (of ``dtype`` and ``ndim`` when given), else TypeError/ValueError."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{op}: {name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: {name} must have dtype float32 or float64, got {a.dtype}")
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(f"{op}: {name} has dtype {a.dtype} but x has dtype {dtype}; all arrays must share one dtype")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{op}: {name} must have {ndim} dimensions, got {a.ndim} (shape {a.shape})")
+    return a
+
+
+def int_tuple(op, name, value, ndim, minimum):
+    """An int or a length-``ndim`` sequence of ints, each >= ``minimum``, as a tuple."""
+    items = (value,) * ndim if isinstance(value, Integral) else value
+    if not isinstance(items, (tuple, list)) or len(items) != ndim or not all(
+        isinstance(v, Integral) and not isinstance(v, bool) for v in items
+    ) or isinstance(value, bool):
+        raise TypeError(f"{op}: {name} must be an int or a tuple of {ndim} ints, got {value!r}")
+    items = tuple(int(v) for v in items)
+    if min(items) < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum} in every dimension, got {value!r}")
+    return items
+
+
+def check_choice(op, name, value, choices):
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{op}: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def _as3(values, ndim, fill):
+    return (fill,) * (3 - ndim) + tuple(values)
+
+
+def _check_operands(op, x, weight, bias, ndim):
+    check_array(op, "x", x, ndim=ndim + 2)
+    check_array(op, "weight", weight, dtype=x.dtype, ndim=ndim + 2)
+    if bias is not None:
+        check_array(op, "bias", bias, dtype=x.dtype)
+    if min(weight.shape) < 1:
+        raise ValueError(f"{op}: weight must have no empty dimension, got shape {weight.shape}")
+    if min(x.shape[1:]) < 1:
+        raise ValueError(f"{op}: x must have at least one channel and non-empty spatial dimensions, got shape {x.shape}")
+
+
+def _check_groups(op, groups, **counts):
+    if not isinstance(groups, Integral) or isinstance(groups, bool):
+        raise TypeError(f"{op}: groups must be an int, got {groups!r}")
+    if groups < 1:
+        raise ValueError(f"{op}: groups must be >= 1, got {groups}")
+    for what, count in counts.items():
+        if count % groups:
+            raise ValueError(f"{op}: groups={groups} must divide the number of {what.replace('_', ' ')}, got {count}")
+    return int(groups)
+
+
+def _check_bias(op, bias, channels):
+    if bias is not None and bias.shape != (channels,):
+        raise ValueError(f"{op}: bias must have shape ({channels},), got {bias.shape}")
+
+
+def conv_geometry(op, x, weight, bias, stride, padding, dilation, groups, padding_mode, ndim):
+    """Check a forward convolution's arguments and return its geometry."""
+    _check_operands(op, x, weight, bias, ndim)
+    N, C = x.shape[:2]
+    K = weight.shape[0]
+    groups = _check_groups(op, groups, input_channels=C, output_channels=K)
+    if weight.shape[1] * groups != C:
+        raise ValueError(
+            f"{op}: x has {C} channels but weight expects weight.shape[1] * groups = "
+            f"{weight.shape[1]} * {groups} = {weight.shape[1] * groups}"
+        )
+    _check_bias(op, bias, K)
+    stride = int_tuple(op, "stride", stride, ndim, 1)
+    dilation = int_tuple(op, "dilation", dilation, ndim, 1)
+    padding_mode = check_choice(op, "padding_mode", padding_mode, PADDING_MODES)
+    kernel = tuple(weight.shape[2:])
+    size = tuple(x.shape[2:])
+    span = tuple(d * (k - 1) + 1 for d, k in zip(dilation, kernel))  # extent of the dilated kernel
+    if isinstance(padding, str):
+        check_choice(op, "padding", padding, ("valid", "same"))
+        if padding == "same" and max(stride) > 1:
+            raise ValueError(f"{op}: padding='same' requires stride 1, got stride={stride}")
+        # PyTorch puts the odd extra pad of an even-sized kernel after the data
+        pads = tuple(((s - 1) // 2, s - 1 - (s - 1) // 2) if padding == "same" else (0, 0) for s in span)
+    else:
+        pads = tuple((p, p) for p in int_tuple(op, "padding", padding, ndim, 0))
+    for dim, (n, (before, after), s) in enumerate(zip(size, pads, span)):
+        if n + before + after < s:
+            raise ValueError(
+                f"{op}: the dilated kernel (size {s} in spatial dim {dim}) is larger than the padded input "
+                f"(size {n} + {before + after} padding); weight shape {weight.shape}, x shape {x.shape}"
+            )
+        if padding_mode == "reflect" and max(before, after) >= n:
+            raise ValueError(f"{op}: padding_mode='reflect' needs padding < input size, got padding {max(before, after)} for size {n} in spatial dim {dim}")
+        if padding_mode == "circular" and max(before, after) > n:
+            raise ValueError(f"{op}: padding_mode='circular' needs padding <= input size, got padding {max(before, after)} for size {n} in spatial dim {dim}")
+    out = tuple((n + b + a - s) // st + 1 for n, (b, a), s, st in zip(size, pads, span, stride))
+    explicit = padding_mode != "zeros"
+    return ConvGeometry(
+        ndim=ndim, batch=N, in_channels=C, out_channels=K, groups=groups,
+        in_size=_as3((n + b + a for n, (b, a) in zip(size, pads)) if explicit else size, ndim, 1),
+        kernel=_as3(kernel, ndim, 1), stride=_as3(stride, ndim, 1), dilation=_as3(dilation, ndim, 1),
+        padding=_as3((0 if explicit else b for b, _ in pads), ndim, 0), out_size=_as3(out, ndim, 1),
+        mode_padding=_as3(pads if explicit else ((0, 0),) * ndim, ndim, (0, 0)), padding_mode=padding_mode,
+    )
+
+
+def conv_transpose_geometry(op, x, weight, bias, stride, padding, output_padding, groups, dilation, ndim):
+    """Check a transposed convolution's arguments; return the geometry of the equivalent conv.
+
+    ``conv_transpose(x, w)`` is the input gradient of ``conv(y, w)`` where y has the transposed
+    convolution's output size, so its geometry is that convolution's with x as the output.
+    """
+    _check_operands(op, x, weight, bias, ndim)
+    N, C = x.shape[:2]
+    groups = _check_groups(op, groups, input_channels=C)
+    if weight.shape[0] != C:
+        raise ValueError(f"{op}: x has {C} channels but weight.shape[0] is {weight.shape[0]}; they must match")
+    K = weight.shape[1] * groups
+    _check_bias(op, bias, K)
+    stride = int_tuple(op, "stride", stride, ndim, 1)
+    dilation = int_tuple(op, "dilation", dilation, ndim, 1)
+    padding = int_tuple(op, "padding", padding, ndim, 0)
+    output_padding = int_tuple(op, "output_padding", output_padding, ndim, 0)
+    for op_, s, d in zip(output_padding, stride, dilation):
+        if op_ >= max(s, d):
+            raise ValueError(f"{op}: output_padding must be smaller than stride or dilation, got output_padding={output_padding}, stride={stride}, dilation={dilation}")
+    kernel = tuple(weight.shape[2:])
+    size = tuple(x.shape[2:])
+    out = tuple((n - 1) * s - 2 * p + d * (k - 1) + o + 1
+                for n, s, p, d, k, o in zip(size, stride, padding, dilation, kernel, output_padding))
+    if min(out) < 1:
+        raise ValueError(f"{op}: the output size {out} would be empty; reduce padding {padding} or check x shape {x.shape}")
+    return ConvGeometry(
+        ndim=ndim, batch=N, in_channels=K, out_channels=C, groups=groups, in_size=_as3(out, ndim, 1),
+        kernel=_as3(kernel, ndim, 1), stride=_as3(stride, ndim, 1), dilation=_as3(dilation, ndim, 1),
+        padding=_as3(padding, ndim, 0), out_size=_as3(size, ndim, 1),
+    )
+
+
+def check_grad_out(op, grad_out, shape, dtype):
+    check_array(op, "grad_out", grad_out, dtype=dtype)
+    if grad_out.shape != shape:
+        raise ValueError(f"{op}: grad_out must have the output's shape {shape}, got {grad_out.shape}")
+
+
+def check_needs(op, needs):
+    if not (isinstance(needs, (tuple, list)) and len(needs) == 3 and all(isinstance(v, (bool, np.bool_)) for v in needs)):
+        raise TypeError(f"{op}: needs must be a tuple of 3 bools (grad_x, grad_weight, grad_bias), got {needs!r}")
+    return tuple(bool(v) for v in needs)

@@ -1,0 +1,192 @@
+"""Public convolution functions, with ``torch.nn.functional``'s names and semantics.
+
+Each call flows one way: check the arguments and build the geometry (``_geometry``), choose the
+algorithm, allocate the outputs, run a kernel (``kernels.cpu``). No loop over data is written
+here. 1-D and 2-D calls are 3-D calls on views with singleton spatial dimensions.
+"""
+
+import numpy as np
+
+from . import config
+from ._geometry import (
+    check_choice, check_grad_out, check_needs, conv_geometry, conv_transpose_geometry,
+)
+from ._padding import pad, pad_adjoint
+from .kernels.cpu import ALGORITHMS
+
+ALGORITHM_CHOICES = ("auto", *ALGORITHMS)
+
+
+def choose_algorithm(geom):
+    """The algorithm ``algorithm="auto"`` runs for a geometry.
+
+    im2col turns the work into one large BLAS GEMM, which is several times faster than the
+    direct loops on every shape of the benchmark suite but one kind: when each group has a single
+    input channel (depthwise convolution), the GEMM has one row per tap and the unfolding costs
+    more than it saves, so the direct loops win.
+    """
+    return "direct" if geom.in_channels == geom.groups else "im2col"
+
+
+def _kernels(op, algorithm, geom):
+    check_choice(op, "algorithm", algorithm, ALGORITHM_CHOICES)
+    return ALGORITHMS[choose_algorithm(geom) if algorithm == "auto" else algorithm]
+
+
+def _as5(a, channels, size):
+    """A C-contiguous (N, channels, D, H, W) view (a copy only when ``a`` is not contiguous)."""
+    return np.ascontiguousarray(a).reshape(a.shape[0], channels, *size)
+
+
+def _weight5(weight, geom):
+    return np.ascontiguousarray(weight).reshape(*weight.shape[:2], *geom.kernel)
+
+
+def _user(a5, geom):
+    """Drop the singleton spatial dimensions a 1-D or 2-D call does not have."""
+    return a5.reshape(*a5.shape[:2], *a5.shape[5 - geom.ndim:])
+
+
+def _bias_sum(grad_out):
+    return grad_out.sum(axis=(0, *range(2, grad_out.ndim)), dtype=grad_out.dtype)
+
+
+def _conv(op, ndim, x, weight, bias, stride, padding, dilation, groups, padding_mode, algorithm):
+    geom = conv_geometry(op, x, weight, bias, stride, padding, dilation, groups, padding_mode, ndim)
+    kernels = _kernels(op, algorithm, geom)
+    out = np.empty((geom.batch, geom.out_channels, *geom.out_size), dtype=x.dtype)
+    b = np.zeros(geom.out_channels, x.dtype) if bias is None else np.ascontiguousarray(bias)
+    x5 = _as5(pad(x, geom.spatial(geom.mode_padding), padding_mode), geom.in_channels, geom.in_size)
+    kernels.forward(x5, _weight5(weight, geom), b, out, geom, config.WORKSPACE_BYTES)
+    return _user(out, geom)
+
+
+def _conv_backward(op, ndim, grad_out, x, weight, stride, padding, dilation, groups, padding_mode, needs, algorithm):
+    geom = conv_geometry(op, x, weight, None, stride, padding, dilation, groups, padding_mode, ndim)
+    kernels = _kernels(op, algorithm, geom)
+    needs = check_needs(op, needs)
+    check_grad_out(op, grad_out, (geom.batch, geom.out_channels, *geom.spatial(geom.out_size)), x.dtype)
+    go5 = _as5(grad_out, geom.out_channels, geom.out_size)
+    w5 = _weight5(weight, geom)
+    grad_x = grad_weight = grad_bias = None
+    if needs[0]:
+        gx5 = np.empty((geom.batch, geom.in_channels, *geom.in_size), dtype=x.dtype)
+        kernels.grad_input(go5, w5, gx5, geom, config.WORKSPACE_BYTES)
+        grad_x = np.ascontiguousarray(pad_adjoint(_user(gx5, geom), geom.spatial(geom.mode_padding), padding_mode))
+    if needs[1]:
+        x5 = _as5(pad(x, geom.spatial(geom.mode_padding), padding_mode), geom.in_channels, geom.in_size)
+        grad_weight = np.empty(w5.shape, dtype=x.dtype)
+        kernels.grad_weight(go5, x5, grad_weight, geom, config.WORKSPACE_BYTES)
+        grad_weight = grad_weight.reshape(weight.shape)
+    if needs[2]:
+        grad_bias = _bias_sum(grad_out)
+    return grad_x, grad_weight, grad_bias
+
+
+def _conv_transpose(op, ndim, x, weight, bias, stride, padding, output_padding, groups, dilation, algorithm):
+    geom = conv_transpose_geometry(op, x, weight, bias, stride, padding, output_padding, groups, dilation, ndim)
+    kernels = _kernels(op, algorithm, geom)
+    out = np.empty((geom.batch, geom.in_channels, *geom.in_size), dtype=x.dtype)
+    # a transposed convolution is the input gradient of the convolution it transposes
+    kernels.grad_input(_as5(x, geom.out_channels, geom.out_size), _weight5(weight, geom), out, geom, config.WORKSPACE_BYTES)
+    if bias is not None:
+        out += bias.reshape(-1, 1, 1, 1)
+    return _user(out, geom)
+
+
+def _conv_transpose_backward(op, ndim, grad_out, x, weight, stride, padding, output_padding, groups, dilation, needs, algorithm):
+    geom = conv_transpose_geometry(op, x, weight, None, stride, padding, output_padding, groups, dilation, ndim)
+    kernels = _kernels(op, algorithm, geom)
+    needs = check_needs(op, needs)
+    check_grad_out(op, grad_out, (geom.batch, geom.in_channels, *geom.spatial(geom.in_size)), x.dtype)
+    go5 = _as5(grad_out, geom.in_channels, geom.in_size)
+    w5 = _weight5(weight, geom)
+    grad_x = grad_weight = grad_bias = None
+    if needs[0]:  # ... and so its input gradient is that convolution's forward
+        gx5 = np.empty((geom.batch, geom.out_channels, *geom.out_size), dtype=x.dtype)
+        kernels.forward(go5, w5, np.zeros(geom.out_channels, x.dtype), gx5, geom, config.WORKSPACE_BYTES)
+        grad_x = _user(gx5, geom)
+    if needs[1]:  # ... and its weight gradient that convolution's, with the roles of x and grad_out swapped
+        grad_weight = np.empty(w5.shape, dtype=x.dtype)
+        kernels.grad_weight(_as5(x, geom.out_channels, geom.out_size), go5, grad_weight, geom, config.WORKSPACE_BYTES)
+        grad_weight = grad_weight.reshape(weight.shape)
+    if needs[2]:
+        grad_bias = _bias_sum(grad_out)
+    return grad_x, grad_weight, grad_bias
+
+
+_SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
+
+
+def _public(ndim, name, doc, impl):
+    """Name and document one dimensionality of an op: conv1d/2d/3d are one function, three views."""
+    impl.__name__ = impl.__qualname__ = name
+    impl.__doc__ = doc.format(n=ndim, s=_SPATIAL[ndim], k=_SPATIAL[ndim].replace("L", "kL").replace("D", "kD").replace("H", "kH").replace("W", "kW"))
+    return impl
+
+
+_CONV_DOC = """{n}-D convolution (cross-correlation, as in PyTorch).
+
+    x: (N, C_in, {s}); weight: (C_out, C_in / groups, {k}); bias: (C_out,) or None.
+    Returns (N, C_out, *out_size), the dtype of x (float32 or float64), C-contiguous.
+
+    stride, dilation: int or tuple of {n} ints >= 1. padding: int or tuple of {n} ints >= 0, or
+    "valid" (no padding) or "same" (output size = input size; stride 1 only). padding_mode:
+    "zeros", "reflect", "replicate" or "circular". groups: split the channels into independent
+    groups (groups == C_in is depthwise). algorithm: "direct", "im2col" or "auto".
+    """
+
+_CONV_BACKWARD_DOC = """Gradients of conv{n}d with respect to x, weight and bias.
+
+    grad_out: (N, C_out, *out_size), the gradient of the loss with respect to conv{n}d's output;
+    the other arguments are conv{n}d's. Returns (grad_x, grad_weight, grad_bias), shaped like x,
+    weight and (C_out,), with None in place of each gradient that ``needs`` turns off.
+    """
+
+_CONV_TRANSPOSE_DOC = """{n}-D transposed convolution (the adjoint of conv{n}d, as in PyTorch).
+
+    x: (N, C_in, {s}); weight: (C_in, C_out / groups, {k}); bias: (C_out,) or None.
+    Output size per dimension: (in - 1) * stride - 2 * padding + dilation * (k - 1)
+    + output_padding + 1, with output_padding < max(stride, dilation).
+    """
+
+_CONV_TRANSPOSE_BACKWARD_DOC = """Gradients of conv_transpose{n}d with respect to x, weight and bias.
+
+    grad_out: (N, C_out, *out_size); the other arguments are conv_transpose{n}d's.
+    Returns (grad_x, grad_weight, grad_bias), None where ``needs`` turns a gradient off.
+    """
+
+
+def _define(ndim):
+    def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros", algorithm="auto"):
+        return _conv(f"conv{ndim}d", ndim, x, weight, bias, stride, padding, dilation, groups, padding_mode, algorithm)
+
+    def conv_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
+                      needs=(True, True, True), algorithm="auto"):
+        return _conv_backward(f"conv{ndim}d_backward", ndim, grad_out, x, weight, stride, padding, dilation,
+                              groups, padding_mode, needs, algorithm)
+
+    def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, algorithm="auto"):
+        return _conv_transpose(f"conv_transpose{ndim}d", ndim, x, weight, bias, stride, padding, output_padding,
+                               groups, dilation, algorithm)
+
+    def conv_transpose_backward(grad_out, x, weight, stride=1, padding=0, output_padding=0, groups=1, dilation=1,
+                                needs=(True, True, True), algorithm="auto"):
+        return _conv_transpose_backward(f"conv_transpose{ndim}d_backward", ndim, grad_out, x, weight, stride, padding,
+                                        output_padding, groups, dilation, needs, algorithm)
+
+    return (
+        _public(ndim, f"conv{ndim}d", _CONV_DOC, conv),
+        _public(ndim, f"conv{ndim}d_backward", _CONV_BACKWARD_DOC, conv_backward),
+        _public(ndim, f"conv_transpose{ndim}d", _CONV_TRANSPOSE_DOC, conv_transpose),
+        _public(ndim, f"conv_transpose{ndim}d_backward", _CONV_TRANSPOSE_BACKWARD_DOC, conv_transpose_backward),
+    )
+
+
+conv1d, conv1d_backward, conv_transpose1d, conv_transpose1d_backward = _define(1)
+conv2d, conv2d_backward, conv_transpose2d, conv_transpose2d_backward = _define(2)
+conv3d, conv3d_backward, conv_transpose3d, conv_transpose3d_backward = _define(3)
+
+__all__ = [
+    f"{op}{n}d{suffix}" for n in (1, 2, 3) for op in ("conv", "conv_transpose") for suffix in ("", "_backward")
+]

@@ -1,0 +1,20 @@
+"""Index arithmetic shared by every kernel: which outputs a kernel tap can reach."""
+
+from numba import njit
+
+#: fastmath flags for kernels: contraction to FMA and reassociation of sums (what lets LLVM
+#: vectorize reductions). No 'nnan'/'ninf': NaN and inf must propagate as in PyTorch.
+FASTMATH = {"contract", "reassoc"}
+
+
+@njit(inline="always", cache=True)
+def valid_outputs(offset, stride, n_in, n_out):
+    """Range [lo, hi) of output positions o with 0 <= o * stride + offset < n_in.
+
+    ``offset`` is ``tap * dilation - padding``. Loops run over exactly this range, so no
+    index is checked (or goes out of bounds) inside an inner loop.
+    """
+    lo = 0 if offset >= 0 else (-offset + stride - 1) // stride
+    last = n_in - 1 - offset
+    hi = 0 if last < 0 else min(n_out, last // stride + 1)
+    return lo, max(lo, hi)
