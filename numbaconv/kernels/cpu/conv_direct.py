@@ -2,11 +2,16 @@
 
 Arrays are 5-D and C-contiguous: x (N, C, D, H, W), w (K, C/groups, KD, KH, KW),
 out (N, K, OD, OH, OW). The innermost loop always runs along W over a precomputed valid range,
-so it is branch-free and, at stride 1, contiguous (it vectorizes). The direct loops need no
-workspace; their entry points take the ``workspace`` argument only to share im2col's signature.
+so it is branch-free and, at stride 1, contiguous (it vectorizes).
+
+Arrays are indexed in full (``x[n, c, i, j, l]``) rather than through sub-array views: in a
+parallel loop every view would atomically touch the parent's reference count, and threads
+fighting over that one counter cost more than the arithmetic.
+
+The direct loops need no workspace; their entry points take the ``workspace`` argument only to
+share im2col's signature.
 """
 
-import numpy as np
 from numba import njit, prange
 
 from ._window import FASTMATH, valid_outputs
@@ -17,28 +22,28 @@ def _forward(x, w, b, out, stride, dilation, padding, groups):
     N, C, D, H, W = x.shape
     K, Cg, KD, KH, KW = w.shape
     OD, OH, OW = out.shape[2:]
+    sd, sh, sw = stride
     Kg = K // groups
     for nk in prange(N * K):  # one (sample, output channel) plane per task: no write conflicts
         n, k = nk // K, nk % K
-        o = out[n, k]
-        o[:] = b[k]
+        out[n, k] = b[k]
         for c in range(Cg):
-            xc = x[n, (k // Kg) * Cg + c]
+            ci = (k // Kg) * Cg + c
             for kd in range(KD):
-                od0, od1 = valid_outputs(kd * dilation[0] - padding[0], stride[0], D, OD)
+                offd = kd * dilation[0] - padding[0]
+                od0, od1 = valid_outputs(offd, sd, D, OD)
                 for kh in range(KH):
-                    oh0, oh1 = valid_outputs(kh * dilation[1] - padding[1], stride[1], H, OH)
+                    offh = kh * dilation[1] - padding[1]
+                    oh0, oh1 = valid_outputs(offh, sh, H, OH)
                     for kw in range(KW):
-                        off = kw * dilation[2] - padding[2]
-                        ow0, ow1 = valid_outputs(off, stride[2], W, OW)
+                        offw = kw * dilation[2] - padding[2]
+                        ow0, ow1 = valid_outputs(offw, sw, W, OW)
                         wv = w[k, c, kd, kh, kw]
                         for od in range(od0, od1):
-                            xd = xc[od * stride[0] + kd * dilation[0] - padding[0]]
                             for oh in range(oh0, oh1):
-                                xrow = xd[oh * stride[1] + kh * dilation[1] - padding[1]]
-                                orow = o[od, oh]
+                                i, j = od * sd + offd, oh * sh + offh
                                 for ow in range(ow0, ow1):
-                                    orow[ow] += wv * xrow[ow * stride[2] + off]
+                                    out[n, k, od, oh, ow] += wv * x[n, ci, i, j, ow * sw + offw]
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -46,29 +51,28 @@ def _grad_input(go, w, gx, stride, dilation, padding, groups):
     N, C, D, H, W = gx.shape
     K, Cg, KD, KH, KW = w.shape
     OD, OH, OW = go.shape[2:]
+    sd, sh, sw = stride
     Kg = K // groups
     for nc in prange(N * C):  # one input plane per task: the scatter below never races
         n, c = nc // C, nc % C
         g, cl = c // Cg, c % Cg
-        gxc = gx[n, c]
-        gxc[:] = 0
+        gx[n, c] = 0
         for k in range(g * Kg, (g + 1) * Kg):
-            gok = go[n, k]
             for kd in range(KD):
-                od0, od1 = valid_outputs(kd * dilation[0] - padding[0], stride[0], D, OD)
+                offd = kd * dilation[0] - padding[0]
+                od0, od1 = valid_outputs(offd, sd, D, OD)
                 for kh in range(KH):
-                    oh0, oh1 = valid_outputs(kh * dilation[1] - padding[1], stride[1], H, OH)
+                    offh = kh * dilation[1] - padding[1]
+                    oh0, oh1 = valid_outputs(offh, sh, H, OH)
                     for kw in range(KW):
-                        off = kw * dilation[2] - padding[2]
-                        ow0, ow1 = valid_outputs(off, stride[2], W, OW)
+                        offw = kw * dilation[2] - padding[2]
+                        ow0, ow1 = valid_outputs(offw, sw, W, OW)
                         wv = w[k, cl, kd, kh, kw]
                         for od in range(od0, od1):
-                            gxd = gxc[od * stride[0] + kd * dilation[0] - padding[0]]
                             for oh in range(oh0, oh1):
-                                gxrow = gxd[oh * stride[1] + kh * dilation[1] - padding[1]]
-                                gorow = gok[od, oh]
+                                i, j = od * sd + offd, oh * sh + offh
                                 for ow in range(ow0, ow1):
-                                    gxrow[ow * stride[2] + off] += wv * gorow[ow]
+                                    gx[n, c, i, j, ow * sw + offw] += wv * go[n, k, od, oh, ow]
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -76,27 +80,28 @@ def _grad_weight(go, x, gw, stride, dilation, padding, groups):
     N, C, D, H, W = x.shape
     K, Cg, KD, KH, KW = gw.shape
     OD, OH, OW = go.shape[2:]
+    sd, sh, sw = stride
     Kg = K // groups
     for kc in prange(K * Cg):  # one (output, input channel) filter per task
         k, cl = kc // Cg, kc % Cg
         c = (k // Kg) * Cg + cl
         for kd in range(KD):
-            od0, od1 = valid_outputs(kd * dilation[0] - padding[0], stride[0], D, OD)
+            offd = kd * dilation[0] - padding[0]
+            od0, od1 = valid_outputs(offd, sd, D, OD)
             for kh in range(KH):
-                oh0, oh1 = valid_outputs(kh * dilation[1] - padding[1], stride[1], H, OH)
+                offh = kh * dilation[1] - padding[1]
+                oh0, oh1 = valid_outputs(offh, sh, H, OH)
                 for kw in range(KW):
-                    off = kw * dilation[2] - padding[2]
-                    ow0, ow1 = valid_outputs(off, stride[2], W, OW)
+                    offw = kw * dilation[2] - padding[2]
+                    ow0, ow1 = valid_outputs(offw, sw, W, OW)
                     gw[k, cl, kd, kh, kw] = 0
                     acc = gw[k, cl, kd, kh, kw]  # a zero of the array's own dtype
                     for n in range(N):
                         for od in range(od0, od1):
-                            xd = x[n, c, od * stride[0] + kd * dilation[0] - padding[0]]
                             for oh in range(oh0, oh1):
-                                xrow = xd[oh * stride[1] + kh * dilation[1] - padding[1]]
-                                gorow = go[n, k, od, oh]
+                                i, j = od * sd + offd, oh * sh + offh
                                 for ow in range(ow0, ow1):
-                                    acc += gorow[ow] * xrow[ow * stride[2] + off]
+                                    acc += go[n, k, od, oh, ow] * x[n, c, i, j, ow * sw + offw]
                     gw[k, cl, kd, kh, kw] = acc
 
 

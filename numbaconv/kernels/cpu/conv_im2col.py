@@ -17,68 +17,66 @@ from numba import njit, prange
 from ._window import FASTMATH, valid_outputs
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=False, cache=True)
 def _im2col(x, n0, cols, kernel, stride, dilation, padding, out_size):
     N, C, D, H, W = x.shape
     KD, KH, KW = kernel
     OD, OH, OW = out_size
+    sd, sh, sw = stride
     taps, P = KD * KH * KW, OD * OH * OW
     n = cols.shape[1] // P
     for rj in prange(C * taps * n):  # one (row, sample) segment per task
         r, j = rj // n, rj % n
         c, t = r // taps, r % taps
-        kd, kh, kw = t // (KH * KW), (t // KW) % KH, t % KW
-        xc = x[n0 + j, c]
-        seg = cols[r, j * P:(j + 1) * P]
-        seg[:] = 0
-        od0, od1 = valid_outputs(kd * dilation[0] - padding[0], stride[0], D, OD)
-        oh0, oh1 = valid_outputs(kh * dilation[1] - padding[1], stride[1], H, OH)
-        off = kw * dilation[2] - padding[2]
-        ow0, ow1 = valid_outputs(off, stride[2], W, OW)
+        offd = (t // (KH * KW)) * dilation[0] - padding[0]
+        offh = ((t // KW) % KH) * dilation[1] - padding[1]
+        offw = (t % KW) * dilation[2] - padding[2]
+        od0, od1 = valid_outputs(offd, sd, D, OD)
+        oh0, oh1 = valid_outputs(offh, sh, H, OH)
+        ow0, ow1 = valid_outputs(offw, sw, W, OW)
+        cols[r, j * P:(j + 1) * P] = 0
         for od in range(od0, od1):
-            xd = xc[od * stride[0] + kd * dilation[0] - padding[0]]
             for oh in range(oh0, oh1):
-                xrow = xd[oh * stride[1] + kh * dilation[1] - padding[1]]
-                base = (od * OH + oh) * OW
+                i, jj, base = od * sd + offd, oh * sh + offh, j * P + (od * OH + oh) * OW
                 for ow in range(ow0, ow1):
-                    seg[base + ow] = xrow[ow * stride[2] + off]
+                    cols[r, base + ow] = x[n0 + j, c, i, jj, ow * sw + offw]
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
+@njit(parallel=False, cache=True, fastmath=FASTMATH)
 def _col2im(cols, n0, gx, kernel, stride, dilation, padding, out_size):
     N, C, D, H, W = gx.shape
     KD, KH, KW = kernel
     OD, OH, OW = out_size
+    sd, sh, sw = stride
     taps, P = KD * KH * KW, OD * OH * OW
     n = cols.shape[1] // P
     for jc in prange(n * C):  # one input plane per task: overlapping windows never race
         j, c = jc // C, jc % C
-        gxc = gx[n0 + j, c]
-        gxc[:] = 0
+        gx[n0 + j, c] = 0
         for t in range(taps):
-            kd, kh, kw = t // (KH * KW), (t // KW) % KH, t % KW
-            seg = cols[c * taps + t, j * P:(j + 1) * P]
-            od0, od1 = valid_outputs(kd * dilation[0] - padding[0], stride[0], D, OD)
-            oh0, oh1 = valid_outputs(kh * dilation[1] - padding[1], stride[1], H, OH)
-            off = kw * dilation[2] - padding[2]
-            ow0, ow1 = valid_outputs(off, stride[2], W, OW)
+            offd = (t // (KH * KW)) * dilation[0] - padding[0]
+            offh = ((t // KW) % KH) * dilation[1] - padding[1]
+            offw = (t % KW) * dilation[2] - padding[2]
+            od0, od1 = valid_outputs(offd, sd, D, OD)
+            oh0, oh1 = valid_outputs(offh, sh, H, OH)
+            ow0, ow1 = valid_outputs(offw, sw, W, OW)
+            r = c * taps + t
             for od in range(od0, od1):
-                gxd = gxc[od * stride[0] + kd * dilation[0] - padding[0]]
                 for oh in range(oh0, oh1):
-                    gxrow = gxd[oh * stride[1] + kh * dilation[1] - padding[1]]
-                    base = (od * OH + oh) * OW
+                    i, jj, base = od * sd + offd, oh * sh + offh, j * P + (od * OH + oh) * OW
                     for ow in range(ow0, ow1):
-                        gxrow[ow * stride[2] + off] += seg[base + ow]
+                        gx[n0 + j, c, i, jj, ow * sw + offw] += cols[r, base + ow]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=False, cache=True)
 def _scatter_out(y, b, n0, out):
     """out[n0 + j, k, :] = y[k, j*P:(j+1)*P] + b[k]: GEMM layout to (N, K, P) plus bias."""
     K, P = out.shape[1], out.shape[2]
     n = y.shape[1] // P
     for jk in prange(n * K):
         j, k = jk // K, jk % K
-        out[n0 + j, k, :] = y[k, j * P:(j + 1) * P] + b[k]
+        for p in range(P):
+            out[n0 + j, k, p] = y[k, j * P + p] + b[k]
 
 
 def _chunks(geom, itemsize, workspace):
