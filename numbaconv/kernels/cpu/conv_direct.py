@@ -2,7 +2,8 @@
 
 Arrays are 5-D and C-contiguous: x (N, C, D, H, W), w (K, C/groups, KD, KH, KW),
 out (N, K, OD, OH, OW). The innermost loop always runs along W over a precomputed valid range,
-so it is branch-free and, at stride 1, contiguous (it vectorizes).
+so it is branch-free and, at stride 1, contiguous (it vectorizes). Loops are ordered so that the
+rows being accumulated stay in L1 while every channel and tap is added to them.
 
 Arrays are indexed in full (``x[n, c, i, j, l]``) rather than through sub-array views: in a
 parallel loop every view would atomically touch the parent's reference count, and threads
@@ -14,7 +15,7 @@ share im2col's signature.
 
 from numba import njit, prange
 
-from ._window import FASTMATH, valid_outputs
+from ._window import FASTMATH, U, valid_outputs
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -24,26 +25,31 @@ def _forward(x, w, b, out, stride, dilation, padding, groups):
     OD, OH, OW = out.shape[2:]
     sd, sh, sw = stride
     Kg = K // groups
-    for nk in prange(N * K):  # one (sample, output channel) plane per task: no write conflicts
-        n, k = nk // K, nk % K
-        out[n, k] = b[k]
-        for c in range(Cg):
-            ci = (k // Kg) * Cg + c
-            for kd in range(KD):
-                offd = kd * dilation[0] - padding[0]
-                od0, od1 = valid_outputs(offd, sd, D, OD)
-                for kh in range(KH):
-                    offh = kh * dilation[1] - padding[1]
-                    oh0, oh1 = valid_outputs(offh, sh, H, OH)
-                    for kw in range(KW):
-                        offw = kw * dilation[2] - padding[2]
-                        ow0, ow1 = valid_outputs(offw, sw, W, OW)
-                        wv = w[k, c, kd, kh, kw]
-                        for od in range(od0, od1):
-                            for oh in range(oh0, oh1):
-                                i, j = od * sd + offd, oh * sh + offh
+    for task in prange(N * K * OD):  # one (sample, output channel, depth) slab per task
+        n, k, od = task // (K * OD), (task // OD) % K, task % OD
+        c0 = (k // Kg) * Cg
+        for oh in range(OH):
+            # one output row accumulates every channel and tap while it sits in L1
+            out[n, k, od, oh, :] = b[k]
+            for c in range(Cg):
+                for kd in range(KD):
+                    i = od * sd + kd * dilation[0] - padding[0]
+                    if i < 0 or i >= D:
+                        continue
+                    for kh in range(KH):
+                        j = oh * sh + kh * dilation[1] - padding[1]
+                        if j < 0 or j >= H:
+                            continue
+                        for kw in range(KW):
+                            off = kw * dilation[2] - padding[2]
+                            ow0, ow1 = valid_outputs(off, sw, W, OW)
+                            wv = w[k, c, kd, kh, kw]
+                            if sw == 1:  # unit stride spelled out, so the loop vectorizes
                                 for ow in range(ow0, ow1):
-                                    out[n, k, od, oh, ow] += wv * x[n, ci, i, j, ow * sw + offw]
+                                    out[n, k, od, oh, U(ow)] += wv * x[n, c0 + c, i, j, U(ow + off)]
+                            else:
+                                for ow in range(ow0, ow1):
+                                    out[n, k, od, oh, U(ow)] += wv * x[n, c0 + c, i, j, U(ow * sw + off)]
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -55,24 +61,30 @@ def _grad_input(go, w, gx, stride, dilation, padding, groups):
     Kg = K // groups
     for nc in prange(N * C):  # one input plane per task: the scatter below never races
         n, c = nc // C, nc % C
-        g, cl = c // Cg, c % Cg
+        k0, cl = (c // Cg) * Kg, c % Cg
         gx[n, c] = 0
-        for k in range(g * Kg, (g + 1) * Kg):
-            for kd in range(KD):
-                offd = kd * dilation[0] - padding[0]
-                od0, od1 = valid_outputs(offd, sd, D, OD)
-                for kh in range(KH):
-                    offh = kh * dilation[1] - padding[1]
-                    oh0, oh1 = valid_outputs(offh, sh, H, OH)
-                    for kw in range(KW):
-                        offw = kw * dilation[2] - padding[2]
-                        ow0, ow1 = valid_outputs(offw, sw, W, OW)
-                        wv = w[k, cl, kd, kh, kw]
-                        for od in range(od0, od1):
-                            for oh in range(oh0, oh1):
-                                i, j = od * sd + offd, oh * sh + offh
-                                for ow in range(ow0, ow1):
-                                    gx[n, c, i, j, ow * sw + offw] += wv * go[n, k, od, oh, ow]
+        for od in range(OD):
+            for oh in range(OH):
+                # scatter one output row of every channel: the input rows it hits stay in L1
+                for k in range(k0, k0 + Kg):
+                    for kd in range(KD):
+                        i = od * sd + kd * dilation[0] - padding[0]
+                        if i < 0 or i >= D:
+                            continue
+                        for kh in range(KH):
+                            j = oh * sh + kh * dilation[1] - padding[1]
+                            if j < 0 or j >= H:
+                                continue
+                            for kw in range(KW):
+                                off = kw * dilation[2] - padding[2]
+                                ow0, ow1 = valid_outputs(off, sw, W, OW)
+                                wv = w[k, cl, kd, kh, kw]
+                                if sw == 1:
+                                    for ow in range(ow0, ow1):
+                                        gx[n, c, i, j, U(ow + off)] += wv * go[n, k, od, oh, U(ow)]
+                                else:
+                                    for ow in range(ow0, ow1):
+                                        gx[n, c, i, j, U(ow * sw + off)] += wv * go[n, k, od, oh, U(ow)]
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -101,7 +113,7 @@ def _grad_weight(go, x, gw, stride, dilation, padding, groups):
                             for oh in range(oh0, oh1):
                                 i, j = od * sd + offd, oh * sh + offh
                                 for ow in range(ow0, ow1):
-                                    acc += go[n, k, od, oh, ow] * x[n, c, i, j, ow * sw + offw]
+                                    acc += go[n, k, od, oh, U(ow)] * x[n, c, i, j, U(ow * sw + offw)]
                     gw[k, cl, kd, kh, kw] = acc
 
 

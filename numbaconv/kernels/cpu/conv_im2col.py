@@ -14,7 +14,7 @@ already is the column matrix, and the GEMM runs on it directly.
 import numpy as np
 from numba import njit, prange
 
-from ._window import FASTMATH, valid_outputs
+from ._window import FASTMATH, U, valid_outputs
 
 
 @njit(parallel=False, cache=True)
@@ -38,8 +38,12 @@ def _im2col(x, n0, cols, kernel, stride, dilation, padding, out_size):
         for od in range(od0, od1):
             for oh in range(oh0, oh1):
                 i, jj, base = od * sd + offd, oh * sh + offh, j * P + (od * OH + oh) * OW
-                for ow in range(ow0, ow1):
-                    cols[r, base + ow] = x[n0 + j, c, i, jj, ow * sw + offw]
+                if sw == 1:  # unit stride spelled out: a contiguous copy LLVM vectorizes
+                    for ow in range(ow0, ow1):
+                        cols[r, U(base + ow)] = x[n0 + j, c, i, jj, U(ow + offw)]
+                else:
+                    for ow in range(ow0, ow1):
+                        cols[r, U(base + ow)] = x[n0 + j, c, i, jj, U(ow * sw + offw)]
 
 
 @njit(parallel=False, cache=True, fastmath=FASTMATH)
@@ -65,7 +69,7 @@ def _col2im(cols, n0, gx, kernel, stride, dilation, padding, out_size):
                 for oh in range(oh0, oh1):
                     i, jj, base = od * sd + offd, oh * sh + offh, j * P + (od * OH + oh) * OW
                     for ow in range(ow0, ow1):
-                        gx[n0 + j, c, i, jj, ow * sw + offw] += cols[r, base + ow]
+                        gx[n0 + j, c, i, jj, U(ow * sw + offw)] += cols[r, U(base + ow)]
 
 
 @njit(parallel=False, cache=True)
@@ -76,7 +80,7 @@ def _scatter_out(y, b, n0, out):
     for jk in prange(n * K):
         j, k = jk // K, jk % K
         for p in range(P):
-            out[n0 + j, k, p] = y[k, j * P + p] + b[k]
+            out[n0 + j, k, U(p)] = y[k, U(j * P + p)] + b[k]
 
 
 def _chunks(geom, itemsize, workspace):
