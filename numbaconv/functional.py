@@ -55,7 +55,7 @@ def _conv(op, ndim, x, weight, bias, stride, padding, dilation, groups, padding_
     geom = conv_geometry(op, x, weight, bias, stride, padding, dilation, groups, padding_mode, ndim)
     kernels = _kernels(op, algorithm, geom)
     out = np.empty((geom.batch, geom.out_channels, *geom.out_size), dtype=x.dtype)
-    b = np.zeros(geom.out_channels, x.dtype) if bias is None else np.ascontiguousarray(bias)
+    b = None if bias is None else np.ascontiguousarray(bias)
     x5 = _as5(pad(x, geom.spatial(geom.mode_padding), padding_mode), geom.in_channels, geom.in_size)
     kernels.forward(x5, _weight5(weight, geom), b, out, geom, config.WORKSPACE_BYTES)
     return _user(out, geom)
@@ -104,7 +104,7 @@ def _conv_transpose_backward(op, ndim, grad_out, x, weight, stride, padding, out
     grad_x = grad_weight = grad_bias = None
     if needs[0]:  # ... and so its input gradient is that convolution's forward
         gx5 = np.empty((geom.batch, geom.out_channels, *geom.out_size), dtype=x.dtype)
-        kernels.forward(go5, w5, np.zeros(geom.out_channels, x.dtype), gx5, geom, config.WORKSPACE_BYTES)
+        kernels.forward(go5, w5, None, gx5, geom, config.WORKSPACE_BYTES)
         grad_x = _user(gx5, geom)
     if needs[1]:  # ... and its weight gradient that convolution's, with the roles of x and grad_out swapped
         grad_weight = np.empty(w5.shape, dtype=x.dtype)

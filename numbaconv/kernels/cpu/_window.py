@@ -24,3 +24,12 @@ def valid_outputs(offset, stride, n_in, n_out):
     last = n_in - 1 - offset
     hi = 0 if last < 0 else min(n_out, last // stride + 1)
     return lo, max(lo, hi)
+
+
+@njit(inline="always", cache=True)
+def tap_offsets(t, kernel, dilation, padding):
+    """(d, h, w) input offsets of flat kernel tap ``t``: input index = output index * stride + offset."""
+    KD, KH, KW = kernel
+    return ((t // (KH * KW)) * dilation[0] - padding[0],
+            ((t // KW) % KH) * dilation[1] - padding[1],
+            (t % KW) * dilation[2] - padding[2])

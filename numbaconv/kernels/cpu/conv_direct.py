@@ -13,6 +13,7 @@ The direct loops need no workspace; their entry points take the ``workspace`` ar
 share im2col's signature.
 """
 
+import numpy as np
 from numba import njit, prange
 
 from ._window import FASTMATH, U, valid_outputs
@@ -118,7 +119,9 @@ def _grad_weight(go, x, gw, stride, dilation, padding, groups):
 
 
 def forward(x, w, b, out, geom, workspace=None):
-    """out = conv(x, w) + b, written over ``out``."""
+    """out = conv(x, w) + b (b may be None), written over ``out``."""
+    if b is None:
+        b = np.zeros(w.shape[0], dtype=w.dtype)
     _forward(x, w, b, out, geom.stride, geom.dilation, geom.padding, geom.groups)
 
 
