@@ -122,11 +122,22 @@ def _columns(x, geom, workspace):
         yield n0, n1, cols
 
 
+def _quiet(entry):
+    """NaN and inf propagate silently, as in PyTorch and in the direct kernels: no NumPy warnings
+    from inside the GEMM."""
+    def run(*args):
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            entry(*args)
+    run.__name__, run.__doc__ = entry.__name__, entry.__doc__
+    return run
+
+
 def _grouped(a, groups):
     """(N, C, *spatial) -> (N, G, C/G, P), a view (P spelled out: N may be 0)."""
     return a.reshape(a.shape[0], groups, a.shape[1] // groups, int(np.prod(a.shape[2:])))
 
 
+@_quiet
 def forward(x, w, b, out, geom, workspace):
     w3 = w.reshape(geom.groups, w.shape[0] // geom.groups, -1)
     out4 = _grouped(out, geom.groups)
@@ -136,6 +147,7 @@ def forward(x, w, b, out, geom, workspace):
         out += b.reshape(-1, 1, 1, 1)
 
 
+@_quiet
 def grad_input(go, w, gx, geom, workspace):
     G = geom.groups
     w3t = w.reshape(G, w.shape[0] // G, -1).transpose(0, 2, 1)
@@ -151,6 +163,7 @@ def grad_input(go, w, gx, geom, workspace):
                 geom.kernel, geom.stride, geom.dilation, geom.padding, geom.out_size)
 
 
+@_quiet
 def grad_weight(go, x, gw, geom, workspace):
     gw3 = gw.reshape(geom.groups, gw.shape[0] // geom.groups, -1)
     gw3[:] = 0

@@ -1,0 +1,111 @@
+"""The command line: ``python -m numbaconv info`` and ``demo`` in a fresh process, and ``main`` in this one."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import numbaconv
+from numbaconv.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, timeout=120):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "numbaconv", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def parse_pairs(text):
+    pairs = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
+INFO_KEYS = [
+    "numbaconv",
+    "python",
+    "numpy",
+    "numba",
+    "blas",
+    "threading layer",
+    "threads",
+    "cuda available",
+    "kernel cache",
+]
+
+
+def test_info_subprocess():
+    done = run_cli("info")
+    assert done.returncode == 0, done.stderr
+    pairs = parse_pairs(done.stdout)
+    assert list(pairs) == INFO_KEYS
+    assert pairs["numbaconv"] == numbaconv.__version__
+    assert pairs["threading layer"] in {"tbb", "omp", "workqueue"}
+    assert int(pairs["threads"]) >= 1
+    assert pairs["cuda available"].startswith(("yes", "no"))
+
+
+def test_info_values_are_aligned(capsys):
+    main(["info"])
+    lines = capsys.readouterr().out.splitlines()
+    value_columns = {len(line) - len(line.partition(":")[2].lstrip()) for line in lines}
+    assert len(value_columns) == 1
+
+
+def test_info_reports_numba_cache_dir(tmp_path):
+    env_cache = tmp_path / "cache"
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(env_cache))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-m", "numbaconv", "info"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    cache = parse_pairs(done.stdout)["kernel cache"]
+    assert cache.startswith(str(env_cache))
+    assert "NUMBA_CACHE_DIR" in cache
+
+
+def test_info_in_process(capsys):
+    assert main(["info"]) == 0
+    pairs = parse_pairs(capsys.readouterr().out)
+    assert list(pairs) == INFO_KEYS
+    assert pairs["numpy"]
+
+
+def test_demo_subprocess():
+    done = run_cli("demo", "--batch", "2", "--repeats", "2", timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "[[4 3 4]\n [2 4 3]\n [2 3 4]]" in out
+    assert "matches the worked example: yes" in out
+    for algorithm in ("direct", "im2col"):
+        assert any(line.split()[:1] == [algorithm] and "GFLOP/s" in line for line in out.splitlines())
+    diff = float(out.split("max |direct - im2col| =")[1].split()[0])
+    assert diff < 1e-3
+
+
+def test_version_flag(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert numbaconv.__version__ in capsys.readouterr().out
+
+
+def test_no_subcommand_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([])
+    assert exit_.value.code == 2

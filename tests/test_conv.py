@@ -1,0 +1,415 @@
+"""Randomized parity of every algorithm with the naive reference: conv and conv_transpose,
+forward and backward, 1-D to 3-D, every padding form and mode, groups, strides, dilations,
+float32 and float64, contiguous or not."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import naive
+import numbaconv
+from conftest import DTYPES, LAYOUTS, assert_close, make_array
+
+ALGORITHMS = ("direct", "im2col", "auto")
+MAX_SIZE = {1: 12, 2: 8, 3: 5}  # largest spatial size of a conv input
+MAX_TRANSPOSE_SIZE = {1: 6, 2: 4, 3: 3}  # a transposed conv's input; its output is larger
+EXAMPLES = settings(max_examples=300, deadline=None)
+
+
+def conv_fn(nd):
+    return getattr(numbaconv, f"conv{nd}d")
+
+
+def conv_backward_fn(nd):
+    return getattr(numbaconv, f"conv{nd}d_backward")
+
+
+def conv_transpose_fn(nd):
+    return getattr(numbaconv, f"conv_transpose{nd}d")
+
+
+def conv_transpose_backward_fn(nd):
+    return getattr(numbaconv, f"conv_transpose{nd}d_backward")
+
+
+def _int_or_tuple(draw, values):
+    """Pass equal values as one int half of the time, to test both spellings."""
+    if len(set(values)) == 1 and draw(st.booleans()):
+        return values[0]
+    return tuple(values)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One call: shapes and arguments, plus how to make its random arrays."""
+
+    n: int
+    c_in: int
+    c_out: int
+    spatial: tuple
+    weight_shape: tuple
+    kwargs: dict
+    bias: bool
+    dtype: type
+    layouts: tuple  # of x, weight, grad_out
+    seed: int
+
+    @property
+    def nd(self):
+        return len(self.spatial)
+
+    def arrays(self):
+        rng = np.random.default_rng(self.seed)
+        x = make_array(rng, (self.n, self.c_in) + self.spatial, self.dtype, self.layouts[0])
+        w = make_array(rng, self.weight_shape, self.dtype, self.layouts[1])
+        b = make_array(rng, (self.c_out,), self.dtype) if self.bias else None
+        return x, w, b
+
+    def grad_out(self, shape):
+        rng = np.random.default_rng(self.seed + 1)
+        return make_array(rng, shape, self.dtype, self.layouts[2])
+
+
+def _common(draw, nd):
+    groups = draw(st.integers(1, 3))
+    c_in_g = 1 if draw(st.booleans()) else draw(st.integers(1, 2))  # 1: depthwise when groups == C_in
+    c_out_g = draw(st.integers(1, 2))
+    return dict(
+        groups=groups,
+        c_in_g=c_in_g,
+        c_out_g=c_out_g,
+        n=draw(st.integers(1, 3)),
+        kernel=tuple(draw(st.integers(1, 3)) for _ in range(nd)),
+        dilation=tuple(draw(st.integers(1, 2)) for _ in range(nd)),
+        bias=draw(st.booleans()),
+        dtype=draw(st.sampled_from(DTYPES)),
+        layouts=tuple(draw(st.sampled_from(LAYOUTS)) for _ in range(3)),
+        seed=draw(st.integers(0, 2**32 - 1)),
+    )
+
+
+@st.composite
+def conv_cases(draw, nd=None):
+    nd = draw(st.sampled_from((1, 2, 3))) if nd is None else nd
+    c = _common(draw, nd)
+    kernel, dilation = c["kernel"], c["dilation"]
+    mode = draw(st.sampled_from(naive.PADDING_MODES))
+    form = draw(st.sampled_from(("int", "tuple", "same", "valid")))
+    if form == "same":
+        stride = (1,) * nd
+    else:
+        stride = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    if form == "int":
+        padding = draw(st.integers(0, 2))
+    elif form == "tuple":
+        padding = tuple(draw(st.integers(0, 2)) for _ in range(nd))
+    else:
+        padding = form
+    spatial = []
+    for k, d, (before, after) in zip(kernel, dilation, naive.padding_pairs(padding, kernel, stride, dilation)):
+        low = max(1, d * (k - 1) + 1 - before - after)  # the dilated kernel fits the padded input
+        if mode == "reflect":
+            low = max(low, before + 1, after + 1)
+        if mode == "circular":
+            low = max(low, before, after)
+        spatial.append(draw(st.integers(low, MAX_SIZE[nd])))
+    kwargs = dict(
+        stride=_int_or_tuple(draw, stride),
+        padding=padding,
+        dilation=_int_or_tuple(draw, dilation),
+        groups=c["groups"],
+        padding_mode=mode,
+    )
+    return Case(
+        n=c["n"], c_in=c["groups"] * c["c_in_g"], c_out=c["groups"] * c["c_out_g"], spatial=tuple(spatial),
+        weight_shape=(c["groups"] * c["c_out_g"], c["c_in_g"]) + kernel, kwargs=kwargs,
+        bias=c["bias"], dtype=c["dtype"], layouts=c["layouts"], seed=c["seed"],
+    )
+
+
+@st.composite
+def conv_transpose_cases(draw, nd=None):
+    nd = draw(st.sampled_from((1, 2, 3))) if nd is None else nd
+    c = _common(draw, nd)
+    kernel, dilation = c["kernel"], c["dilation"]
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    padding = tuple(draw(st.integers(0, 2)) for _ in range(nd))
+    output_padding = tuple(draw(st.integers(0, max(s, d) - 1)) for s, d in zip(stride, dilation))
+    spatial = []
+    for k, s, d, p, op in zip(kernel, stride, dilation, padding, output_padding):
+        # output size (L - 1) * s - 2p + d(k - 1) + op + 1 must be >= 1
+        shortfall = 2 * p - d * (k - 1) - op
+        low = 1 + max(0, -(-shortfall // s))
+        spatial.append(draw(st.integers(low, max(low, MAX_TRANSPOSE_SIZE[nd]))))
+    kwargs = dict(
+        stride=_int_or_tuple(draw, stride),
+        padding=_int_or_tuple(draw, padding),
+        output_padding=_int_or_tuple(draw, output_padding),
+        groups=c["groups"],
+        dilation=_int_or_tuple(draw, dilation),
+    )
+    c_in, c_out = c["groups"] * c["c_in_g"], c["groups"] * c["c_out_g"]
+    return Case(
+        n=c["n"], c_in=c_in, c_out=c_out, spatial=tuple(spatial),
+        weight_shape=(c_in, c["c_out_g"]) + kernel, kwargs=kwargs,
+        bias=c["bias"], dtype=c["dtype"], layouts=c["layouts"], seed=c["seed"],
+    )
+
+
+def _abs(a):
+    return None if a is None else np.abs(a.astype(np.float64))
+
+
+def _snapshot(*arrays):
+    return [None if a is None else a.copy() for a in arrays]
+
+
+def _assert_unmodified(arrays, copies):
+    for a, c in zip(arrays, copies):
+        if a is not None:
+            np.testing.assert_array_equal(a, c, err_msg="an input array was modified")
+
+
+def _check_result(got, ref, scale, dtype, what):
+    assert_close(got, ref, scale, dtype, what)
+    assert got.flags.c_contiguous, f"{what} is not C-contiguous"
+
+
+# --------------------------------------------------------------------------- convolution
+
+
+@EXAMPLES
+@given(case=conv_cases())
+def test_conv_forward_matches_naive(case):
+    x, w, b = case.arrays()
+    copies = _snapshot(x, w, b)
+    ref = naive.conv(x, w, b, **case.kwargs)
+    scale = naive.conv(_abs(x), _abs(w), _abs(b), **case.kwargs)
+    for algorithm in ALGORITHMS:
+        y = conv_fn(case.nd)(x, w, b, algorithm=algorithm, **case.kwargs)
+        _check_result(y, ref, scale, case.dtype, f"conv{case.nd}d forward, algorithm={algorithm}")
+        _assert_unmodified((x, w, b), copies)
+
+
+@EXAMPLES
+@given(case=conv_cases(), needs=st.sampled_from([(True, True, True), (True, False, False),
+                                                 (False, True, False), (False, False, True),
+                                                 (False, True, True)]))
+def test_conv_backward_matches_naive(case, needs):
+    x, w, _ = case.arrays()
+    out_shape = naive.conv(x, w, None, **case.kwargs).shape
+    go = case.grad_out(out_shape)
+    copies = _snapshot(go, x, w)
+    refs = naive.conv_backward(go, x, w, **case.kwargs)
+    scales = naive.conv_backward(_abs(go), _abs(x), _abs(w), **case.kwargs)
+    for algorithm in ALGORITHMS:
+        grads = conv_backward_fn(case.nd)(go, x, w, needs=needs, algorithm=algorithm, **case.kwargs)
+        assert isinstance(grads, tuple) and len(grads) == 3
+        for name, need, got, ref, scale in zip(("grad_x", "grad_weight", "grad_bias"), needs, grads, refs, scales):
+            if need:
+                _check_result(got, ref, scale, case.dtype, f"conv{case.nd}d_backward {name}, algorithm={algorithm}")
+            else:
+                assert got is None, f"{name} not asked for but returned"
+        _assert_unmodified((go, x, w), copies)
+
+
+# --------------------------------------------------------------------------- transposed convolution
+
+
+@EXAMPLES
+@given(case=conv_transpose_cases())
+def test_conv_transpose_forward_matches_naive(case):
+    x, w, b = case.arrays()
+    copies = _snapshot(x, w, b)
+    ref = naive.conv_transpose(x, w, b, **case.kwargs)
+    scale = naive.conv_transpose(_abs(x), _abs(w), _abs(b), **case.kwargs)
+    for algorithm in ALGORITHMS:
+        y = conv_transpose_fn(case.nd)(x, w, b, algorithm=algorithm, **case.kwargs)
+        _check_result(y, ref, scale, case.dtype, f"conv_transpose{case.nd}d forward, algorithm={algorithm}")
+        _assert_unmodified((x, w, b), copies)
+
+
+@EXAMPLES
+@given(case=conv_transpose_cases(), needs=st.sampled_from([(True, True, True), (True, False, True),
+                                                           (False, True, False)]))
+def test_conv_transpose_backward_matches_naive(case, needs):
+    x, w, _ = case.arrays()
+    out_shape = naive.conv_transpose(x, w, None, **case.kwargs).shape
+    go = case.grad_out(out_shape)
+    copies = _snapshot(go, x, w)
+    refs = naive.conv_transpose_backward(go, x, w, **case.kwargs)
+    scales = naive.conv_transpose_backward(_abs(go), _abs(x), _abs(w), **case.kwargs)
+    for algorithm in ALGORITHMS:
+        grads = conv_transpose_backward_fn(case.nd)(go, x, w, needs=needs, algorithm=algorithm, **case.kwargs)
+        assert isinstance(grads, tuple) and len(grads) == 3
+        for name, need, got, ref, scale in zip(("grad_x", "grad_weight", "grad_bias"), needs, grads, refs, scales):
+            if need:
+                _check_result(got, ref, scale, case.dtype,
+                              f"conv_transpose{case.nd}d_backward {name}, algorithm={algorithm}")
+            else:
+                assert got is None, f"{name} not asked for but returned"
+        _assert_unmodified((go, x, w), copies)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("nd, spatial", [(1, (61,)), (2, (19, 18)), (3, (8, 7, 6))])
+def test_medium_sizes_match_naive(nd, spatial, algorithm):
+    """Larger than the randomized cases: enough work for threads and for "auto" to pick im2col."""
+    rng = np.random.default_rng(sum(spatial))
+    x = rng.standard_normal((4, 8) + spatial).astype(np.float32)
+    w = rng.standard_normal((12, 4) + (3,) * nd).astype(np.float32)
+    b = rng.standard_normal(12).astype(np.float32)
+    kw = dict(stride=1, padding=1, dilation=1, groups=2, padding_mode="zeros")
+    y = conv_fn(nd)(x, w, b, algorithm=algorithm, **kw)
+    _check_result(y, naive.conv(x, w, b, **kw), naive.conv(_abs(x), _abs(w), _abs(b), **kw), np.float32, "forward")
+    go = rng.standard_normal(y.shape).astype(np.float32)
+    grads = conv_backward_fn(nd)(go, x, w, algorithm=algorithm, **kw)
+    refs = naive.conv_backward(go, x, w, **kw)
+    scales = naive.conv_backward(_abs(go), _abs(x), _abs(w), **kw)
+    for name, got, ref, scale in zip(("grad_x", "grad_weight", "grad_bias"), grads, refs, scales):
+        _check_result(got, ref, scale, np.float32, name)
+
+
+POINTWISE = [("conv", kw) for kw in (dict(), dict(stride=2), dict(padding=1), dict(groups=2),
+                                      dict(dilation=3, padding=1))] + \
+            [("transpose", kw) for kw in (dict(), dict(stride=2), dict(stride=2, output_padding=1),
+                                           dict(dilation=2, output_padding=1), dict(padding=1, groups=2))]
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize("kind, kw", POINTWISE, ids=[f"{kind}-{kw}" for kind, kw in POINTWISE])
+def test_pointwise_kernels(kind, kw, nd, algorithm):
+    """1x1 kernels, which an implementation may treat as a plain matrix product, in every geometry."""
+    transpose = kind == "transpose"
+    rng = np.random.default_rng(nd)
+    x = rng.standard_normal((2, 4) + (3,) * nd)
+    w = rng.standard_normal((4, 3 if transpose else 2) + (1,) * nd)
+    kw = dict(kw, groups=kw.get("groups", 1 if transpose else 2))
+    if transpose:
+        forward, backward = conv_transpose_fn(nd), conv_transpose_backward_fn(nd)
+        ref_forward, ref_backward = naive.conv_transpose, naive.conv_transpose_backward
+    else:
+        forward, backward = conv_fn(nd), conv_backward_fn(nd)
+        ref_forward, ref_backward = naive.conv, naive.conv_backward
+    ref = ref_forward(x, w, None, **kw)
+    assert_close(forward(x, w, algorithm=algorithm, **kw), ref, what="forward")
+    go = rng.standard_normal(ref.shape)
+    for name, got, want in zip(("grad_x", "grad_weight", "grad_bias"),
+                               backward(go, x, w, algorithm=algorithm, **kw), ref_backward(go, x, w, **kw)):
+        assert_close(got, want, what=name)
+
+
+# --------------------------------------------------------------------------- workspace chunking
+
+
+@pytest.mark.parametrize("workspace", [1, 3000, 30000, 150000])
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_im2col_chunks_give_the_same_result(monkeypatch, workspace, nd):
+    """A tiny workspace forces the batch through im2col one sample (or a few) at a time."""
+    rng = np.random.default_rng(nd)
+    spatial = {1: (11,), 2: (7, 6), 3: (4, 5, 4)}[nd]
+    x = rng.standard_normal((5, 4) + spatial)
+    w = rng.standard_normal((6, 2) + (3,) * nd)
+    b = rng.standard_normal(6)
+    kw = dict(stride=1, padding=1, dilation=1, groups=2, padding_mode="reflect")
+    ref = naive.conv(x, w, b, **kw)
+    go = rng.standard_normal(ref.shape)
+    grads = naive.conv_backward(go, x, w, **kw)
+    tw = rng.standard_normal((4, 3) + (2,) * nd)
+    tkw = dict(stride=2, padding=1, output_padding=1, groups=1, dilation=1)
+    tref = naive.conv_transpose(x, tw, None, **tkw)
+    tgo = rng.standard_normal(tref.shape)
+    tgrads = naive.conv_transpose_backward(tgo, x, tw, **tkw)
+
+    monkeypatch.setattr(numbaconv.config, "WORKSPACE_BYTES", workspace)
+    assert_close(conv_fn(nd)(x, w, b, algorithm="im2col", **kw), ref, what="forward")
+    for name, got, want in zip(("grad_x", "grad_weight", "grad_bias"),
+                               conv_backward_fn(nd)(go, x, w, algorithm="im2col", **kw), grads):
+        assert_close(got, want, what=name)
+    assert_close(conv_transpose_fn(nd)(x, tw, None, algorithm="im2col", **tkw), tref, what="transpose forward")
+    for name, got, want in zip(("grad_x", "grad_weight", "grad_bias"),
+                               conv_transpose_backward_fn(nd)(tgo, x, tw, algorithm="im2col", **tkw), tgrads):
+        assert_close(got, want, what=f"transpose {name}")
+
+
+# --------------------------------------------------------------------------- edge cases
+
+
+EMPTY_OPS = ("conv", "conv_backward", "conv_transpose", "conv_transpose_backward")
+
+
+@pytest.mark.parametrize("op", EMPTY_OPS)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_empty_batch(nd, dtype, algorithm, op):
+    """N = 0 gives empty results of the right shape and dtype, and zero weight/bias gradients."""
+    x = np.zeros((0, 4) + (5,) * nd, dtype)
+    if op.startswith("conv_transpose"):
+        w = np.ones((4, 3) + (2,) * nd, dtype)
+        kw = dict(stride=2, algorithm=algorithm)
+        out_shape = (0, 3) + (10,) * nd
+        forward, backward = conv_transpose_fn(nd), conv_transpose_backward_fn(nd)
+    else:
+        w = np.ones((6, 2) + (3,) * nd, dtype)
+        kw = dict(stride=2, padding=1, groups=2, algorithm=algorithm)
+        out_shape = (0, 6) + (3,) * nd
+        forward, backward = conv_fn(nd), conv_backward_fn(nd)
+    if op.endswith("backward"):
+        gx, gw, gb = backward(np.zeros(out_shape, dtype), x, w, **kw)
+        assert gx.shape == x.shape and gx.dtype == dtype
+        assert gw.shape == w.shape and gw.dtype == dtype and not gw.any()
+        assert gb.shape == out_shape[1:2] and gb.dtype == dtype and not gb.any()
+    else:
+        y = forward(x, w, np.ones(out_shape[1], dtype), **kw)
+        assert y.shape == out_shape and y.dtype == dtype
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("mode", naive.PADDING_MODES)
+def test_nan_and_inf_propagate(algorithm, mode):
+    """NaN and inf reach exactly the outputs whose window covers them, as in the reference."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 2, 7, 7))
+    w = rng.standard_normal((3, 2, 3, 3))
+    x[0, 0, 1, 2] = np.nan
+    x[1, 1, 5, 5] = np.inf
+    x[1, 0, 0, 6] = -np.inf
+    with np.errstate(invalid="ignore"):  # inf * w summed over both signs of w gives NaN
+        ref = naive.conv(x, w, None, 1, 1, 1, 1, mode)
+    for dtype in DTYPES:
+        y = numbaconv.conv2d(x.astype(dtype), w.astype(dtype), padding=1, padding_mode=mode, algorithm=algorithm)
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+        np.testing.assert_array_equal(np.isposinf(y), np.isposinf(ref))
+        np.testing.assert_array_equal(np.isneginf(y), np.isneginf(ref))
+        finite = np.isfinite(ref)
+        assert finite.any()
+        assert_close(y[finite], ref[finite], what="finite outputs")
+
+
+@pytest.mark.parametrize("name", [
+    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+    "conv1d_backward", "conv2d_backward", "conv3d_backward",
+    "conv_transpose1d_backward", "conv_transpose2d_backward", "conv_transpose3d_backward",
+])
+def test_functional_exports_the_same_functions(name):
+    from numbaconv import functional
+
+    assert getattr(functional, name) is getattr(numbaconv, name)
+
+
+def test_dtype_is_preserved_and_float64_is_computed_in_float64():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 2, 5, 5))
+    w = rng.standard_normal((2, 2, 3, 3))
+    ref = naive.conv(x, w)
+    y32 = numbaconv.conv2d(x.astype(np.float32), w.astype(np.float32))
+    y64 = numbaconv.conv2d(x, w)
+    assert y32.dtype == np.float32 and y64.dtype == np.float64
+    assert_close(y64, ref)
+    # float64 must really be computed in float64: far closer than float32 could get
+    assert np.max(np.abs(y64 - ref)) < 1e-12
