@@ -43,7 +43,7 @@ def _print_pairs(pairs):
 
 
 def _blas():
-    """The BLAS NumPy calls: threadpoolctl's view of the loaded library if available, else the build's."""
+    """The BLAS NumPy calls: as loaded (threadpoolctl, when importable), else as built."""
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
@@ -51,7 +51,9 @@ def _blas():
     else:
         for lib in threadpool_info():
             if lib.get("user_api") == "blas" and "numpy" in lib.get("filepath", ""):
-                return f"{lib['internal_api']} {lib['version']} ({lib['num_threads']} threads, loaded)"
+                return (
+                    f"{lib['internal_api']} {lib['version']} ({lib['num_threads']} threads, loaded)"
+                )
     try:
         blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
         return f"{blas['name']} {blas.get('version', '')}".strip()
@@ -60,7 +62,7 @@ def _blas():
 
 
 def _threading_layer():
-    """The Numba threading layer actually chosen; one is picked only when a parallel kernel first runs."""
+    """The Numba threading layer in use; Numba picks one only when a parallel kernel first runs."""
     import numba
 
     try:
@@ -105,8 +107,8 @@ def _kernel_dispatchers():
 def _kernel_cache():
     """Where Numba writes numbaconv's ``cache=True`` files, and which rule put them there.
 
-    Numba tries, in order: ``NUMBA_CACHE_DIR``, the ``__pycache__`` beside the kernel's source file if
-    writable, then a user-wide directory. Reading a kernel's own cache object reports the outcome.
+    Numba tries, in order: ``NUMBA_CACHE_DIR``, the ``__pycache__`` beside the kernel's source
+    file if writable, then a user-wide directory. A kernel's own cache object holds the outcome.
     """
     try:
         dispatchers = _kernel_dispatchers()
@@ -218,12 +220,20 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"numbaconv {numbaconv.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    p = commands.add_parser("info", help="versions, BLAS, threading layer, CUDA, kernel cache directory")
+    p = commands.add_parser(
+        "info", help="versions, BLAS, threading layer, CUDA, kernel cache directory"
+    )
     p.set_defaults(func=info)
 
-    p = commands.add_parser("demo", help="a worked example, then a timed batch conv2d with each algorithm")
-    p.add_argument("--batch", type=int, default=8, help="batch size of the timed conv2d (default 8)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs after the warm-up; the median is shown")
+    p = commands.add_parser(
+        "demo", help="a worked example, then a timed batch conv2d with each algorithm"
+    )
+    p.add_argument(
+        "--batch", type=int, default=8, help="batch size of the timed conv2d (default 8)"
+    )
+    p.add_argument(
+        "--repeats", type=int, default=5, help="timed runs after the warm-up; the median is shown"
+    )
     p.set_defaults(func=demo)
     return parser
 

@@ -1,4 +1,4 @@
-"""The command line: ``python -m numbaconv info`` and ``demo`` in a fresh process, and ``main`` in this one."""
+"""The command line: ``python -m numbaconv info`` and ``demo`` in new processes, ``main`` here."""
 
 import os
 import subprocess
@@ -71,7 +71,11 @@ def test_info_reports_numba_cache_dir(tmp_path):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(env_cache))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     done = subprocess.run(
-        [sys.executable, "-m", "numbaconv", "info"], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "numbaconv", "info"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     cache = parse_pairs(done.stdout)["kernel cache"]
@@ -93,7 +97,9 @@ def test_demo_subprocess():
     assert "[[4 3 4]\n [2 4 3]\n [2 3 4]]" in out
     assert "matches the worked example: yes" in out
     for algorithm in ("direct", "im2col"):
-        assert any(line.split()[:1] == [algorithm] and "GFLOP/s" in line for line in out.splitlines())
+        assert any(
+            line.split()[:1] == [algorithm] and "GFLOP/s" in line for line in out.splitlines()
+        )
     diff = float(out.split("max |direct - im2col| =")[1].split()[0])
     assert diff < 1e-3
 

@@ -1,0 +1,113 @@
+"""Shared machinery of the benchmarks: the checkout on sys.path, machine facts, timing policy."""
+
+import functools
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # benchmark the checkout this suite belongs to
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+# A timed round budget: enough rounds for a stable median on fast cases, few on slow ones.
+ROUND_BUDGET_S = 1.0
+MIN_ROUNDS, MAX_ROUNDS = 3, 50
+SLOW_CALL_S = 3.0  # past this, a single round is all a case gets
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags():
+    """The widest x86 vector extension the CPU reports, if any."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    for name in ("avx512f", "avx2", "avx", "sse4_2"):
+                        if name in flags:
+                            return name
+                    return ""
+    except OSError:
+        pass
+    return ""
+
+
+def torch_or_none():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    torch = torch_or_none()
+    machine_info["numbaconv"] = {
+        "cpu_model": cpu_model(),
+        "cpu_vector": cpu_flags(),
+        "cores": os.cpu_count(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "numba_threads": numba.get_num_threads(),
+        "torch": torch.__version__ if torch else None,
+        "torch_threads": torch.get_num_threads() if torch else None,
+    }
+    try:
+        machine_info["numbaconv"]["threading_layer"] = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run in this process
+        machine_info["numbaconv"]["threading_layer"] = None
+
+
+def run(benchmark, fn, flops):
+    """Time ``fn`` after an untimed warm-up call that compiles or loads the kernel cache.
+
+    One untimed probe call sets the number of rounds, so a fast case gets many rounds and a slow one
+    a few; GFLOP/s of the median lands in ``benchmark.extra_info``.
+    """
+    fn()  # warm-up: compilation, first-touch allocation
+    if benchmark.disabled:
+        return benchmark.pedantic(fn, rounds=1, iterations=1)
+    start = time.perf_counter()
+    fn()
+    probe = time.perf_counter() - start
+    if probe > SLOW_CALL_S:
+        rounds = 1
+    else:
+        rounds = int(min(MAX_ROUNDS, max(MIN_ROUNDS, ROUND_BUDGET_S / max(probe, 1e-9))))
+    result = benchmark.pedantic(fn, rounds=rounds, iterations=1)
+    median = benchmark.stats.stats.median
+    benchmark.extra_info["flops"] = flops
+    benchmark.extra_info["gflops"] = flops / median / 1e9
+    return result
+
+
+@pytest.fixture
+def measure(benchmark):
+    """``measure(fn, flops)``: benchmark ``fn`` under the policy of :func:`run`."""
+    return functools.partial(run, benchmark)
+
+
+@pytest.fixture(scope="session")
+def torch():
+    """PyTorch with as many threads as Numba, or a clean skip when it is not installed."""
+    torch = torch_or_none()
+    if torch is None:
+        pytest.skip("torch is not installed")
+    torch.set_num_threads(numba.get_num_threads())
+    return torch

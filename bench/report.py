@@ -1,0 +1,146 @@
+"""Turn a pytest-benchmark JSON file of bench/test_conv2d.py into a Markdown table.
+
+    python bench/report.py results.json > bench/results/<name>.md
+    python bench/report.py results.json -o bench/results/<name>.md
+
+Times are medians. The last column is the speed of the faster numbaconv algorithm divided by
+PyTorch's: above 1 numbaconv is faster, below 1 PyTorch is.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from shapes import DIRECTIONS, SHAPES, flops  # noqa: E402
+
+IMPLEMENTATIONS = ("direct", "im2col", "torch")
+
+
+def _local_cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _versions_here():
+    versions = {}
+    for module in ("numpy", "numba", "torch"):
+        try:
+            versions[module] = __import__(module).__version__
+        except ImportError:
+            versions[module] = None
+    return versions
+
+
+def machine_header(data):
+    """Machine and versions: as recorded with the run, else read from the machine running this."""
+    machine = data.get("machine_info", {})
+    facts = machine.get("numbaconv")
+    if facts is None:
+        facts = {"cpu_model": _local_cpu_model(), "cores": os.cpu_count(), **_versions_here()}
+        source = " (read when the report was made: the JSON did not record it)"
+    else:
+        source = ""
+    cpu = facts.get("cpu_model", "unknown")
+    if facts.get("cpu_vector"):
+        cpu += f", {facts['cpu_vector']}"
+    lines = [
+        f"- Machine{source}: {cpu}, {facts.get('cores', '?')} logical cores",
+        f"- Python {machine.get('python_version', platform.python_version())}, "
+        f"NumPy {facts.get('numpy')}, Numba {facts.get('numba')}, "
+        f"PyTorch {facts.get('torch') or 'not installed'}",
+    ]
+    if "numba_threads" in facts:
+        lines.append(
+            f"- Threads: Numba {facts['numba_threads']} "
+            f"({facts.get('threading_layer') or 'layer unknown'}), "
+            f"PyTorch {facts.get('torch_threads') or '-'}"
+        )
+    commit = data.get("commit_info", {})
+    if commit.get("id"):
+        dirty = " with uncommitted changes" if commit.get("dirty") else ""
+        lines.append(f"- Commit {commit['id'][:10]}{dirty}, run {data.get('datetime', '')[:19]}")
+    return lines
+
+
+def collect(data):
+    """{(shape, direction): {impl: median seconds}} from benchmarks that carry our extra_info."""
+    table = {}
+    for bench in data.get("benchmarks", []):
+        extra = bench.get("extra_info", {})
+        if not {"shape", "direction", "impl"} <= extra.keys():
+            continue
+        table.setdefault((extra["shape"], extra["direction"]), {})[extra["impl"]] = bench["stats"][
+            "median"
+        ]
+    return table
+
+
+def _ms(seconds):
+    return f"{seconds * 1e3:.2f}" if seconds else "-"
+
+
+def _gflops(n, seconds):
+    return f"{n / seconds / 1e9:.1f}" if seconds else "-"
+
+
+def markdown(data):
+    table = collect(data)
+    lines = ["# conv2d on CPU, float32", ""]
+    lines += machine_header(data)
+    lines += [
+        "",
+        "Median times; backward is grad input + grad weight. "
+        "Last column: speed of the faster numbaconv algorithm / PyTorch's "
+        "(above 1: numbaconv faster).",
+        "",
+        "| shape | direction | GFLOP | direct ms | im2col ms | torch ms "
+        "| direct GFLOP/s | im2col GFLOP/s | torch GFLOP/s | best numbaconv / torch |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    order = [(name, d) for name in SHAPES for d in DIRECTIONS]
+    order += sorted(key for key in table if key not in order)
+    for key in order:
+        if key not in table:
+            continue
+        name, direction = key
+        times = table[key]
+        n = flops(SHAPES[name], direction) if name in SHAPES else 0
+        ours = [times[impl] for impl in ("direct", "im2col") if times.get(impl)]
+        ratio = f"{times['torch'] / min(ours):.2f}" if ours and times.get("torch") else "-"
+        cells = [name, direction, f"{n / 1e9:.3f}" if n else "-"]
+        cells += [_ms(times.get(impl)) for impl in IMPLEMENTATIONS]
+        cells += [_gflops(n, times.get(impl)) if n else "-" for impl in IMPLEMENTATIONS]
+        cells.append(ratio)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("json", help="file written by pytest --benchmark-json")
+    parser.add_argument("-o", "--output", help="write the Markdown here instead of standard output")
+    args = parser.parse_args(argv)
+    with open(args.json) as f:
+        text = markdown(json.load(f))
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
