@@ -5,5 +5,6 @@ takes effect on the next call.
 """
 
 #: Upper bound, in bytes, of the im2col column buffer. The batch is processed in chunks small
-#: enough to keep the buffer under this limit (one sample at a time at the very least).
+#: enough to keep the buffer under this limit (one sample at a time at the very least). The
+#: buffer is kept for reuse by later calls, one per calling thread.
 WORKSPACE_BYTES = 256 * 2**20

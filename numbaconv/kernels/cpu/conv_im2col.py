@@ -17,6 +17,8 @@ the cores (measured on 2 cores: 2-6 ms instead of 5 us for a small kernel right 
 while a serial one runs beside them undisturbed.
 """
 
+import threading
+
 import numpy as np
 from numba import njit
 
@@ -96,13 +98,26 @@ def _chunks(geom, size):
     return [(n0, min(n0 + size, geom.batch)) for n0 in range(0, geom.batch, size)]
 
 
+_scratch = threading.local()
+
+
 def _buffer(geom, size, dtype):
-    """A reusable (n, G, C/G * taps, P) column buffer for chunks of ``size`` samples."""
+    """A (n, G, C/G * taps, P) column buffer for chunks of up to ``size`` samples.
+
+    The memory is kept per thread and reused by later calls: a fresh buffer of tens of MB is
+    paid for again on every call with a page fault per 4 KiB at first touch (measured on 58 MB:
+    8.8 ms to allocate and fill against 3.6 ms to refill). Per thread, so that calls from
+    several threads never share one.
+    """
     rows = geom.in_channels * int(np.prod(geom.kernel))
-    flat = np.empty(size * rows * int(np.prod(geom.out_size)), dtype=dtype)
+    count = size * rows * int(np.prod(geom.out_size))
+    nbytes = count * np.dtype(dtype).itemsize
+    if getattr(_scratch, "buf", None) is None or _scratch.buf.nbytes < nbytes:
+        _scratch.buf = np.empty(nbytes, dtype=np.uint8)
+    flat = _scratch.buf[:nbytes].view(dtype)
 
     def view(n):
-        return flat[:n * flat.size // size].reshape(n, geom.groups, rows // geom.groups, -1)
+        return flat[:n * count // size].reshape(n, geom.groups, rows // geom.groups, -1)
 
     return view
 
