@@ -5,6 +5,7 @@ call with leading singleton spatial dimensions, so the kernels exist once. Every
 names the operation, the argument, what was expected and what was given.
 """
 
+import math
 from dataclasses import dataclass
 from numbers import Integral
 
@@ -45,8 +46,8 @@ class ConvGeometry:
     @property
     def flops(self):
         """Multiply-adds x 2 of the forward convolution."""
-        taps = int(np.prod(self.kernel))
-        return 2 * self.batch * self.out_channels * (self.in_channels // self.groups) * taps * int(np.prod(self.out_size))
+        taps = math.prod(self.kernel)
+        return 2 * self.batch * self.out_channels * (self.in_channels // self.groups) * taps * math.prod(self.out_size)
 
 
 def check_array(op, name, a, dtype=None, ndim=None):
