@@ -413,3 +413,19 @@ def test_dtype_is_preserved_and_float64_is_computed_in_float64():
     assert_close(y64, ref)
     # float64 must really be computed in float64: far closer than float32 could get
     assert np.max(np.abs(y64 - ref)) < 1e-12
+
+
+@pytest.mark.parametrize(
+    "c_in, c_out, groups, expected",
+    [(64, 64, 64, "direct"), (64, 128, 64, "direct"), (64, 64, 32, "direct"), (64, 64, 16, "im2col"),
+     (1, 6, 1, "im2col"), (3, 16, 1, "im2col")],
+)
+def test_auto_rule(c_in, c_out, groups, expected):
+    """algorithm="auto" runs the direct loops exactly when a group has at most two output channels."""
+    from numbaconv._geometry import conv_geometry
+    from numbaconv.functional import choose_algorithm
+
+    x = np.zeros((1, c_in, 6, 6), np.float32)
+    w = np.zeros((c_out, c_in // groups, 3, 3), np.float32)
+    geom = conv_geometry("conv2d", x, w, None, 1, 1, 1, groups, "zeros", 2)
+    assert choose_algorithm(geom) == expected
