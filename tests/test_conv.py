@@ -423,7 +423,7 @@ def test_dtype_is_preserved_and_float64_is_computed_in_float64():
 def test_auto_rule(c_in, c_out, groups, expected):
     """algorithm="auto" runs the direct loops exactly when a group has at most two output channels."""
     from numbaconv._geometry import conv_geometry
-    from numbaconv.functional import choose_algorithm
+    from numbaconv.functional.conv import choose_algorithm
 
     x = np.zeros((1, c_in, 6, 6), np.float32)
     w = np.zeros((c_out, c_in // groups, 3, 3), np.float32)

@@ -1,4 +1,4 @@
-"""Public convolution functions, with ``torch.nn.functional``'s names and semantics.
+"""Convolution, with ``torch.nn.functional``'s names and semantics.
 
 Each call flows one way: check the arguments and build the geometry (``_geometry``), choose the
 algorithm, allocate the outputs, run a kernel (``kernels.cpu``). No loop over data is written
@@ -7,12 +7,12 @@ here. 1-D and 2-D calls are 3-D calls on views with singleton spatial dimensions
 
 import numpy as np
 
-from . import config
-from ._geometry import (
+from .. import config
+from .._geometry import (
     check_choice, check_grad_out, check_needs, conv_geometry, conv_transpose_geometry,
 )
-from ._padding import pad, pad_adjoint
-from .kernels.cpu import ALGORITHMS
+from .._padding import pad, pad_adjoint
+from ..kernels.cpu import ALGORITHMS
 
 ALGORITHM_CHOICES = ("auto", *ALGORITHMS)
 
