@@ -271,3 +271,12 @@ def conv_transpose_backward(grad_out, x, w, stride=1, padding=0, output_padding=
             grad_w[gi] += np.tensordot(x[(slice(None), gi) + position], g, (0, 0))
     grad_b = grad_out.sum(axis=(0,) + tuple(range(2, grad_out.ndim)))
     return grad_x, grad_w, grad_b
+
+
+# --- pooling: references for numbaconv.functional.pool ---
+
+
+# --- activations, linear, dropout and losses: references for numbaconv.functional.activation / loss ---
+
+
+# --- normalization: references for numbaconv.functional.norm ---
