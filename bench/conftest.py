@@ -2,7 +2,6 @@
 
 import functools
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -14,38 +13,12 @@ if str(ROOT) not in sys.path:
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from machine import cpu_flags, cpu_model  # noqa: E402
 
 # A timed round budget: enough rounds for a stable median on fast cases, few on slow ones.
 ROUND_BUDGET_S = 1.0
 MIN_ROUNDS, MAX_ROUNDS = 3, 50
 SLOW_CALL_S = 3.0  # past this, a single round is all a case gets
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags():
-    """The widest x86 vector extension the CPU reports, if any."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    for name in ("avx512f", "avx2", "avx", "sse4_2"):
-                        if name in flags:
-                            return name
-                    return ""
-    except OSError:
-        pass
-    return ""
 
 
 def torch_or_none():

@@ -16,20 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from machine import cpu_model  # noqa: E402
 from shapes import DIRECTIONS, SHAPES, flops  # noqa: E402
 
 IMPLEMENTATIONS = ("direct", "im2col", "torch")
-
-
-def _local_cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _versions_here():
@@ -47,7 +37,7 @@ def machine_header(data):
     machine = data.get("machine_info", {})
     facts = machine.get("numbaconv")
     if facts is None:
-        facts = {"cpu_model": _local_cpu_model(), "cores": os.cpu_count(), **_versions_here()}
+        facts = {"cpu_model": cpu_model(), "cores": os.cpu_count(), **_versions_here()}
         source = " (read when the report was made: the JSON did not record it)"
     else:
         source = ""
