@@ -1,9 +1,19 @@
 """Direct-loop convolution: every output is a sum over its window, computed in place.
 
 Arrays are 5-D and C-contiguous: x (N, C, D, H, W), w (K, C/groups, KD, KH, KW),
-out (N, K, OD, OH, OW). The innermost loop always runs along W over a precomputed valid range,
-so it is branch-free and, at stride 1, contiguous (it vectorizes). Loops are ordered so that the
-rows being accumulated stay in L1 while every channel and tap is added to them.
+out (N, K, OD, OH, OW).
+
+At stride 1 (``_*_flat``) the input is zero-padded once and each plane is treated as one flat
+vector: kernel tap (kd, kh, kw) then reads the input at a constant offset from the output,
+``q + (kd*Hp + kh)*Wp + kw`` on the padded grid, so a whole plane is one long contiguous loop that
+vectorizes, with no bounds to check. Outputs are computed on the padded input's grid and the
+columns past the true output width, which mix neighbouring rows, are dropped at the end: a few
+percent of extra work for loops many times longer than one output row. The gradients use the same
+grid, with ``grad_out`` placed on it and zeros in the dropped columns.
+
+At larger strides (``_forward``, ``_grad_input``, ``_grad_weight``) the innermost loop runs along W
+over a precomputed valid range, so it is branch-free; loops are ordered so that the rows being
+accumulated stay in L1 while every channel and tap is added to them.
 
 Arrays are indexed in full (``x[n, c, i, j, l]``) rather than through sub-array views: in a
 parallel loop every view would atomically touch the parent's reference count, and threads
@@ -118,18 +128,150 @@ def _grad_weight(go, x, gw, stride, dilation, padding, groups):
                     gw[k, cl, kd, kh, kw] = acc
 
 
+@njit(inline="always", cache=True)
+def _flat_span(plane_shape, kernel_shape, dilation):
+    """Offset of every tap on the flat padded grid, and how many grid positions to compute."""
+    Hp, Wp = plane_shape[1], plane_shape[2]
+    KD, KH, KW = kernel_shape
+    reach = ((KD - 1) * dilation[0] * Hp + (KH - 1) * dilation[1]) * Wp + (KW - 1) * dilation[2]
+    return plane_shape[0] * Hp * Wp - reach
+
+
+@njit(inline="always", cache=True)
+def _tap_shift(kd, kh, kw, plane_shape, dilation):
+    return (kd * dilation[0] * plane_shape[1] + kh * dilation[1]) * plane_shape[2] + kw * dilation[2]
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _forward_flat(xp, w, b, out, dilation):
+    N, C = xp.shape[:2]
+    K, Cg, KD, KH, KW = w.shape
+    OD, OH, OW = out.shape[2:]
+    Kg = K // (C // Cg)
+    plane = xp.shape[2:]
+    q_end = _flat_span(plane, (KD, KH, KW), dilation)
+    xf = xp.reshape(N, C, -1)
+    for nk in prange(N * K):  # one (sample, output channel) plane per task
+        n, k = nk // K, nk % K
+        c0 = (k // Kg) * Cg
+        acc = np.empty(q_end, dtype=xp.dtype)
+        acc[:] = b[k]
+        for c in range(Cg):
+            for kd in range(KD):
+                for kh in range(KH):
+                    for kw in range(KW):
+                        shift = _tap_shift(kd, kh, kw, plane, dilation)
+                        wv = w[k, c, kd, kh, kw]
+                        for q in range(q_end):
+                            acc[U(q)] += wv * xf[n, c0 + c, U(q + shift)]
+        for od in range(OD):
+            for oh in range(OH):
+                base = (od * plane[1] + oh) * plane[2]
+                for ow in range(OW):
+                    out[n, k, od, oh, U(ow)] = acc[U(base + ow)]
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _grad_input_flat(gog, w, gxp, dilation):
+    N, C = gxp.shape[:2]
+    K, Cg, KD, KH, KW = w.shape
+    Kg = K // (C // Cg)
+    plane = gxp.shape[2:]
+    q_end = gog.shape[2]
+    gxf = gxp.reshape(N, C, -1)
+    for nc in prange(N * C):  # one input plane per task: the scatter below never races
+        n, c = nc // C, nc % C
+        k0, cl = (c // Cg) * Kg, c % Cg
+        gxf[n, c] = 0
+        for k in range(k0, k0 + Kg):
+            for kd in range(KD):
+                for kh in range(KH):
+                    for kw in range(KW):
+                        shift = _tap_shift(kd, kh, kw, plane, dilation)
+                        wv = w[k, cl, kd, kh, kw]
+                        for q in range(q_end):
+                            gxf[n, c, U(q + shift)] += wv * gog[n, k, U(q)]
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _grad_weight_flat(gog, xp, gw, dilation):
+    N, C = xp.shape[:2]
+    K, Cg, KD, KH, KW = gw.shape
+    Kg = K // (C // Cg)
+    plane = xp.shape[2:]
+    q_end = gog.shape[2]
+    xf = xp.reshape(N, C, -1)
+    for kc in prange(K * Cg):  # one (output, input channel) filter per task
+        k, cl = kc // Cg, kc % Cg
+        c = (k // Kg) * Cg + cl
+        for kd in range(KD):
+            for kh in range(KH):
+                for kw in range(KW):
+                    shift = _tap_shift(kd, kh, kw, plane, dilation)
+                    gw[k, cl, kd, kh, kw] = 0
+                    acc = gw[k, cl, kd, kh, kw]  # a zero of the array's own dtype
+                    for n in range(N):
+                        for q in range(q_end):
+                            acc += gog[n, k, U(q)] * xf[n, c, U(q + shift)]
+                    gw[k, cl, kd, kh, kw] = acc
+
+
+def _grid_shape(geom):
+    """The padded grid of a stride-1 convolution: the output plus the dilated kernel's reach."""
+    return tuple(o + d * (k - 1) for o, d, k in zip(geom.out_size, geom.dilation, geom.kernel))
+
+
+def _window(size, offset, grid):
+    """Slices (on the array, on the grid) of an array of spatial ``size`` placed at ``offset``
+    on ``grid``, clipped to the grid (a transposed convolution's output_padding can reach past it)."""
+    inner = tuple(slice(0, min(n, g - o)) for n, o, g in zip(size, offset, grid))
+    outer = tuple(slice(o, o + s.stop) for o, s in zip(offset, inner))
+    return inner, outer
+
+
+def _padded(x, geom):
+    """x zero-padded onto the grid."""
+    xp = np.zeros((*x.shape[:2], *_grid_shape(geom)), dtype=x.dtype)
+    inner, outer = _window(x.shape[2:], geom.padding, xp.shape[2:])
+    xp[(..., *outer)] = x[(..., *inner)]
+    return xp
+
+
+def _on_grid(go, geom):
+    """grad_out placed at the start of the grid, zeros elsewhere, flattened to what the flat
+    kernels read: the dropped columns must contribute nothing to the gradients."""
+    grid = _grid_shape(geom)
+    gog = np.zeros((*go.shape[:2], *geom.out_size[:1], *grid[1:]), dtype=go.dtype)
+    gog[..., :geom.out_size[1], :geom.out_size[2]] = go
+    q_end = _flat_span(grid, geom.kernel, geom.dilation)
+    return gog.reshape(*go.shape[:2], -1)[:, :, :q_end].copy()
+
+
 def forward(x, w, b, out, geom, workspace=None):
     """out = conv(x, w) + b (b may be None), written over ``out``."""
     if b is None:
         b = np.zeros(w.shape[0], dtype=w.dtype)
-    _forward(x, w, b, out, geom.stride, geom.dilation, geom.padding, geom.groups)
+    if geom.stride == (1, 1, 1):
+        _forward_flat(_padded(x, geom), w, b, out, geom.dilation)
+    else:
+        _forward(x, w, b, out, geom.stride, geom.dilation, geom.padding, geom.groups)
 
 
 def grad_input(go, w, gx, geom, workspace=None):
     """gx = the input gradient of conv for output gradient ``go``, written over ``gx``."""
-    _grad_input(go, w, gx, geom.stride, geom.dilation, geom.padding, geom.groups)
+    if geom.stride == (1, 1, 1):
+        gxp = np.empty((*gx.shape[:2], *_grid_shape(geom)), dtype=gx.dtype)
+        _grad_input_flat(_on_grid(go, geom), w, gxp, geom.dilation)
+        inner, outer = _window(gx.shape[2:], geom.padding, gxp.shape[2:])
+        gx[...] = 0
+        gx[(..., *inner)] = gxp[(..., *outer)]
+    else:
+        _grad_input(go, w, gx, geom.stride, geom.dilation, geom.padding, geom.groups)
 
 
 def grad_weight(go, x, gw, geom, workspace=None):
     """gw = the weight gradient of conv for output gradient ``go``, written over ``gw``."""
-    _grad_weight(go, x, gw, geom.stride, geom.dilation, geom.padding, geom.groups)
+    if geom.stride == (1, 1, 1):
+        _grad_weight_flat(_on_grid(go, geom), _padded(x, geom), gw, geom.dilation)
+    else:
+        _grad_weight(go, x, gw, geom.stride, geom.dilation, geom.padding, geom.groups)
