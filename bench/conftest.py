@@ -10,6 +10,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # benchmark the checkout this suite belongs to
 
+try:
+    # PyTorch before numbaconv: both can share one OpenMP runtime, which keeps the settings of
+    # whoever loads it first. PyTorch is the reference, so it keeps its own defaults, and
+    # numbaconv's config.OPENMP_ENV does not apply in this suite (a conservative choice for it).
+    import torch  # noqa: F401
+except ImportError:
+    pass
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -74,6 +74,15 @@ def _threading_layer():
         return f"unknown ({type(exc).__name__}: {exc})"
 
 
+def _thread_env():
+    """What numbaconv added to the environment while Numba's threads started (config.OPENMP_ENV)."""
+    from numbaconv import _threads
+
+    if not _threads.applied:
+        return "unchanged (set by the user, or config.OPENMP_ENV is empty)"
+    return " ".join(f"{k}={v}" for k, v in _threads.applied.items()) + " (numbaconv)"
+
+
 def _cuda():
     try:
         from numba import cuda
@@ -153,6 +162,7 @@ def info(args):
             ("numba", numba.__version__),
             ("blas", _blas()),
             ("threading layer", _threading_layer()),
+            ("thread start env", _thread_env()),
             ("threads", numba.get_num_threads()),
             ("cuda available", _cuda()),
             ("kernel cache", _kernel_cache()),

@@ -8,3 +8,13 @@ takes effect on the next call.
 #: enough to keep the buffer under this limit (one sample at a time at the very least). The
 #: buffer is kept for reuse by later calls, one per calling thread.
 WORKSPACE_BYTES = 256 * 2**20
+
+#: Environment Numba's OpenMP worker threads start with, where the environment does not already
+#: set these variables. numbaconv's kernels alternate with NumPy's BLAS, whose worker threads keep
+#: spinning for a while after each GEMM. An OpenMP worker that spins too is not woken ahead of
+#: them, and on 2 cores a parallel kernel right after a GEMM waited 6-7 ms for a core; workers
+#: that sleep when idle are woken in 20-80 us (LeNet's two convolutions and a small GEMM: 10.7 ms
+#: a step with OpenMP's default, 1.2 ms with this). Applied once, when numbaconv is imported and
+#: starts Numba's threads, and only if no OpenMP runtime is running in the process yet; the
+#: process environment is restored afterwards. Set it to {} to keep OpenMP's defaults.
+OPENMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}

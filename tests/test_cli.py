@@ -42,6 +42,7 @@ INFO_KEYS = [
     "numba",
     "blas",
     "threading layer",
+    "thread start env",
     "threads",
     "cuda available",
     "kernel cache",
@@ -115,3 +116,18 @@ def test_no_subcommand_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_:
         main([])
     assert exit_.value.code == 2
+
+
+def test_thread_start_env_is_restored():
+    """numbaconv starts Numba's threads with config.OPENMP_ENV, then gives the process its
+    environment back, and leaves alone a choice the user made."""
+    code = (
+        "import os, numbaconv; from numbaconv import _threads; "
+        "print(os.environ.get('OMP_WAIT_POLICY'), _threads.applied)"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
+    fresh = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert fresh.stdout.split() == ["None", "{'OMP_WAIT_POLICY':", "'PASSIVE'}"]
+    mine = subprocess.run([sys.executable, "-c", code], env={**env, "GOMP_SPINCOUNT": "5"},
+                          capture_output=True, text=True, check=True)
+    assert mine.stdout.split() == ["None", "{}"]

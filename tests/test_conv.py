@@ -416,16 +416,27 @@ def test_dtype_is_preserved_and_float64_is_computed_in_float64():
 
 
 @pytest.mark.parametrize(
-    "c_in, c_out, groups, expected",
-    [(64, 64, 64, "direct"), (64, 128, 64, "direct"), (64, 64, 32, "direct"), (64, 64, 16, "im2col"),
-     (1, 6, 1, "im2col"), (3, 16, 1, "im2col")],
+    "c_in, c_out, groups, stride, direction, expected",
+    [
+        (64, 64, 64, 1, "forward", "direct"),  # depthwise: direct in every direction
+        (64, 128, 64, 2, "grad_weight", "direct"),
+        (64, 64, 32, 1, "grad_input", "direct"),
+        (1, 6, 1, 1, "forward", "direct"),  # LeNet c1
+        (6, 16, 1, 1, "forward", "direct"),  # LeNet c2
+        (6, 16, 1, 2, "forward", "im2col"),  # ... but strided
+        (6, 16, 1, 1, "grad_input", "im2col"),  # ungrouped grad input
+        (64, 64, 8, 1, "grad_input", "direct"),  # grouped, 8 x 8 channels a group
+        (64, 64, 4, 1, "grad_input", "im2col"),  # grouped, 16 x 16
+        (6, 16, 1, 1, "grad_weight", "im2col"),
+        (64, 64, 1, 1, "forward", "im2col"),
+    ],
 )
-def test_auto_rule(c_in, c_out, groups, expected):
-    """algorithm="auto" runs the direct loops exactly when a group has at most two output channels."""
+def test_auto_rule(c_in, c_out, groups, stride, direction, expected):
+    """algorithm="auto" follows the per-direction rules documented in choose_algorithm."""
     from numbaconv._geometry import conv_geometry
     from numbaconv.functional.conv import choose_algorithm
 
-    x = np.zeros((1, c_in, 6, 6), np.float32)
+    x = np.zeros((1, c_in, 9, 9), np.float32)
     w = np.zeros((c_out, c_in // groups, 3, 3), np.float32)
-    geom = conv_geometry("conv2d", x, w, None, 1, 1, 1, groups, "zeros", 2)
-    assert choose_algorithm(geom) == expected
+    geom = conv_geometry("conv2d", x, w, None, stride, 1, 1, groups, "zeros", 2)
+    assert choose_algorithm(geom, direction) == expected

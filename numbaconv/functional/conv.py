@@ -17,34 +17,40 @@ from ..kernels.cpu import ALGORITHMS
 ALGORITHM_CHOICES = ("auto", *ALGORITHMS)
 
 
-def choose_algorithm(geom):
-    """The algorithm ``algorithm="auto"`` runs for a geometry.
+def choose_algorithm(geom, direction="forward"):
+    """The algorithm ``algorithm="auto"`` runs for one direction ("forward", "grad_input" or
+    "grad_weight") of a convolution, chosen separately as cuDNN chooses its forward,
+    backward-data and backward-filter algorithms.
 
-    im2col runs one GEMM per group whose rows are that group's output channels. With many rows
-    the GEMM runs near the machine's peak and im2col wins by 3-40x (every shape of bench/,
-    depthwise excepted). With one or two rows it is a matrix-vector product that rereads a column
-    buffer ``taps`` times the size of the input, and the direct loops, which read the input once,
-    win. Measured on 2 cores, float32, (8, 64, 28x28) input, 3x3 kernel, forward + backward ms,
-    direct / im2col:
+    im2col runs one GEMM per group with a group's output channels as rows: with many channels
+    per group the GEMM runs near the machine's peak and im2col wins. With few, the GEMM cannot
+    pay for unfolding a column buffer ``taps`` times the size of the input, and the direct
+    loops, which read the input once, win; at stride 1 they run as long vectorized loops over
+    whole planes. ``bench/algorithms.py`` measures both on each direction; the rules below are
+    read off its table (``bench/results/algorithms.md``), C/g and K/g being the input and output
+    channels per group:
 
-    ======================  =============  ===========
-    groups (C/g, K/g)       direct         im2col
-    ======================  =============  ===========
-    64 (1, 1) depthwise     1.5 + 3.6      10.4 + 34.2   (56x56 input)
-    64 (1, 2)               1.2 + 2.6      2.7 + 3.8
-    32 (2, 2)               1.1 + 2.5      2.8 + 3.7
-    16 (4, 4)               2.2 + 4.9      2.9 + 3.6
-    8 (8, 8)                4.3 + 9.4      3.5 + 4.3
-    ======================  =============  ===========
-
-    LeNet's first layer (C/g = 1, K/g = 6) still favours im2col (0.6 + 1.3 ms against 1.0 + 2.4).
+    - K/g <= 2 (depthwise and alike): direct, every direction, any stride (5-10x faster).
+    - stride 1, forward, C/g * K/g <= 128: direct (LeNet's layers: 1.3-1.5x faster).
+    - stride 1, grad_input, grouped, C/g * K/g <= 64: direct (the per-group GEMMs are tiny).
+    - otherwise im2col, by 1.2x to 30x on larger channel counts and every strided shape.
     """
-    return "direct" if geom.out_channels // geom.groups <= 2 else "im2col"
+    per_group_in, per_group_out = geom.in_channels // geom.groups, geom.out_channels // geom.groups
+    if per_group_out <= 2:
+        return "direct"
+    if geom.stride == (1, 1, 1):
+        work = per_group_in * per_group_out
+        if direction == "forward" and work <= 128:
+            return "direct"
+        if direction == "grad_input" and geom.groups > 1 and work <= 64:
+            return "direct"
+    return "im2col"
 
 
-def _kernels(op, algorithm, geom):
-    check_choice(op, "algorithm", algorithm, ALGORITHM_CHOICES)
-    return ALGORITHMS[choose_algorithm(geom) if algorithm == "auto" else algorithm]
+def _kernel(op, algorithm, geom, direction):
+    """The kernel entry point that runs ``direction`` of this convolution."""
+    name = choose_algorithm(geom, direction) if algorithm == "auto" else algorithm
+    return getattr(ALGORITHMS[name], direction)
 
 
 def _as5(a, channels, size):
@@ -67,17 +73,17 @@ def _bias_sum(grad_out):
 
 def _conv(op, ndim, x, weight, bias, stride, padding, dilation, groups, padding_mode, algorithm):
     geom = conv_geometry(op, x, weight, bias, stride, padding, dilation, groups, padding_mode, ndim)
-    kernels = _kernels(op, algorithm, geom)
+    check_choice(op, "algorithm", algorithm, ALGORITHM_CHOICES)
     out = np.empty((geom.batch, geom.out_channels, *geom.out_size), dtype=x.dtype)
     b = None if bias is None else np.ascontiguousarray(bias)
     x5 = _as5(pad(x, geom.spatial(geom.mode_padding), padding_mode), geom.in_channels, geom.in_size)
-    kernels.forward(x5, _weight5(weight, geom), b, out, geom, config.WORKSPACE_BYTES)
+    _kernel(op, algorithm, geom, "forward")(x5, _weight5(weight, geom), b, out, geom, config.WORKSPACE_BYTES)
     return _user(out, geom)
 
 
 def _conv_backward(op, ndim, grad_out, x, weight, stride, padding, dilation, groups, padding_mode, needs, algorithm):
     geom = conv_geometry(op, x, weight, None, stride, padding, dilation, groups, padding_mode, ndim)
-    kernels = _kernels(op, algorithm, geom)
+    check_choice(op, "algorithm", algorithm, ALGORITHM_CHOICES)
     needs = check_needs(op, needs)
     check_grad_out(op, grad_out, (geom.batch, geom.out_channels, *geom.spatial(geom.out_size)), x.dtype)
     go5 = _as5(grad_out, geom.out_channels, geom.out_size)
@@ -85,12 +91,12 @@ def _conv_backward(op, ndim, grad_out, x, weight, stride, padding, dilation, gro
     grad_x = grad_weight = grad_bias = None
     if needs[0]:
         gx5 = np.empty((geom.batch, geom.in_channels, *geom.in_size), dtype=x.dtype)
-        kernels.grad_input(go5, w5, gx5, geom, config.WORKSPACE_BYTES)
+        _kernel(op, algorithm, geom, "grad_input")(go5, w5, gx5, geom, config.WORKSPACE_BYTES)
         grad_x = np.ascontiguousarray(pad_adjoint(_user(gx5, geom), geom.spatial(geom.mode_padding), padding_mode))
     if needs[1]:
         x5 = _as5(pad(x, geom.spatial(geom.mode_padding), padding_mode), geom.in_channels, geom.in_size)
         grad_weight = np.empty(w5.shape, dtype=x.dtype)
-        kernels.grad_weight(go5, x5, grad_weight, geom, config.WORKSPACE_BYTES)
+        _kernel(op, algorithm, geom, "grad_weight")(go5, x5, grad_weight, geom, config.WORKSPACE_BYTES)
         grad_weight = grad_weight.reshape(weight.shape)
     if needs[2]:
         grad_bias = _bias_sum(grad_out)
@@ -99,10 +105,10 @@ def _conv_backward(op, ndim, grad_out, x, weight, stride, padding, dilation, gro
 
 def _conv_transpose(op, ndim, x, weight, bias, stride, padding, output_padding, groups, dilation, algorithm):
     geom = conv_transpose_geometry(op, x, weight, bias, stride, padding, output_padding, groups, dilation, ndim)
-    kernels = _kernels(op, algorithm, geom)
+    check_choice(op, "algorithm", algorithm, ALGORITHM_CHOICES)
     out = np.empty((geom.batch, geom.in_channels, *geom.in_size), dtype=x.dtype)
     # a transposed convolution is the input gradient of the convolution it transposes
-    kernels.grad_input(_as5(x, geom.out_channels, geom.out_size), _weight5(weight, geom), out, geom, config.WORKSPACE_BYTES)
+    _kernel(op, algorithm, geom, "grad_input")(_as5(x, geom.out_channels, geom.out_size), _weight5(weight, geom), out, geom, config.WORKSPACE_BYTES)
     if bias is not None:
         out += bias.reshape(-1, 1, 1, 1)
     return _user(out, geom)
@@ -110,7 +116,7 @@ def _conv_transpose(op, ndim, x, weight, bias, stride, padding, output_padding, 
 
 def _conv_transpose_backward(op, ndim, grad_out, x, weight, stride, padding, output_padding, groups, dilation, needs, algorithm):
     geom = conv_transpose_geometry(op, x, weight, None, stride, padding, output_padding, groups, dilation, ndim)
-    kernels = _kernels(op, algorithm, geom)
+    check_choice(op, "algorithm", algorithm, ALGORITHM_CHOICES)
     needs = check_needs(op, needs)
     check_grad_out(op, grad_out, (geom.batch, geom.in_channels, *geom.spatial(geom.in_size)), x.dtype)
     go5 = _as5(grad_out, geom.in_channels, geom.in_size)
@@ -118,11 +124,11 @@ def _conv_transpose_backward(op, ndim, grad_out, x, weight, stride, padding, out
     grad_x = grad_weight = grad_bias = None
     if needs[0]:  # ... and so its input gradient is that convolution's forward
         gx5 = np.empty((geom.batch, geom.out_channels, *geom.out_size), dtype=x.dtype)
-        kernels.forward(go5, w5, None, gx5, geom, config.WORKSPACE_BYTES)
+        _kernel(op, algorithm, geom, "forward")(go5, w5, None, gx5, geom, config.WORKSPACE_BYTES)
         grad_x = _user(gx5, geom)
     if needs[1]:  # ... and its weight gradient that convolution's, with the roles of x and grad_out swapped
         grad_weight = np.empty(w5.shape, dtype=x.dtype)
-        kernels.grad_weight(_as5(x, geom.out_channels, geom.out_size), go5, grad_weight, geom, config.WORKSPACE_BYTES)
+        _kernel(op, algorithm, geom, "grad_weight")(_as5(x, geom.out_channels, geom.out_size), go5, grad_weight, geom, config.WORKSPACE_BYTES)
         grad_weight = grad_weight.reshape(weight.shape)
     if needs[2]:
         grad_bias = _bias_sum(grad_out)
