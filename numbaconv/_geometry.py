@@ -203,3 +203,184 @@ def check_needs(op, needs):
     if not (isinstance(needs, (tuple, list)) and len(needs) == 3 and all(isinstance(v, (bool, np.bool_)) for v in needs)):
         raise TypeError(f"{op}: needs must be a tuple of 3 bools (grad_x, grad_weight, grad_bias), got {needs!r}")
     return tuple(bool(v) for v in needs)
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+@dataclass(frozen=True)
+class PoolGeometry:
+    """One pooling call, seen by the kernels: a window per output position, separable per dimension.
+
+    Every pooling op (max, average, adaptive) reads, along each of the three (padded to 3-D)
+    spatial dimensions, ``count[dim][o]`` input positions starting at ``first[dim][o]``,
+    ``step[dim]`` apart, for output position ``o``: the window with the padding already cut
+    away. ``span[dim][o]`` is the window's length counting padding (average pooling's
+    ``count_include_pad`` divisor); ``kernel`` is the kernel size (None for adaptive pooling).
+    """
+
+    ndim: int
+    batch: int
+    channels: int
+    in_size: tuple
+    out_size: tuple
+    first: tuple
+    count: tuple
+    step: tuple
+    span: tuple
+    kernel: tuple = None
+
+    def spatial(self, size):
+        """The last ``ndim`` entries of a 3-D size: what the user sees."""
+        return tuple(size[3 - self.ndim:])
+
+    @property
+    def out_shape(self):
+        return (self.batch, self.channels, *self.spatial(self.out_size))
+
+    def _table(self, rows, dtype):
+        table = np.zeros((3, max(self.out_size)), dtype=dtype)
+        for dim, row in enumerate(rows):
+            table[dim, :len(row)] = row
+        return table
+
+    def windows(self):
+        """(first, count) as (3, max(out_size)) int64 tables, row ``dim`` for that dimension."""
+        return self._table(self.first, np.int64), self._table(self.count, np.int64)
+
+    def divisors(self, count_include_pad=False, divisor_override=None):
+        """(3, max(out_size)) float64 factors: an output's divisor is the product of its three."""
+        if divisor_override is not None:
+            return self._table(((1,) * self.out_size[0], (1,) * self.out_size[1], (divisor_override,) * self.out_size[2]), np.float64)
+        return self._table(self.span if count_include_pad else self.count, np.float64)
+
+    def nonempty(self):
+        """(OD, OH, OW) bool: the windows that read at least one input position."""
+        c = [np.asarray(row) > 0 for row in self.count]
+        return c[0][:, None, None] & c[1][None, :, None] & c[2][None, None, :]
+
+
+def check_bool(op, name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{op}: {name} must be a bool, got {value!r}")
+    return bool(value)
+
+
+def check_pool_input(op, x, ndim):
+    """x is a batched (N, C, *spatial) float array with channels and non-empty spatial dims."""
+    check_array(op, "x", x)
+    if x.ndim != ndim + 2:
+        names = ("L", "H, W", "D, H, W")[ndim - 1]
+        raise ValueError(
+            f"{op}: x must have {ndim + 2} dimensions (N, C, {names}); unbatched (C, {names}) input is not "
+            f"accepted (add a batch axis: x[None]), got {x.ndim} dimensions (shape {x.shape})"
+        )
+    if min(x.shape[1:]) < 1:
+        raise ValueError(f"{op}: x must have at least one channel and non-empty spatial dimensions, got shape {x.shape}")
+    return x
+
+
+def pool_output_size(n, k, s, p, d, ceil_mode):
+    """PyTorch's pooling output length: with ceil_mode the last window must start inside the
+    input or the left padding."""
+    out = (n + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (out - 1) * s >= n + p:
+        out -= 1
+    return out
+
+
+def pool_geometry(op, x, ndim, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """Check a sliding-window pooling's arguments (max, avg, lp) and return its geometry.
+
+    stride None means kernel_size; padding may be at most half the kernel size (as in PyTorch,
+    the undilated kernel size, also for dilated max pooling).
+    """
+    check_pool_input(op, x, ndim)
+    kernel = int_tuple(op, "kernel_size", kernel_size, ndim, 1)
+    stride = kernel if stride is None else int_tuple(op, "stride", stride, ndim, 1)
+    padding = int_tuple(op, "padding", padding, ndim, 0)
+    dilation = int_tuple(op, "dilation", dilation, ndim, 1)
+    ceil_mode = check_bool(op, "ceil_mode", ceil_mode)
+    size = tuple(x.shape[2:])
+    for dim, (k, p) in enumerate(zip(kernel, padding)):
+        if p > k // 2:
+            raise ValueError(
+                f"{op}: padding must be at most half the kernel size, got padding {padding} for kernel_size {kernel} "
+                f"(spatial dim {dim})"
+            )
+    out = tuple(pool_output_size(n, k, s, p, d, ceil_mode) for n, k, s, p, d in zip(size, kernel, stride, padding, dilation))
+    for dim, (n, k, p, d, o) in enumerate(zip(size, kernel, padding, dilation, out)):
+        if o < 1:
+            raise ValueError(
+                f"{op}: kernel_size {kernel} (dilated extent {d * (k - 1) + 1} in spatial dim {dim}) is larger than the "
+                f"padded input (size {n} + {2 * p} padding); x shape {x.shape}"
+            )
+    first, count, span = [], [], []
+    for n, k, s, p, d, o in zip(size, kernel, stride, padding, dilation, out):
+        starts = [i * s - p for i in range(o)]
+        skip = [-(-max(0, -a) // d) for a in starts]  # taps in the left padding
+        first.append(tuple(a + t * d for a, t in zip(starts, skip)))
+        count.append(tuple(max(0, min(k - 1, (n - 1 - a) // d) - t + 1) for a, t in zip(starts, skip)))
+        span.append(tuple(min(a + k, n + p) - a for a in starts))  # PyTorch's avg divisor with padding
+    return PoolGeometry(
+        ndim=ndim, batch=x.shape[0], channels=x.shape[1], in_size=_as3(size, ndim, 1), out_size=_as3(out, ndim, 1),
+        first=_as3(first, ndim, (0,)), count=_as3(count, ndim, (1,)), step=_as3(dilation, ndim, 1),
+        span=_as3(span, ndim, (1,)), kernel=_as3(kernel, ndim, 1),
+    )
+
+
+def adaptive_pool_geometry(op, x, ndim, output_size):
+    """Check an adaptive pooling's arguments and return its geometry: output position i of a
+    length-L dimension reads [floor(i * L / out), ceil((i + 1) * L / out)); None keeps L."""
+    check_pool_input(op, x, ndim)
+    size = tuple(x.shape[2:])
+    items = (output_size,) * ndim if isinstance(output_size, Integral) or output_size is None else output_size
+    if not isinstance(items, (tuple, list)) or len(items) != ndim or isinstance(output_size, bool) or not all(
+        v is None or (isinstance(v, Integral) and not isinstance(v, bool)) for v in items
+    ):
+        raise TypeError(f"{op}: output_size must be an int or a tuple of {ndim} ints or None, got {output_size!r}")
+    out = tuple(n if v is None else int(v) for n, v in zip(size, items))
+    if min(out) < 1:
+        raise ValueError(f"{op}: output_size must be >= 1 in every dimension, got {output_size!r}")
+    first = tuple(tuple(i * n // o for i in range(o)) for n, o in zip(size, out))
+    count = tuple(tuple(-(-(i + 1) * n // o) - i * n // o for i in range(o)) for n, o in zip(size, out))
+    return PoolGeometry(
+        ndim=ndim, batch=x.shape[0], channels=x.shape[1], in_size=_as3(size, ndim, 1), out_size=_as3(out, ndim, 1),
+        first=_as3(first, ndim, (0,)), count=_as3(count, ndim, (1,)), step=(1, 1, 1), span=_as3(count, ndim, (1,)),
+    )
+
+
+def check_indices(op, indices, geom):
+    """indices: int64 of the output's shape, each inside the input plane (windows that read no
+    input, whose output is -inf, route nothing and may hold anything)."""
+    if not isinstance(indices, np.ndarray):
+        raise TypeError(f"{op}: indices must be a numpy.ndarray, got {type(indices).__name__}")
+    if indices.dtype != np.int64:
+        raise TypeError(f"{op}: indices must have dtype int64, got {indices.dtype}")
+    if indices.shape != geom.out_shape:
+        raise ValueError(f"{op}: indices must have the output's shape {geom.out_shape}, got {indices.shape}")
+    plane = math.prod(geom.in_size)
+    if indices.size and (indices.min() < 0 or indices.max() >= plane):
+        outside = (indices < 0) | (indices >= plane)
+        if (outside.reshape(*indices.shape[:2], *geom.out_size) & geom.nonempty()).any():
+            raise ValueError(f"{op}: indices must lie in [0, {plane}) (flat positions in the input plane), "
+                             f"got values from {indices.min()} to {indices.max()}")
+    return indices
+
+
+def check_divisor_override(op, divisor_override):
+    if divisor_override is None:
+        return None
+    if not isinstance(divisor_override, Integral) or isinstance(divisor_override, bool):
+        raise TypeError(f"{op}: divisor_override must be an int or None, got {divisor_override!r}")
+    if divisor_override == 0:
+        raise ValueError(f"{op}: divisor_override must be non-zero, got 0")
+    return int(divisor_override)
+
+
+def check_norm_type(op, norm_type):
+    if not isinstance(norm_type, (Integral, float, np.floating)) or isinstance(norm_type, bool):
+        raise TypeError(f"{op}: norm_type must be a number, got {norm_type!r}")
+    if not norm_type > 0:
+        raise ValueError(f"{op}: norm_type must be > 0 (inf for max pooling of |x|), got {norm_type!r}")
+    return float(norm_type)

@@ -7,6 +7,11 @@ the same sum. The sums of absolute terms come from running the same naive refere
 |w|, |b| and |grad_out|, so each element is checked against its own scale, not the largest one.
 """
 
+import os
+import re
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -68,3 +73,74 @@ def assert_close(got, ref, scale=None, dtype=None, what="result"):
 @pytest.fixture
 def rng():
     return np.random.default_rng(20240611)
+
+
+def check(got, ref, scale, dtype, what):
+    """assert_close, and the result is C-contiguous."""
+    assert_close(got, ref, scale, dtype, what)
+    assert got.flags.c_contiguous, f"{what} is not C-contiguous"
+
+
+def unmodified(*arrays):
+    """A check that ``arrays`` still hold what they hold now."""
+    copies = [a.copy() for a in arrays]
+
+    def check_unmodified():
+        for a, c in zip(arrays, copies):
+            np.testing.assert_array_equal(a, c, err_msg="an input array was modified")
+    return check_unmodified
+
+
+# --------------------------------------------------------------------------- finite differences
+
+FD_EPS = 1e-6
+
+
+def numerical_grad(loss, a, eps=FD_EPS):
+    """Central differences of the scalar ``loss()`` with respect to every element of ``a``
+    (perturbed in place and restored)."""
+    grad = np.zeros_like(a)
+    for idx in np.ndindex(a.shape):
+        orig = a[idx]
+        a[idx] = orig + eps
+        plus = loss()
+        a[idx] = orig - eps
+        minus = loss()
+        a[idx] = orig
+        grad[idx] = (plus - minus) / (2 * eps)
+    return grad
+
+
+# --------------------------------------------------------------------------- bad-input batteries
+
+
+def run_battery(cases):
+    """Run every (name, call, exception, match) case; exit 1 unless each raised ValueError or
+    TypeError. Runs in the subprocess of ``assert_battery_survives``."""
+    failures = []
+    for name, call, _, _ in cases:
+        try:
+            call()
+        except (ValueError, TypeError):
+            continue
+        except Exception as e:  # noqa: BLE001 - anything else is a failure to report
+            failures.append(f"{name}: {type(e).__name__}: {e}")
+        else:
+            failures.append(f"{name}: no exception")
+    print(f"{len(cases) - len(failures)} of {len(cases)} cases raised ValueError/TypeError")
+    for failure in failures:
+        print(failure)
+    sys.exit(1 if failures else 0)
+
+
+def assert_battery_survives(module):
+    """Run test module ``module``'s CASES in a fresh interpreter: a crash (segfault, abort) in
+    compiled code on any bad input fails the test instead of taking pytest down with it."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    script = (f"import sys; sys.path.insert(0, {tests!r}); import conftest, {module}; "
+              f"conftest.run_battery({module}.CASES)")
+    done = subprocess.run([sys.executable, "-c", script], cwd=os.path.dirname(tests),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"return code {done.returncode}\n{done.stdout}\n{done.stderr}"
+    ran = re.search(r"(\d+) of (\d+) cases raised", done.stdout)
+    assert ran and ran.group(1) == ran.group(2) and int(ran.group(1)) > 0, done.stdout

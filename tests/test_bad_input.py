@@ -4,14 +4,12 @@ Every case is also run in a fresh interpreter (``test_battery_in_a_subprocess``)
 compiled code (segfault, abort) on bad input fails the suite instead of killing it.
 """
 
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import numbaconv
+from conftest import assert_battery_survives
 
 F32, F64 = np.float32, np.float64
 
@@ -168,28 +166,6 @@ def test_bad_input_raises_naming_the_argument(call, exception, match):
         call()
 
 
-def run_battery():
-    """Run every case; exit 1 unless each raised ValueError or TypeError. Used by the subprocess."""
-    failures = []
-    for name, call, _, _ in CASES:
-        try:
-            call()
-        except (ValueError, TypeError):
-            continue
-        except Exception as e:  # noqa: BLE001 - anything else is a failure to report
-            failures.append(f"{name}: {type(e).__name__}: {e}")
-        else:
-            failures.append(f"{name}: no exception")
-    print(f"{len(CASES) - len(failures)} of {len(CASES)} cases raised ValueError/TypeError")
-    for failure in failures:
-        print(failure)
-    sys.exit(1 if failures else 0)
-
 
 def test_battery_in_a_subprocess():
-    tests = os.path.dirname(os.path.abspath(__file__))
-    script = f"import sys; sys.path.insert(0, {tests!r}); import test_bad_input; test_bad_input.run_battery()"
-    done = subprocess.run([sys.executable, "-c", script], cwd=os.path.dirname(tests),
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, f"return code {done.returncode}\n{done.stdout}\n{done.stderr}"
-    assert f"{len(CASES)} of {len(CASES)} cases raised" in done.stdout
+    assert_battery_survives("test_bad_input")

@@ -13,8 +13,8 @@ import pytest
 
 import naive
 import numbaconv
+from conftest import numerical_grad
 
-EPS = 1e-6
 ALGORITHMS = ("direct", "im2col")
 
 # (x shape, weight shape, keyword arguments)
@@ -42,19 +42,6 @@ TRANSPOSE_CASES = [
 ]
 
 
-def _numerical_grad(loss, a):
-    """Central differences of the scalar ``loss()`` with respect to every element of ``a`` (in place)."""
-    grad = np.zeros_like(a)
-    for idx in np.ndindex(a.shape):
-        orig = a[idx]
-        a[idx] = orig + EPS
-        plus = loss()
-        a[idx] = orig - EPS
-        minus = loss()
-        a[idx] = orig
-        grad[idx] = (plus - minus) / (2 * EPS)
-    return grad
-
 
 def _check(forward, backward, ref_forward, x, w, b, kwargs, algorithm):
     rng = np.random.default_rng(x.size)
@@ -63,7 +50,7 @@ def _check(forward, backward, ref_forward, x, w, b, kwargs, algorithm):
     def loss():
         return float(np.sum(forward(x, w, b, algorithm=algorithm, **kwargs) * R))
 
-    numerical = [_numerical_grad(loss, a) for a in (x, w, b)]
+    numerical = [numerical_grad(loss, a) for a in (x, w, b)]
     analytic = backward(R, x, w, algorithm=algorithm, **kwargs)
     S = float(np.sum(np.abs(R) * ref_forward(np.abs(x), np.abs(w), np.abs(b), **kwargs)))
     for name, num, got in zip(("grad_x", "grad_weight", "grad_bias"), numerical, analytic):

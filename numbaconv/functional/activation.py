@@ -1,0 +1,175 @@
+"""Activations, forward and backward, with ``torch.nn.functional``'s names and semantics.
+
+Any shape, float32 or float64; results keep the dtype and are C-contiguous; inputs are never
+modified. Each backward takes ``grad_out`` first, then what PyTorch's own backward uses: the
+input x (relu, leaky_relu, elu) or the forward's output y (sigmoid, tanh, softmax, log_softmax).
+NaN and inf propagate as in PyTorch. Element-wise ops run ``kernels.cpu.elementwise`` on flat
+views; softmax runs ``kernels.cpu.softmax`` on an (outer, dim, inner) view.
+"""
+
+import math
+from numbers import Integral, Real
+
+import numpy as np
+
+from .._geometry import check_array, check_grad_out
+from ..kernels.cpu import elementwise
+from ..kernels.cpu import softmax as softmax_kernels
+
+__all__ = [
+    "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "elu", "elu_backward",
+    "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
+    "softmax", "softmax_backward", "log_softmax", "log_softmax_backward",
+]
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_real(op, name, value):
+    """A real number (not a bool), as a float."""
+    if not isinstance(value, Real) or isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{op}: {name} must be a real number, got {value!r}")
+    return float(value)
+
+
+def check_dim(op, name, dim, ndim):
+    """An int in [-ndim, ndim), as a non-negative axis. A 0-d array counts as 1-d, as in PyTorch."""
+    if not isinstance(dim, Integral) or isinstance(dim, (bool, np.bool_)):
+        raise TypeError(f"{op}: {name} must be an int, got {dim!r}")
+    n = max(ndim, 1)
+    if not -n <= dim < n:
+        raise ValueError(f"{op}: {name} must be in [{-n}, {n - 1}] for an array of {ndim} dimensions, got {dim}")
+    return int(dim) % n
+
+
+def flat(a):
+    """A C-contiguous 1-D view of ``a`` (a copy only when ``a`` is not contiguous)."""
+    return np.ascontiguousarray(a).reshape(-1)
+
+
+# --------------------------------------------------------------------------- element-wise
+
+
+def _forward(op, code, x, a=0.0):
+    check_array(op, "x", x)
+    out = np.empty(x.shape, dtype=x.dtype)
+    elementwise.forward(code, flat(x), x.dtype.type(a), out.reshape(-1))
+    return out
+
+
+def _backward(op, code, grad_out, t, name, a=0.0):
+    check_array(op, name, t)
+    check_grad_out(op, grad_out, t.shape, t.dtype)
+    out = np.empty(t.shape, dtype=t.dtype)
+    elementwise.backward(code, flat(grad_out), flat(t), t.dtype.type(a), out.reshape(-1))
+    return out
+
+
+def relu(x):
+    """max(x, 0). x: any shape; returns x's shape and dtype. relu(NaN) is NaN."""
+    return _forward("relu", elementwise.RELU, x)
+
+
+def relu_backward(grad_out, x):
+    """grad_out where x > 0, else 0 (0 at x == 0, as in PyTorch). grad_out, x: same shape."""
+    return _backward("relu_backward", elementwise.RELU, grad_out, x, "x")
+
+
+def leaky_relu(x, negative_slope=0.01):
+    """x where x > 0, else negative_slope * x. x: any shape."""
+    a = check_real("leaky_relu", "negative_slope", negative_slope)
+    return _forward("leaky_relu", elementwise.LEAKY_RELU, x, a)
+
+
+def leaky_relu_backward(grad_out, x, negative_slope=0.01):
+    """grad_out where x > 0, else negative_slope * grad_out. grad_out, x: same shape."""
+    a = check_real("leaky_relu_backward", "negative_slope", negative_slope)
+    return _backward("leaky_relu_backward", elementwise.LEAKY_RELU, grad_out, x, "x", a)
+
+
+def elu(x, alpha=1.0):
+    """x where x > 0, else alpha * (exp(x) - 1). x: any shape."""
+    a = check_real("elu", "alpha", alpha)
+    return _forward("elu", elementwise.ELU, x, a)
+
+
+def elu_backward(grad_out, x, alpha=1.0):
+    """grad_out where x > 0, else grad_out * alpha * exp(x). grad_out, x: same shape."""
+    a = check_real("elu_backward", "alpha", alpha)
+    return _backward("elu_backward", elementwise.ELU, grad_out, x, "x", a)
+
+
+def sigmoid(x):
+    """1 / (1 + exp(-x)). x: any shape."""
+    return _forward("sigmoid", elementwise.SIGMOID, x)
+
+
+def sigmoid_backward(grad_out, y):
+    """grad_out * y * (1 - y), y = sigmoid(x) (the forward's output). grad_out, y: same shape."""
+    return _backward("sigmoid_backward", elementwise.SIGMOID, grad_out, y, "y")
+
+
+def tanh(x):
+    """Hyperbolic tangent. x: any shape."""
+    return _forward("tanh", elementwise.TANH, x)
+
+
+def tanh_backward(grad_out, y):
+    """grad_out * (1 - y**2), y = tanh(x) (the forward's output). grad_out, y: same shape."""
+    return _backward("tanh_backward", elementwise.TANH, grad_out, y, "y")
+
+
+# --------------------------------------------------------------------------- softmax
+
+
+def _view3(a, dim):
+    """``a`` as a C-contiguous (outer, a.shape[dim], inner) array (a copy only if not contiguous)."""
+    shape = a.shape or (1,)
+    return np.ascontiguousarray(a).reshape(math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1:]))
+
+
+def _softmax(op, x, dim, log):
+    check_array(op, "x", x)
+    dim = check_dim(op, "dim", dim, x.ndim)
+    out = np.empty(x.shape, dtype=x.dtype)
+    if x.size:
+        x3 = _view3(x, dim)
+        m = np.empty((x3.shape[0], x3.shape[2]), dtype=x.dtype)
+        softmax_kernels.forward(x3, _view3(out, dim), m, np.empty_like(m), log)
+    return out
+
+
+def _softmax_backward(op, grad_out, y, dim, log):
+    check_array(op, "y", y)
+    check_grad_out(op, grad_out, y.shape, y.dtype)
+    dim = check_dim(op, "dim", dim, y.ndim)
+    out = np.empty(y.shape, dtype=y.dtype)
+    if y.size:
+        y3 = _view3(y, dim)
+        s = np.empty((y3.shape[0], y3.shape[2]), dtype=y.dtype)
+        softmax_kernels.backward(_view3(grad_out, dim), y3, _view3(out, dim), s, log)
+    return out
+
+
+def softmax(x, dim):
+    """exp(x) / sum(exp(x)) along ``dim``, computed as exp(x - max) / sum(exp(x - max)).
+
+    x: any shape; dim: an int in [-x.ndim, x.ndim). Returns x's shape and dtype.
+    """
+    return _softmax("softmax", x, dim, False)
+
+
+def softmax_backward(grad_out, y, dim):
+    """y * (grad_out - sum(grad_out * y, dim)), y = softmax(x, dim). grad_out, y: same shape."""
+    return _softmax_backward("softmax_backward", grad_out, y, dim, False)
+
+
+def log_softmax(x, dim):
+    """x - max - log(sum(exp(x - max))) along ``dim``. x: any shape; returns x's shape and dtype."""
+    return _softmax("log_softmax", x, dim, True)
+
+
+def log_softmax_backward(grad_out, y, dim):
+    """grad_out - exp(y) * sum(grad_out, dim), y = log_softmax(x, dim). grad_out, y: same shape."""
+    return _softmax_backward("log_softmax_backward", grad_out, y, dim, True)

@@ -1,0 +1,104 @@
+"""Element-wise kernels: activations forward and backward, and dropout's masked scaling.
+
+Arrays are flat (1-D) and C-contiguous; the caller passes ``a.reshape(-1)`` views of its
+C-contiguous arrays. Each family is one kernel selected by an integer op code (``RELU``, ...):
+the branch on the code sits outside the inner loop, so every inner loop is branch-free and
+vectorizes where its arithmetic can. One kernel with a code rather than one kernel per op,
+because Numba cannot cache a kernel that takes the scalar function as an argument or as a
+closure variable (measured: a cache miss, and a fresh compile, in every new process), and
+copies of one loop for every op would say the same thing five times.
+
+``a`` is the op's scalar parameter (leaky_relu's negative_slope, elu's alpha; ignored by the
+others), passed with the arrays' dtype so float32 arithmetic stays float32. Constants are made
+with ``out.dtype.type`` for the same reason: a Python literal would promote float32 to float64.
+
+NaN and inf behave as in PyTorch: comparisons are written so that a NaN input goes to the
+branch PyTorch sends it to (relu(NaN) is NaN; relu's gradient at a NaN input passes grad_out).
+"""
+
+import math
+
+from numba import njit, prange
+
+from ._window import FASTMATH, U
+
+RELU, LEAKY_RELU, ELU, SIGMOID, TANH = range(5)
+
+#: Elements per parallel task: large enough to amortize scheduling, small enough for 2-64 cores.
+BLOCK = 1 << 14
+
+
+@njit(inline="always", cache=True)
+def _block(b, n):
+    lo = b * BLOCK
+    return lo, min(n, lo + BLOCK)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def forward(op, x, a, out):
+    """out = op(x); x may be the forward's input only (every op here is a function of x)."""
+    n = x.size
+    zero, one = out.dtype.type(0), out.dtype.type(1)
+    for b in prange((n + BLOCK - 1) // BLOCK):
+        lo, hi = _block(b, n)
+        if op == RELU:
+            for i in range(lo, hi):
+                v = x[U(i)]
+                out[U(i)] = zero if v < zero else v  # NaN stays NaN and -0 stays -0, as torch.relu
+        elif op == LEAKY_RELU:
+            for i in range(lo, hi):
+                v = x[U(i)]
+                out[U(i)] = v if v > zero else v * a
+        elif op == ELU:
+            for i in range(lo, hi):
+                v = x[U(i)]
+                out[U(i)] = v if v > zero else a * math.expm1(v)
+        elif op == SIGMOID:
+            for i in range(lo, hi):
+                out[U(i)] = one / (one + math.exp(-x[U(i)]))
+        else:  # TANH
+            for i in range(lo, hi):
+                out[U(i)] = math.tanh(x[U(i)])
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def backward(op, go, t, a, out):
+    """out = grad_out * op'(...): ``t`` is the forward's input x for relu, leaky_relu and elu,
+    its output y for sigmoid and tanh (whose derivatives are functions of y, as in PyTorch)."""
+    n = go.size
+    zero, one = out.dtype.type(0), out.dtype.type(1)
+    for b in prange((n + BLOCK - 1) // BLOCK):
+        lo, hi = _block(b, n)
+        if op == RELU:  # torch's threshold_backward: 0 where x <= 0 (even for a NaN grad_out)
+            for i in range(lo, hi):
+                out[U(i)] = zero if t[U(i)] <= zero else go[U(i)]
+        elif op == LEAKY_RELU:
+            for i in range(lo, hi):
+                g = go[U(i)]
+                out[U(i)] = g if t[U(i)] > zero else g * a
+        elif op == ELU:  # d/dx alpha * (exp(x) - 1) = alpha * exp(x), for x <= 0 as in torch
+            for i in range(lo, hi):
+                v, g = t[U(i)], go[U(i)]
+                out[U(i)] = g * a * math.exp(v) if v <= zero else g
+        elif op == SIGMOID:
+            for i in range(lo, hi):
+                y = t[U(i)]
+                out[U(i)] = go[U(i)] * (one - y) * y
+        else:  # TANH
+            for i in range(lo, hi):
+                y = t[U(i)]
+                out[U(i)] = go[U(i)] * (one - y * y)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def masked_scale(a, mask, scale, out):
+    """out = a * scale where mask, a * 0 elsewhere (so NaN and inf propagate, as in PyTorch).
+
+    Dropout's forward (a = x) and backward (a = grad_out) are both this one operation.
+    """
+    n = a.size
+    zero = out.dtype.type(0)
+    for b in prange((n + BLOCK - 1) // BLOCK):
+        lo, hi = _block(b, n)
+        for i in range(lo, hi):
+            out[U(i)] = a[U(i)] * (scale if mask[U(i)] else zero)

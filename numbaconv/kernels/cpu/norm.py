@@ -1,0 +1,139 @@
+"""Normalization kernels on planes: x seen as a C-contiguous (N, C, S) array, S = prod(spatial).
+
+Batch norm and group norm differ only in which planes (n, c) share a statistic: one channel
+across the batch, or one group of channels within a sample. The kernels therefore work on single
+planes, with per-plane coefficients in C-contiguous float64 (N, C) arrays, and the public layer
+combines or broadcasts those (N, C) arrays with NumPy (a few values per plane, not per element):
+
+* ``plane_moments``: mean and sum of squared deviations of every plane (two passes over a plane
+  that stays in cache, so the data is read from memory once);
+* ``plane_affine``: ``out = (x - center) * scale + shift``, the forward of both norms (and the
+  eval-mode input gradient of batch norm, with center and shift zero);
+* ``plane_dots``: the two backward reductions ``sum(go)`` and ``sum(go * (x - center))``;
+* ``plane_grad_input``: ``gx = go * p + (x - center) * q + r``, the input gradient of both norms
+  once the reductions have been combined into p, q and r.
+
+Sums are accumulated in float64 for float32 data too, as PyTorch does on the CPU, and every
+coefficient is float64: a float32 result is rounded once, when stored.
+
+Local response normalization sums squares along channels, a window of rows of one sample:
+``lrn_forward`` and ``lrn_backward``, with the window sum written once (``_window_sum_of_squares``).
+
+Arrays are indexed in full (``x[n, c, s]``), never through sub-array views: in a parallel loop
+every view would atomically touch the parent's reference count. Inner indices are cast with ``U``
+so that the loops vectorize.
+"""
+
+from numba import njit, prange
+
+from ._window import FASTMATH, U
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def plane_moments(x, mean, m2):
+    """mean[n, c] and m2[n, c] = sum((x[n, c, :] - mean[n, c]) ** 2), for S >= 1."""
+    N, C, S = x.shape
+    for plane in prange(N * C):
+        n, c = plane // C, plane % C
+        total = 0.0
+        for s in range(S):
+            total += x[n, c, U(s)]
+        mu = total / S
+        deviations = 0.0  # a second pass, on the plane still in cache: no cancellation
+        for s in range(S):
+            d = x[n, c, U(s)] - mu
+            deviations += d * d
+        mean[n, c] = mu
+        m2[n, c] = deviations
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def plane_affine(x, center, scale, shift, out):
+    """out[n, c, :] = (x[n, c, :] - center[n, c]) * scale[n, c] + shift[n, c]."""
+    N, C, S = x.shape
+    for plane in prange(N * C):
+        n, c = plane // C, plane % C
+        m, a, b = center[n, c], scale[n, c], shift[n, c]
+        for s in range(S):
+            out[n, c, U(s)] = (x[n, c, U(s)] - m) * a + b
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def plane_dots(go, x, center, sum_go, dot):
+    """sum_go[n, c] = sum(go[n, c, :]); dot[n, c] = sum(go[n, c, :] * (x[n, c, :] - center[n, c]))."""
+    N, C, S = x.shape
+    for plane in prange(N * C):
+        n, c = plane // C, plane % C
+        m = center[n, c]
+        total = 0.0
+        product = 0.0
+        for s in range(S):
+            g = go[n, c, U(s)]
+            total += g
+            product += g * (x[n, c, U(s)] - m)
+        sum_go[n, c] = total
+        dot[n, c] = product
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def plane_grad_input(go, x, center, p, q, r, gx):
+    """gx[n, c, :] = go[n, c, :] * p[n, c] + (x[n, c, :] - center[n, c]) * q[n, c] + r[n, c]."""
+    N, C, S = x.shape
+    for plane in prange(N * C):
+        n, c = plane // C, plane % C
+        m, a, b, d = center[n, c], p[n, c], q[n, c], r[n, c]
+        for s in range(S):
+            gx[n, c, U(s)] = go[n, c, U(s)] * a + (x[n, c, U(s)] - m) * b + d
+
+
+@njit(inline="always", cache=True)
+def _window_sum_of_squares(x, n, c, before, after, out):
+    """out[n, c, :] = sum of x[n, j, :] ** 2 over channels j in [c - before, c + after] (clipped).
+
+    Each window is summed afresh: a running sum (add the entering channel, subtract the leaving
+    one) would save ``size - 2`` additions but leave the rounding error of large values behind.
+    """
+    C, S = x.shape[1], x.shape[2]
+    for s in range(S):
+        out[n, c, U(s)] = 0
+    for j in range(max(0, c - before), min(C, c + after + 1)):
+        for s in range(S):
+            v = x[n, j, U(s)]
+            out[n, c, U(s)] += v * v
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def lrn_forward(x, before, after, scale, beta, k, out):
+    """out = x * d ** -beta, d = k + scale * (sum of x ** 2 over the channel window)."""
+    N, C, S = x.shape
+    for plane in prange(N * C):
+        n, c = plane // C, plane % C
+        _window_sum_of_squares(x, n, c, before, after, out)
+        for s in range(S):
+            out[n, c, U(s)] = x[n, c, U(s)] * (k + scale * out[n, c, U(s)]) ** -beta
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def lrn_backward(go, x, before, after, scale, beta, k, t, gx):
+    """gx = the input gradient of ``lrn_forward`` for output gradient ``go``; ``t`` is scratch.
+
+    y[c] = x[c] * d[c] ** -beta, so dy[c]/dx[j] = [c == j] d[c] ** -beta
+    - 2 * scale * beta * x[c] * x[j] * d[c] ** (-beta - 1) for every j in c's window. Channel j
+    lies in the windows of channels c in [j - after, j + before]: the window reversed.
+    """
+    N, C, S = x.shape
+    for plane in prange(N * C):  # the diagonal term, and t = go * x * d ** (-beta - 1)
+        n, c = plane // C, plane % C
+        _window_sum_of_squares(x, n, c, before, after, gx)
+        for s in range(S):
+            d = k + scale * gx[n, c, U(s)]
+            dpow = d ** -beta
+            g = go[n, c, U(s)]
+            gx[n, c, U(s)] = g * dpow
+            t[n, c, U(s)] = g * x[n, c, U(s)] * dpow / d
+    coef = (scale + scale) * beta  # 2 * scale * beta, in the data's dtype
+    for plane in prange(N * C):  # every t above is written: gather the window of each channel
+        n, j = plane // C, plane % C
+        for c in range(max(0, j - after), min(C, j + before + 1)):
+            for s in range(S):
+                gx[n, j, U(s)] -= coef * x[n, j, U(s)] * t[n, c, U(s)]
