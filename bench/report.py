@@ -63,16 +63,19 @@ def machine_header(data):
     return lines
 
 
-def collect(data):
-    """{(shape, direction): {impl: median seconds}} from benchmarks that carry our extra_info."""
+def collect(data, memory_bound=False):
+    """{(case, direction): {impl: (median seconds, extra_info)}} from benchmarks that carry our
+    extra_info: the convolutions (FLOP-bound), or with ``memory_bound`` the cases that record the
+    bytes they move (pooling, element-wise ops, normalization)."""
     table = {}
     for bench in data.get("benchmarks", []):
         extra = bench.get("extra_info", {})
-        if not {"shape", "direction", "impl"} <= extra.keys():
+        case = extra.get("shape", extra.get("op"))
+        if case is None or not {"direction", "impl"} <= extra.keys():
             continue
-        table.setdefault((extra["shape"], extra["direction"]), {})[extra["impl"]] = bench["stats"][
-            "median"
-        ]
+        if ("bytes" in extra) != memory_bound:
+            continue
+        table.setdefault((case, extra["direction"]), {})[extra["impl"]] = (bench["stats"]["median"], extra)
     return table
 
 
@@ -86,7 +89,7 @@ def _gflops(n, seconds):
 
 def markdown(data):
     table = collect(data)
-    lines = ["# conv2d on CPU, float32", ""]
+    lines = ["# numbaconv on CPU next to PyTorch, float32", "", "## conv2d", ""]
     lines += machine_header(data)
     lines += [
         "",
@@ -104,7 +107,7 @@ def markdown(data):
         if key not in table:
             continue
         name, direction = key
-        times = table[key]
+        times = {impl: seconds for impl, (seconds, _) in table[key].items()}
         n = flops(SHAPES[name], direction) if name in SHAPES else 0
         ours = [times[impl] for impl in ("direct", "im2col") if times.get(impl)]
         ratio = f"{times['torch'] / min(ours):.2f}" if ours and times.get("torch") else "-"
@@ -113,6 +116,24 @@ def markdown(data):
         cells += [_gflops(n, times.get(impl)) if n else "-" for impl in IMPLEMENTATIONS]
         cells.append(ratio)
         lines.append("| " + " | ".join(cells) + " |")
+    memory = collect(data, memory_bound=True)
+    if memory:
+        lines += [
+            "",
+            "## Memory-bound ops",
+            "",
+            "GB/s counts the bytes each call must read and write once. "
+            "Last column: numbaconv's speed / PyTorch's.",
+            "",
+            "| case | direction | numbaconv ms | torch ms | numbaconv GB/s | torch GB/s | numbaconv / torch |",
+            "|---|---|--:|--:|--:|--:|--:|",
+        ]
+        for (case, direction), impls in memory.items():
+            ours, theirs = impls.get("numbaconv"), impls.get("torch")
+            gbps = [f"{impl[1]['bytes'] / impl[0] / 1e9:.1f}" if impl else "-" for impl in (ours, theirs)]
+            ratio = f"{theirs[0] / ours[0]:.2f}" if ours and theirs else "-"
+            lines.append(f"| {case} | {direction} | {_ms(ours and ours[0])} | {_ms(theirs and theirs[0])} | "
+                         f"{gbps[0]} | {gbps[1]} | {ratio} |")
     return "\n".join(lines) + "\n"
 
 

@@ -18,3 +18,7 @@ WORKSPACE_BYTES = 256 * 2**20
 #: starts Numba's threads, and only if no OpenMP runtime is running in the process yet; the
 #: process environment is restored afterwards. Set it to {} to keep OpenMP's defaults.
 OPENMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+#: Parallel kernels whose largest array has fewer elements than this run on the calling thread:
+#: waking the other threads costs more than they would save (see kernels/cpu/_window.py).
+PARALLEL_MIN_ELEMENTS = 16384

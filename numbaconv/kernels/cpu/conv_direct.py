@@ -26,10 +26,10 @@ share im2col's signature.
 import numpy as np
 from numba import njit, prange
 
-from ._window import FASTMATH, U, valid_outputs
+from ._window import U, parallel_kernel, valid_outputs
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
+@parallel_kernel
 def _forward(x, w, b, out, stride, dilation, padding, groups):
     N, C, D, H, W = x.shape
     K, Cg, KD, KH, KW = w.shape
@@ -63,7 +63,7 @@ def _forward(x, w, b, out, stride, dilation, padding, groups):
                                     out[n, k, od, oh, U(ow)] += wv * x[n, c0 + c, i, j, U(ow * sw + off)]
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
+@parallel_kernel
 def _grad_input(go, w, gx, stride, dilation, padding, groups):
     N, C, D, H, W = gx.shape
     K, Cg, KD, KH, KW = w.shape
@@ -98,7 +98,7 @@ def _grad_input(go, w, gx, stride, dilation, padding, groups):
                                         gx[n, c, i, j, U(ow * sw + off)] += wv * go[n, k, od, oh, U(ow)]
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
+@parallel_kernel
 def _grad_weight(go, x, gw, stride, dilation, padding, groups):
     N, C, D, H, W = x.shape
     K, Cg, KD, KH, KW = gw.shape
@@ -142,7 +142,7 @@ def _tap_shift(kd, kh, kw, plane_shape, dilation):
     return (kd * dilation[0] * plane_shape[1] + kh * dilation[1]) * plane_shape[2] + kw * dilation[2]
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
+@parallel_kernel
 def _forward_flat(xp, w, b, out, dilation):
     N, C = xp.shape[:2]
     K, Cg, KD, KH, KW = w.shape
@@ -171,7 +171,7 @@ def _forward_flat(xp, w, b, out, dilation):
                     out[n, k, od, oh, U(ow)] = acc[U(base + ow)]
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
+@parallel_kernel
 def _grad_input_flat(gog, w, gxp, dilation):
     N, C = gxp.shape[:2]
     K, Cg, KD, KH, KW = w.shape
@@ -193,7 +193,7 @@ def _grad_input_flat(gog, w, gxp, dilation):
                             gxf[n, c, U(q + shift)] += wv * gog[n, k, U(q)]
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
+@parallel_kernel
 def _grad_weight_flat(gog, xp, gw, dilation):
     N, C = xp.shape[:2]
     K, Cg, KD, KH, KW = gw.shape

@@ -20,7 +20,7 @@ import math
 
 from numba import njit, prange
 
-from ._window import FASTMATH, U
+from ._window import U, parallel_kernel
 
 RELU, LEAKY_RELU, ELU, SIGMOID, TANH = range(5)
 
@@ -34,7 +34,7 @@ def _block(b, n):
     return lo, min(n, lo + BLOCK)
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
+@parallel_kernel
 def forward(op, x, a, out):
     """out = op(x); x may be the forward's input only (every op here is a function of x)."""
     n = x.size
@@ -61,7 +61,7 @@ def forward(op, x, a, out):
                 out[U(i)] = math.tanh(x[U(i)])
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
+@parallel_kernel
 def backward(op, go, t, a, out):
     """out = grad_out * op'(...): ``t`` is the forward's input x for relu, leaky_relu and elu,
     its output y for sigmoid and tanh (whose derivatives are functions of y, as in PyTorch)."""
@@ -90,7 +90,7 @@ def backward(op, go, t, a, out):
                 out[U(i)] = go[U(i)] * (one - y * y)
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
+@parallel_kernel
 def masked_scale(a, mask, scale, out):
     """out = a * scale where mask, a * 0 elsewhere (so NaN and inf propagate, as in PyTorch).
 

@@ -26,10 +26,10 @@ so that the loops vectorize.
 
 from numba import njit, prange
 
-from ._window import FASTMATH, U
+from ._window import U, parallel_kernel
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
+@parallel_kernel
 def plane_moments(x, mean, m2):
     """mean[n, c] and m2[n, c] = sum((x[n, c, :] - mean[n, c]) ** 2), for S >= 1."""
     N, C, S = x.shape
@@ -47,7 +47,7 @@ def plane_moments(x, mean, m2):
         m2[n, c] = deviations
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
+@parallel_kernel
 def plane_affine(x, center, scale, shift, out):
     """out[n, c, :] = (x[n, c, :] - center[n, c]) * scale[n, c] + shift[n, c]."""
     N, C, S = x.shape
@@ -58,7 +58,7 @@ def plane_affine(x, center, scale, shift, out):
             out[n, c, U(s)] = (x[n, c, U(s)] - m) * a + b
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
+@parallel_kernel
 def plane_dots(go, x, center, sum_go, dot):
     """sum_go[n, c] = sum(go[n, c, :]); dot[n, c] = sum(go[n, c, :] * (x[n, c, :] - center[n, c]))."""
     N, C, S = x.shape
@@ -75,7 +75,7 @@ def plane_dots(go, x, center, sum_go, dot):
         dot[n, c] = product
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
+@parallel_kernel
 def plane_grad_input(go, x, center, p, q, r, gx):
     """gx[n, c, :] = go[n, c, :] * p[n, c] + (x[n, c, :] - center[n, c]) * q[n, c] + r[n, c]."""
     N, C, S = x.shape
@@ -102,7 +102,7 @@ def _window_sum_of_squares(x, n, c, before, after, out):
             out[n, c, U(s)] += v * v
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
+@parallel_kernel
 def lrn_forward(x, before, after, scale, beta, k, out):
     """out = x * d ** -beta, d = k + scale * (sum of x ** 2 over the channel window)."""
     N, C, S = x.shape
@@ -113,7 +113,7 @@ def lrn_forward(x, before, after, scale, beta, k, out):
             out[n, c, U(s)] = x[n, c, U(s)] * (k + scale * out[n, c, U(s)]) ** -beta
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
+@parallel_kernel
 def lrn_backward(go, x, before, after, scale, beta, k, t, gx):
     """gx = the input gradient of ``lrn_forward`` for output gradient ``go``; ``t`` is scratch.
 

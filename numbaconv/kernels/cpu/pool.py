@@ -19,12 +19,12 @@ reference count inside the parallel loops.
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from ._window import FASTMATH, U
+from ._window import U, parallel_kernel
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
+@parallel_kernel
 def _max_forward(x, out, idx, first, count, step, with_indices):
     """out = the max of each window, idx = its flat position in the plane (if ``with_indices``).
 
@@ -58,7 +58,7 @@ def _max_forward(x, out, idx, first, count, step, with_indices):
                     idx[n, c, od, oh, U(ow)] = at
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
+@parallel_kernel
 def _max_backward(go, idx, gx, count):
     """gx (N, C, plane) = every output gradient added at the position its max was read from."""
     N, C, P = gx.shape
@@ -76,7 +76,7 @@ def _max_backward(go, idx, gx, count):
                         gx[n, c, U(idx[n, c, od, oh, U(ow)])] += go[n, c, od, oh, U(ow)]
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
+@parallel_kernel
 def _avg_forward(x, out, first, count, divisor):
     """out = the sum of each window divided by the product of its three divisor factors."""
     N, C, D, H, W = x.shape
@@ -97,7 +97,7 @@ def _avg_forward(x, out, first, count, divisor):
                 out[n, c, od, oh, U(ow)] = acc / (divisor[0, od] * divisor[1, oh] * divisor[2, ow])
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
+@parallel_kernel
 def _avg_backward(go, gx, first, count, divisor):
     """gx = each output gradient, divided as the forward divided, spread over its window."""
     N, C, D, H, W = gx.shape

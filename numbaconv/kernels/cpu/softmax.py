@@ -16,7 +16,7 @@ import math
 
 from numba import njit, prange
 
-from ._window import FASTMATH, U
+from ._window import U, parallel_kernel
 
 BLOCK = 1 << 10
 
@@ -28,7 +28,7 @@ def _task(task, inner):
     return o, i0, min(inner, i0 + BLOCK)
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
+@parallel_kernel
 def forward(x, out, m, s, log):
     """out = softmax(x) along axis 1 (log_softmax when ``log``); m, s: (outer, inner) scratch."""
     O, D, I = x.shape
@@ -62,7 +62,7 @@ def forward(x, out, m, s, log):
                     out[o, d, U(i)] *= s[o, U(i)]
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
+@parallel_kernel
 def backward(go, y, out, s, log):
     """Input gradient from the forward's output y; s: (outer, inner) scratch.
 
