@@ -14,6 +14,12 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# CI runs the same examples every time (a failure there reproduces anywhere); local runs explore.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 RTOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
 DTYPES = (np.float32, np.float64)

@@ -246,6 +246,8 @@ def test_forward_and_backward_match_torch(torch, case):
         got, want = got[0], want[0]
     rtol = 1e-5 if case.dtype == np.float32 else 1e-12
     np.testing.assert_allclose(got, want.detach().numpy(), rtol=rtol, atol=rtol)
+    if case.kind == "max" and not _reads_input_everywhere(case):
+        return  # a window of padding alone: see test_window_reading_no_input_matches_torch
     grad_out = case.grad_out(got.shape)
     want.backward(torch.from_numpy(grad_out.copy()))
     gx = case.backward(grad_out, x)
