@@ -20,6 +20,7 @@ import math
 
 from numba import njit, prange
 
+from ._math import exp
 from ._window import U, parallel_kernel
 
 RELU, LEAKY_RELU, ELU, SIGMOID, TANH = range(5)
@@ -55,7 +56,7 @@ def forward(op, x, a, out):
                 out[U(i)] = v if v > zero else a * math.expm1(v)
         elif op == SIGMOID:
             for i in range(lo, hi):
-                out[U(i)] = one / (one + math.exp(-x[U(i)]))
+                out[U(i)] = one / (one + exp(-x[U(i)]))
         else:  # TANH
             for i in range(lo, hi):
                 out[U(i)] = math.tanh(x[U(i)])
@@ -79,7 +80,8 @@ def backward(op, go, t, a, out):
         elif op == ELU:  # d/dx alpha * (exp(x) - 1) = alpha * exp(x), for x <= 0 as in torch
             for i in range(lo, hi):
                 v, g = t[U(i)], go[U(i)]
-                out[U(i)] = g * a * math.exp(v) if v <= zero else g
+                e = exp(v)  # computed for every element (inf for large v, unused): no branch
+                out[U(i)] = g * a * e if v <= zero else g
         elif op == SIGMOID:
             for i in range(lo, hi):
                 y = t[U(i)]
