@@ -5,6 +5,7 @@ call with leading singleton spatial dimensions, so the kernels exist once. Every
 names the operation, the argument, what was expected and what was given.
 """
 
+import functools
 import math
 from dataclasses import dataclass
 from numbers import Integral
@@ -238,26 +239,82 @@ class PoolGeometry:
     def out_shape(self):
         return (self.batch, self.channels, *self.spatial(self.out_size))
 
-    def _table(self, rows, dtype):
-        table = np.zeros((3, max(self.out_size)), dtype=dtype)
-        for dim, row in enumerate(rows):
-            table[dim, :len(row)] = row
-        return table
+    def _memo(self, key, make):
+        """``make()``, computed once per geometry (geometries are cached and shared by the calls
+        with the same sizes); kept in the instance's ``__dict__`` (as ``functools.cached_property``
+        does), outside the frozen fields, so equality and hashing are untouched."""
+        memo = self.__dict__.setdefault("_memoized", {})
+        if key not in memo:
+            memo[key] = make()
+        return memo[key]
 
     def windows(self):
-        """(first, count) as (3, max(out_size)) int64 tables, row ``dim`` for that dimension."""
-        return self._table(self.first, np.int64), self._table(self.count, np.int64)
+        """(first, count) as (3, max(out_size)) int64 tables, row ``dim`` for that dimension.
+
+        Built once per geometry and read-only: calls with the same sizes share them.
+        """
+        return self._memo("windows", lambda: (_table(self.first, np.int64), _table(self.count, np.int64)))
 
     def divisors(self, count_include_pad=False, divisor_override=None):
-        """(3, max(out_size)) float64 factors: an output's divisor is the product of its three."""
-        if divisor_override is not None:
-            return self._table(((1,) * self.out_size[0], (1,) * self.out_size[1], (divisor_override,) * self.out_size[2]), np.float64)
-        return self._table(self.span if count_include_pad else self.count, np.float64)
+        """(3, max(out_size)) float64 factors: an output's divisor is the product of its three
+        (built once, read-only, as ``windows``)."""
+        def make():
+            if divisor_override is not None:
+                return _table(((1,) * self.out_size[0], (1,) * self.out_size[1], (divisor_override,) * self.out_size[2]))
+            return _table(self.span if count_include_pad else self.count)
+
+        return self._memo(("divisors", count_include_pad, divisor_override), make)
+
+    def coalesced(self):
+        """The same pooling, for the kernels, with fully read trailing dimensions merged.
+
+        When every window reads a whole row of the last dimension (one output along it, stride 1),
+        the last two dimensions are one contiguous dimension: (D, H, W) becomes (1, D, H * W),
+        and again (1, 1, D * H * W) if H is then read whole too. Global pooling then reads one
+        contiguous run per plane instead of short rows. Flat positions in the plane, the order
+        windows are scanned in (max pooling's ties) and each output's divisor (the product of
+        its factors, exact integers) are unchanged, so the result is the same.
+        """
+        return self._memo("coalesced", lambda: _coalesce(self))
 
     def nonempty(self):
         """(OD, OH, OW) bool: the windows that read at least one input position."""
         c = [np.asarray(row) > 0 for row in self.count]
         return c[0][:, None, None] & c[1][None, :, None] & c[2][None, None, :]
+
+
+def _table(rows, dtype=np.float64):
+    """Per-dimension rows as one read-only (3, longest row) table, zero-filled."""
+    table = np.zeros((3, max(map(len, rows))), dtype=dtype)
+    for dim, row in enumerate(rows):
+        table[dim, :len(row)] = row
+    table.flags.writeable = False
+    return table
+
+
+def _mergeable(geom):
+    """Whether the last dimension is read whole by every window, and joins the one before it
+    into a single run of positions ``step`` apart (see ``PoolGeometry.coalesced``)."""
+    W = geom.in_size[2]
+    return (geom.in_size[:2] != (1, 1) and geom.out_size[2] == 1 and geom.first[2] == (0,)
+            and geom.count[2] == (W,) and (W == 1 or (geom.step[2] == 1
+                                                      and (geom.step[1] == 1 or max(geom.count[1]) <= 1))))
+
+
+def _coalesce(geom):
+    for _ in range(2):
+        if not _mergeable(geom):
+            break
+        W = geom.in_size[2]
+        geom = PoolGeometry(
+            ndim=3, batch=geom.batch, channels=geom.channels,
+            in_size=(1, geom.in_size[0], geom.in_size[1] * W), out_size=(1, geom.out_size[0], geom.out_size[1]),
+            first=((0,), geom.first[0], tuple(f * W for f in geom.first[1])),
+            count=((1,), geom.count[0], tuple(c * W for c in geom.count[1])),
+            step=(1, geom.step[0], geom.step[1] if W == 1 else 1),
+            span=((1,), geom.span[0], tuple(s * geom.span[2][0] for s in geom.span[1])),
+        )
+    return geom
 
 
 def check_bool(op, name, value):
@@ -289,6 +346,23 @@ def pool_output_size(n, k, s, p, d, ceil_mode):
     return out
 
 
+def _sliding_windows(n, k, s, p, d, o):
+    """(first, count, span) of the ``o`` windows along one dimension of length ``n`` (kernel
+    ``k``, stride ``s``, padding ``p``, dilation ``d``)."""
+    starts = [i * s - p for i in range(o)]
+    skip = [-(-max(0, -a) // d) for a in starts]  # taps in the left padding
+    first = tuple(a + t * d for a, t in zip(starts, skip))
+    count = tuple(max(0, min(k - 1, (n - 1 - a) // d) - t + 1) for a, t in zip(starts, skip))
+    span = tuple(min(a + k, n + p) - a for a in starts)  # PyTorch's avg divisor with padding
+    return first, count, span
+
+
+def _adaptive_windows(n, o):
+    """(first, count) of the ``o`` adaptive windows along one dimension of length ``n``."""
+    first = tuple(i * n // o for i in range(o))
+    return first, tuple(-(-(i + 1) * n // o) - f for i, f in enumerate(first))
+
+
 def pool_geometry(op, x, ndim, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
     """Check a sliding-window pooling's arguments (max, avg, lp) and return its geometry.
 
@@ -315,15 +389,16 @@ def pool_geometry(op, x, ndim, kernel_size, stride=None, padding=0, dilation=1, 
                 f"{op}: kernel_size {kernel} (dilated extent {d * (k - 1) + 1} in spatial dim {dim}) is larger than the "
                 f"padded input (size {n} + {2 * p} padding); x shape {x.shape}"
             )
-    first, count, span = [], [], []
-    for n, k, s, p, d, o in zip(size, kernel, stride, padding, dilation, out):
-        starts = [i * s - p for i in range(o)]
-        skip = [-(-max(0, -a) // d) for a in starts]  # taps in the left padding
-        first.append(tuple(a + t * d for a, t in zip(starts, skip)))
-        count.append(tuple(max(0, min(k - 1, (n - 1 - a) // d) - t + 1) for a, t in zip(starts, skip)))
-        span.append(tuple(min(a + k, n + p) - a for a in starts))  # PyTorch's avg divisor with padding
+    return _sliding_geometry(ndim, x.shape[0], x.shape[1], size, kernel, stride, padding, dilation, out)
+
+
+@functools.lru_cache(maxsize=256)
+def _sliding_geometry(ndim, batch, channels, size, kernel, stride, padding, dilation, out):
+    """The geometry of checked sliding-window arguments: a pure function of the sizes, cached
+    (a training loop pools the same shapes at every step)."""
+    first, count, span = zip(*map(_sliding_windows, size, kernel, stride, padding, dilation, out))
     return PoolGeometry(
-        ndim=ndim, batch=x.shape[0], channels=x.shape[1], in_size=_as3(size, ndim, 1), out_size=_as3(out, ndim, 1),
+        ndim=ndim, batch=batch, channels=channels, in_size=_as3(size, ndim, 1), out_size=_as3(out, ndim, 1),
         first=_as3(first, ndim, (0,)), count=_as3(count, ndim, (1,)), step=_as3(dilation, ndim, 1),
         span=_as3(span, ndim, (1,)), kernel=_as3(kernel, ndim, 1),
     )
@@ -334,18 +409,24 @@ def adaptive_pool_geometry(op, x, ndim, output_size):
     length-L dimension reads [floor(i * L / out), ceil((i + 1) * L / out)); None keeps L."""
     check_pool_input(op, x, ndim)
     size = tuple(x.shape[2:])
-    items = (output_size,) * ndim if isinstance(output_size, Integral) or output_size is None else output_size
+    single = output_size is None or type(output_size) is int or isinstance(output_size, Integral)
+    items = (output_size,) * ndim if single else output_size
     if not isinstance(items, (tuple, list)) or len(items) != ndim or isinstance(output_size, bool) or not all(
-        v is None or (isinstance(v, Integral) and not isinstance(v, bool)) for v in items
+        v is None or type(v) is int or (isinstance(v, Integral) and not isinstance(v, bool)) for v in items
     ):
         raise TypeError(f"{op}: output_size must be an int or a tuple of {ndim} ints or None, got {output_size!r}")
     out = tuple(n if v is None else int(v) for n, v in zip(size, items))
     if min(out) < 1:
         raise ValueError(f"{op}: output_size must be >= 1 in every dimension, got {output_size!r}")
-    first = tuple(tuple(i * n // o for i in range(o)) for n, o in zip(size, out))
-    count = tuple(tuple(-(-(i + 1) * n // o) - i * n // o for i in range(o)) for n, o in zip(size, out))
+    return _adaptive_geometry(ndim, x.shape[0], x.shape[1], size, out)
+
+
+@functools.lru_cache(maxsize=256)
+def _adaptive_geometry(ndim, batch, channels, size, out):
+    """The geometry of checked adaptive pooling arguments, cached as ``_sliding_geometry``."""
+    first, count = zip(*map(_adaptive_windows, size, out))
     return PoolGeometry(
-        ndim=ndim, batch=x.shape[0], channels=x.shape[1], in_size=_as3(size, ndim, 1), out_size=_as3(out, ndim, 1),
+        ndim=ndim, batch=batch, channels=channels, in_size=_as3(size, ndim, 1), out_size=_as3(out, ndim, 1),
         first=_as3(first, ndim, (0,)), count=_as3(count, ndim, (1,)), step=(1, 1, 1), span=_as3(count, ndim, (1,)),
     )
 

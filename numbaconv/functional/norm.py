@@ -134,20 +134,38 @@ def _per_channel(a, view, default):
     return default if a is None else a.astype(np.float64).reshape(1, *view[1:])
 
 
-def _moments(x3, view, axes):
-    """(mean, m2, count) of each set of planes sharing a statistic, kept-dims shaped like ``view``.
+def _combine(plane_mean, plane_m2, S, view, axes):
+    """(mean, m2, count) of each set of planes sharing a statistic, kept-dims shaped like ``view``,
+    from the (N, C) moments of planes of S values each.
 
-    m2 is the sum of squared deviations from the mean. Each plane's moments come from the kernel;
-    equal-sized planes combine exactly (Chan et al.): the sum of their m2 plus S times the squared
-    deviations of their means, so no large sum of squares is ever differenced.
+    m2 is the sum of squared deviations from the mean. Equal-sized planes combine exactly (Chan et
+    al.): the sum of their m2 plus S times the squared deviations of their means, so no large sum
+    of squares is ever differenced.
     """
-    N, C, S = x3.shape
-    plane_mean, plane_m2 = np.empty((N, C)), np.empty((N, C))
-    kernels.plane_moments(x3, plane_mean, plane_m2)
     plane_mean, plane_m2 = plane_mean.reshape(view), plane_m2.reshape(view)
     mean = plane_mean.mean(axis=axes, keepdims=True)
     m2 = plane_m2.sum(axis=axes, keepdims=True) + S * np.square(plane_mean - mean).sum(axis=axes, keepdims=True)
     return mean, m2, S * math.prod(view[a] for a in axes)
+
+
+def _moments(x3, view, axes):
+    """(mean, m2, count) of each set of planes sharing a statistic (``_combine``), from x."""
+    N, C, S = x3.shape
+    plane_mean, plane_m2 = np.empty((N, C)), np.empty((N, C))
+    kernels.plane_moments(x3, plane_mean, plane_m2)
+    return _combine(plane_mean, plane_m2, S, view, axes)
+
+
+def _backward_sums(go3, x3, view, axes):
+    """The backward's reductions with the statistics of x, from one read of x and grad_out.
+
+    Returns ((mean, m2, count) as ``_moments``, and per plane (N, C): its mean, sum(go) and
+    sum(go * (x - its mean))).
+    """
+    N, C, S = x3.shape
+    plane_mean, plane_m2, sum_go, dot = (np.empty((N, C)) for _ in range(4))
+    kernels.plane_sums(go3, x3, plane_mean, plane_m2, sum_go, dot)
+    return _combine(plane_mean, plane_m2, S, view, axes), (plane_mean, sum_go, dot)
 
 
 def _normalize(x3, mean, invstd, weight, bias, view):
@@ -159,21 +177,22 @@ def _normalize(x3, mean, invstd, weight, bias, view):
     return out
 
 
-def _normalize_backward(go3, x3, mean, invstd, weight, view, axes, count, batch_statistics, needs):
+def _normalize_backward(go3, x3, sums, mean, invstd, weight, view, axes, count, batch_statistics, needs):
     """(grad_x (N, C, S), grad_weight (C,) float64, grad_bias (C,) float64) of ``_normalize``.
 
-    With ``batch_statistics`` the mean and invstd are functions of x (count values each):
-    grad_x = invstd * (g - mean(g) - xhat * mean(g * xhat)), g = grad_out * weight, xhat the
-    normalized x; otherwise they are constants and grad_x = grad_out * weight * invstd.
+    ``sums``: the per-plane (mean, sum(go), sum(go * (x - mean))) of ``_backward_sums``, or None
+    when only an input gradient with constant statistics is asked for. With ``batch_statistics``
+    the mean and invstd are functions of x (count values each): grad_x = invstd * (g - mean(g)
+    - xhat * mean(g * xhat)), g = grad_out * weight, xhat the normalized x; otherwise they are
+    constants and grad_x = grad_out * weight * invstd.
     """
     N, C, S = x3.shape
     w = _per_channel(weight, view, 1.0)
-    center = _per_plane(mean, view)
     grad_x = grad_weight = grad_bias = None
-    if needs[1] or needs[2] or (needs[0] and batch_statistics):
-        sum_go, dot = np.empty((N, C)), np.empty((N, C))
-        kernels.plane_dots(go3, x3, center, sum_go, dot)  # sum(go), sum(go * (x - mean)) per plane
-        sum_go, dot = sum_go.reshape(view), dot.reshape(view)
+    if sums is not None:
+        plane_mean, sum_go, dot = (a.reshape(view) for a in sums)
+        # sum(go * (x - mean)) about the normalization's mean, from the sum about each plane's own
+        dot = dot + (plane_mean - mean) * sum_go
         # sums over the batch of N values per channel: NumPy's reduction is already optimal
         grad_weight = (dot * invstd).sum(axis=0).reshape(C)
         grad_bias = sum_go.sum(axis=0).reshape(C)
@@ -182,7 +201,7 @@ def _normalize_backward(go3, x3, mean, invstd, weight, view, axes, count, batch_
         if batch_statistics:
             mean_g = (w * sum_go).sum(axis=axes, keepdims=True) / count
             mean_g_xhat = invstd * (w * dot).sum(axis=axes, keepdims=True) / count
-            kernels.plane_grad_input(go3, x3, center, _per_plane(invstd * w, view),
+            kernels.plane_grad_input(go3, x3, _per_plane(mean, view), _per_plane(invstd * w, view),
                                      _per_plane(-invstd * invstd * mean_g_xhat, view),
                                      _per_plane(-invstd * mean_g, view), grad_x)
         else:
@@ -268,9 +287,17 @@ def batch_norm_backward(grad_out, x, running_mean, running_var, weight=None, bia
     check_grad_out(op, grad_out, x.shape, x.dtype)
     if x.size == 0:
         return _empty_gradients(x, weight, bias, needs)
-    x3 = _planes(x)
-    mean, invstd, _, count = _batch_statistics(x3, running_mean, running_var, training, eps, view, axes)
-    grads = _normalize_backward(_planes(grad_out), x3, mean, invstd, weight, view, axes, count, training, needs)
+    x3, go3 = _planes(x), _planes(grad_out)
+    sums = None
+    if training or needs[1] or needs[2]:
+        # the batch statistics come from the same read of x as the backward's reductions
+        moments, sums = _backward_sums(go3, x3, view, axes)
+    if training:
+        mean, m2, count = moments
+        invstd = 1.0 / np.sqrt(m2 / count + eps)
+    else:
+        mean, invstd, _, count = _batch_statistics(x3, running_mean, running_var, training, eps, view, axes)
+    grads = _normalize_backward(go3, x3, sums, mean, invstd, weight, view, axes, count, training, needs)
     return _gradients(x, grads, weight, bias, needs)
 
 
@@ -311,10 +338,10 @@ def group_norm_backward(grad_out, x, num_groups, weight=None, bias=None, eps=1e-
     check_grad_out(op, grad_out, x.shape, x.dtype)
     if x.size == 0:
         return _empty_gradients(x, weight, bias, needs)
-    x3 = _planes(x)
-    mean, m2, count = _moments(x3, view, axes)
+    x3, go3 = _planes(x), _planes(grad_out)
+    (mean, m2, count), sums = _backward_sums(go3, x3, view, axes)
     invstd = 1.0 / np.sqrt(m2 / count + eps)
-    grads = _normalize_backward(_planes(grad_out), x3, mean, invstd, weight, view, axes, count, True, needs)
+    grads = _normalize_backward(go3, x3, sums, mean, invstd, weight, view, axes, count, True, needs)
     return _gradients(x, grads, weight, bias, needs)
 
 

@@ -54,16 +54,21 @@ def _max_backward(op, grad_out, x, geom, indices):
     return _user(gx, geom)
 
 
+#: divisor rules, (count_include_pad, divisor_override): the window's size with or without its padding
+_WITH_PADDING, _WINDOW_SIZE = (True, None), (False, None)
+
+
 def _avg(x, geom, divisor):
+    """Average pooling; ``divisor`` is the (count_include_pad, divisor_override) rule of ``PoolGeometry.divisors``."""
     out = _empty(geom, geom.out_size, x.dtype)
-    kernels.avg_forward(_as5(x, geom, geom.in_size), out, geom, divisor)
+    kernels.avg_forward(_as5(x, geom, geom.in_size), out, geom, *divisor)
     return _user(out, geom)
 
 
 def _avg_backward(op, grad_out, x, geom, divisor):
     check_grad_out(op, grad_out, geom.out_shape, x.dtype)
     gx = _empty(geom, geom.in_size, x.dtype)
-    kernels.avg_backward(_as5(grad_out, geom, geom.out_size), gx, geom, divisor)
+    kernels.avg_backward(_as5(grad_out, geom, geom.out_size), gx, geom, *divisor)
     return _user(gx, geom)
 
 
@@ -86,7 +91,7 @@ def _max_pool_backward(op, ndim, grad_out, x, kernel_size, stride, padding, dila
 def _avg_geometry(op, ndim, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
     geom = pool_geometry(op, x, ndim, kernel_size, stride, padding, 1, ceil_mode)
     count_include_pad = check_bool(op, "count_include_pad", count_include_pad)
-    return geom, geom.divisors(count_include_pad, check_divisor_override(op, divisor_override))
+    return geom, (count_include_pad, check_divisor_override(op, divisor_override))
 
 
 def _avg_pool(op, ndim, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
@@ -117,7 +122,7 @@ def _lp_pool(op, ndim, x, norm_type, kernel_size, stride, ceil_mode):
     if p == math.inf:
         return _max(np.abs(x), geom, False)
     with np.errstate(all="ignore"):  # NaN and inf propagate silently, as in PyTorch
-        a = _avg(np.power(x, x.dtype.type(p)), geom, geom.divisors(True))
+        a = _avg(np.power(x, x.dtype.type(p)), geom, _WITH_PADDING)
         v = _sign(a) * np.abs(a) * x.dtype.type(math.prod(geom.kernel))
         return np.power(v, x.dtype.type(1 / p))
 
@@ -130,13 +135,13 @@ def _lp_pool_backward(op, ndim, grad_out, x, norm_type, kernel_size, stride, cei
     t = x.dtype.type
     kvol = t(math.prod(geom.kernel))
     with np.errstate(all="ignore"):
-        a = _avg(np.power(x, t(p)), geom, geom.divisors(True))
+        a = _avg(np.power(x, t(p)), geom, _WITH_PADDING)
         s = _sign(a)
         v = s * np.abs(a) * kvol
         # the chain rule through pow(1/p), mul(kvol), sign(a) * relu(|a|) as PyTorch's autograd runs it
         g = grad_out * (t(1 / p) * np.power(v, t(1 / p - 1))) * kvol
         g = np.where(np.abs(a) <= 0, t(0), g * s) * s
-        gxp = _avg_backward(op, g, x, geom, geom.divisors(True))
+        gxp = _avg_backward(op, g, x, geom, _WITH_PADDING)
         return np.ascontiguousarray(gxp * (t(p) * np.power(x, t(p - 1))))
 
 
@@ -145,12 +150,12 @@ def _lp_pool_backward(op, ndim, grad_out, x, norm_type, kernel_size, stride, cei
 
 def _adaptive_avg_pool(op, ndim, x, output_size):
     geom = adaptive_pool_geometry(op, x, ndim, output_size)
-    return _avg(x, geom, geom.divisors())
+    return _avg(x, geom, _WINDOW_SIZE)
 
 
 def _adaptive_avg_pool_backward(op, ndim, grad_out, x, output_size):
     geom = adaptive_pool_geometry(op, x, ndim, output_size)
-    return _avg_backward(op, grad_out, x, geom, geom.divisors())
+    return _avg_backward(op, grad_out, x, geom, _WINDOW_SIZE)
 
 
 def _adaptive_max_pool(op, ndim, x, output_size, return_indices):

@@ -9,7 +9,9 @@ combines or broadcasts those (N, C) arrays with NumPy (a few values per plane, n
   that stays in cache, so the data is read from memory once);
 * ``plane_affine``: ``out = (x - center) * scale + shift``, the forward of both norms (and the
   eval-mode input gradient of batch norm, with center and shift zero);
-* ``plane_dots``: the two backward reductions ``sum(go)`` and ``sum(go * (x - center))``;
+* ``plane_sums``: the backward's reductions ``sum(go)`` and ``sum(go * (x - mean))`` together
+  with the plane's moments, so a backward that recomputes the statistics of x reads x and go
+  once for all its reductions (and once more for the input gradient);
 * ``plane_grad_input``: ``gx = go * p + (x - center) * q + r``, the input gradient of both norms
   once the reductions have been combined into p, q and r.
 
@@ -59,19 +61,34 @@ def plane_affine(x, center, scale, shift, out):
 
 
 @parallel_kernel
-def plane_dots(go, x, center, sum_go, dot):
-    """sum_go[n, c] = sum(go[n, c, :]); dot[n, c] = sum(go[n, c, :] * (x[n, c, :] - center[n, c]))."""
+def plane_sums(go, x, mean, m2, sum_go, dot):
+    """The backward's reductions and the statistics of x, in one read of the data per plane:
+    mean[n, c] and m2[n, c] as ``plane_moments``, sum_go[n, c] = sum(go[n, c, :]) and
+    dot[n, c] = sum(go[n, c, :] * (x[n, c, :] - mean[n, c])).
+
+    The first pass sums x; the second reads x again from cache (no cancellation, as in
+    ``plane_moments``) and go from memory. Sums about another center m follow exactly:
+    sum(go * (x - m)) = dot + (mean - m) * sum_go.
+    """
     N, C, S = x.shape
     for plane in prange(N * C):
         n, c = plane // C, plane % C
-        m = center[n, c]
         total = 0.0
+        for s in range(S):
+            total += x[n, c, U(s)]
+        mu = total / S
+        deviations = 0.0
+        grads = 0.0
         product = 0.0
         for s in range(S):
+            d = x[n, c, U(s)] - mu
             g = go[n, c, U(s)]
-            total += g
-            product += g * (x[n, c, U(s)] - m)
-        sum_go[n, c] = total
+            deviations += d * d
+            grads += g
+            product += g * d
+        mean[n, c] = mu
+        m2[n, c] = deviations
+        sum_go[n, c] = grads
         dot[n, c] = product
 
 
