@@ -138,35 +138,32 @@ def _flat_span(plane_shape, kernel_shape, dilation):
 
 
 @njit(inline="always", cache=True)
-def _tap_shift(t, kernel_shape, plane_shape, dilation):
-    """Offset on the flat padded grid of flat kernel tap ``t``."""
-    KH, KW = kernel_shape[1], kernel_shape[2]
-    kd, kh, kw = t // (KH * KW), (t // KW) % KH, t % KW
+def _tap_shift(kd, kh, kw, plane_shape, dilation):
     return (kd * dilation[0] * plane_shape[1] + kh * dilation[1]) * plane_shape[2] + kw * dilation[2]
 
 
 @parallel_kernel
 def _forward_flat(xp, w, b, out, dilation):
     N, C = xp.shape[:2]
-    K, Cg = w.shape[:2]
-    kernel = w.shape[2:]
-    taps = kernel[0] * kernel[1] * kernel[2]
+    K, Cg, KD, KH, KW = w.shape
     OD, OH, OW = out.shape[2:]
     Kg = K // (C // Cg)
     plane = xp.shape[2:]
-    q_end = _flat_span(plane, kernel, dilation)
+    q_end = _flat_span(plane, (KD, KH, KW), dilation)
     xf = xp.reshape(N, C, -1)
-    wf = w.reshape(K, Cg, taps)
     for nk in prange(N * K):  # one (sample, output channel) plane per task
         n, k = nk // K, nk % K
         c0 = (k // Kg) * Cg
         acc = np.empty(q_end, dtype=xp.dtype)
         acc[:] = b[k]
         for c in range(Cg):
-            for t in range(taps):
-                shift, wv = _tap_shift(t, kernel, plane, dilation), wf[k, c, t]
-                for q in range(q_end):
-                    acc[U(q)] += wv * xf[n, c0 + c, U(q + shift)]
+            for kd in range(KD):
+                for kh in range(KH):
+                    for kw in range(KW):
+                        shift = _tap_shift(kd, kh, kw, plane, dilation)
+                        wv = w[k, c, kd, kh, kw]
+                        for q in range(q_end):
+                            acc[U(q)] += wv * xf[n, c0 + c, U(q + shift)]
         for od in range(OD):
             for oh in range(OH):
                 base = (od * plane[1] + oh) * plane[2]
@@ -177,45 +174,46 @@ def _forward_flat(xp, w, b, out, dilation):
 @parallel_kernel
 def _grad_input_flat(gog, w, gxp, dilation):
     N, C = gxp.shape[:2]
-    K, Cg = w.shape[:2]
-    kernel = w.shape[2:]
+    K, Cg, KD, KH, KW = w.shape
     Kg = K // (C // Cg)
     plane = gxp.shape[2:]
     q_end = gog.shape[2]
     gxf = gxp.reshape(N, C, -1)
-    wf = w.reshape(K, Cg, -1)
     for nc in prange(N * C):  # one input plane per task: the scatter below never races
         n, c = nc // C, nc % C
         k0, cl = (c // Cg) * Kg, c % Cg
         gxf[n, c] = 0
         for k in range(k0, k0 + Kg):
-            for t in range(wf.shape[2]):
-                shift, wv = _tap_shift(t, kernel, plane, dilation), wf[k, cl, t]
-                for q in range(q_end):
-                    gxf[n, c, U(q + shift)] += wv * gog[n, k, U(q)]
+            for kd in range(KD):
+                for kh in range(KH):
+                    for kw in range(KW):
+                        shift = _tap_shift(kd, kh, kw, plane, dilation)
+                        wv = w[k, cl, kd, kh, kw]
+                        for q in range(q_end):
+                            gxf[n, c, U(q + shift)] += wv * gog[n, k, U(q)]
 
 
 @parallel_kernel
 def _grad_weight_flat(gog, xp, gw, dilation):
     N, C = xp.shape[:2]
-    K, Cg = gw.shape[:2]
-    kernel = gw.shape[2:]
+    K, Cg, KD, KH, KW = gw.shape
     Kg = K // (C // Cg)
     plane = xp.shape[2:]
     q_end = gog.shape[2]
     xf = xp.reshape(N, C, -1)
-    gwf = gw.reshape(K, Cg, -1)
     for kc in prange(K * Cg):  # one (output, input channel) filter per task
         k, cl = kc // Cg, kc % Cg
         c = (k // Kg) * Cg + cl
-        for t in range(gwf.shape[2]):
-            shift = _tap_shift(t, kernel, plane, dilation)
-            gwf[k, cl, t] = 0
-            acc = gwf[k, cl, t]  # a zero of the array's own dtype
-            for n in range(N):
-                for q in range(q_end):
-                    acc += gog[n, k, U(q)] * xf[n, c, U(q + shift)]
-            gwf[k, cl, t] = acc
+        for kd in range(KD):
+            for kh in range(KH):
+                for kw in range(KW):
+                    shift = _tap_shift(kd, kh, kw, plane, dilation)
+                    gw[k, cl, kd, kh, kw] = 0
+                    acc = gw[k, cl, kd, kh, kw]  # a zero of the array's own dtype
+                    for n in range(N):
+                        for q in range(q_end):
+                            acc += gog[n, k, U(q)] * xf[n, c, U(q + shift)]
+                    gw[k, cl, kd, kh, kw] = acc
 
 
 def _grid_shape(geom):
