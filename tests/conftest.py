@@ -15,6 +15,7 @@ import sys
 import numpy as np
 import pytest
 from hypothesis import settings
+from hypothesis import strategies as st
 
 # CI runs the same examples every time (a failure there reproduces anywhere); local runs explore.
 settings.register_profile("ci", derandomize=True, print_blob=True)
@@ -87,14 +88,28 @@ def check(got, ref, scale, dtype, what):
     assert got.flags.c_contiguous, f"{what} is not C-contiguous"
 
 
+def snapshot(*arrays):
+    """Copies of ``arrays`` (None stays None), for ``assert_unmodified``."""
+    return [None if a is None else a.copy() for a in arrays]
+
+
+def assert_unmodified(arrays, copies):
+    for a, c in zip(arrays, copies):
+        if a is not None:
+            np.testing.assert_array_equal(a, c, err_msg="an input array was modified")
+
+
 def unmodified(*arrays):
     """A check that ``arrays`` still hold what they hold now."""
-    copies = [a.copy() for a in arrays]
+    copies = snapshot(*arrays)
+    return lambda: assert_unmodified(arrays, copies)
 
-    def check_unmodified():
-        for a, c in zip(arrays, copies):
-            np.testing.assert_array_equal(a, c, err_msg="an input array was modified")
-    return check_unmodified
+
+def int_or_tuple(draw, values):
+    """For hypothesis: equal values as one int half of the time, to test both spellings."""
+    if len(set(values)) == 1 and draw(st.booleans()):
+        return values[0]
+    return tuple(values)
 
 
 # --------------------------------------------------------------------------- finite differences

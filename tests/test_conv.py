@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import naive
 import numbaconv
-from conftest import DTYPES, LAYOUTS, assert_close, make_array
+from conftest import DTYPES, LAYOUTS, assert_close, assert_unmodified, check, int_or_tuple, make_array, snapshot
 
 ALGORITHMS = ("direct", "im2col", "auto")
 MAX_SIZE = {1: 12, 2: 8, 3: 5}  # largest spatial size of a conv input
@@ -33,13 +33,6 @@ def conv_transpose_fn(nd):
 
 def conv_transpose_backward_fn(nd):
     return getattr(numbaconv, f"conv_transpose{nd}d_backward")
-
-
-def _int_or_tuple(draw, values):
-    """Pass equal values as one int half of the time, to test both spellings."""
-    if len(set(values)) == 1 and draw(st.booleans()):
-        return values[0]
-    return tuple(values)
 
 
 @dataclass(frozen=True)
@@ -117,9 +110,9 @@ def conv_cases(draw, nd=None):
             low = max(low, before, after)
         spatial.append(draw(st.integers(low, MAX_SIZE[nd])))
     kwargs = dict(
-        stride=_int_or_tuple(draw, stride),
+        stride=int_or_tuple(draw, stride),
         padding=padding,
-        dilation=_int_or_tuple(draw, dilation),
+        dilation=int_or_tuple(draw, dilation),
         groups=c["groups"],
         padding_mode=mode,
     )
@@ -145,11 +138,11 @@ def conv_transpose_cases(draw, nd=None):
         low = 1 + max(0, -(-shortfall // s))
         spatial.append(draw(st.integers(low, max(low, MAX_TRANSPOSE_SIZE[nd]))))
     kwargs = dict(
-        stride=_int_or_tuple(draw, stride),
-        padding=_int_or_tuple(draw, padding),
-        output_padding=_int_or_tuple(draw, output_padding),
+        stride=int_or_tuple(draw, stride),
+        padding=int_or_tuple(draw, padding),
+        output_padding=int_or_tuple(draw, output_padding),
         groups=c["groups"],
-        dilation=_int_or_tuple(draw, dilation),
+        dilation=int_or_tuple(draw, dilation),
     )
     c_in, c_out = c["groups"] * c["c_in_g"], c["groups"] * c["c_out_g"]
     return Case(
@@ -163,21 +156,6 @@ def _abs(a):
     return None if a is None else np.abs(a.astype(np.float64))
 
 
-def _snapshot(*arrays):
-    return [None if a is None else a.copy() for a in arrays]
-
-
-def _assert_unmodified(arrays, copies):
-    for a, c in zip(arrays, copies):
-        if a is not None:
-            np.testing.assert_array_equal(a, c, err_msg="an input array was modified")
-
-
-def _check_result(got, ref, scale, dtype, what):
-    assert_close(got, ref, scale, dtype, what)
-    assert got.flags.c_contiguous, f"{what} is not C-contiguous"
-
-
 # --------------------------------------------------------------------------- convolution
 
 
@@ -185,13 +163,13 @@ def _check_result(got, ref, scale, dtype, what):
 @given(case=conv_cases())
 def test_conv_forward_matches_naive(case):
     x, w, b = case.arrays()
-    copies = _snapshot(x, w, b)
+    copies = snapshot(x, w, b)
     ref = naive.conv(x, w, b, **case.kwargs)
     scale = naive.conv(_abs(x), _abs(w), _abs(b), **case.kwargs)
     for algorithm in ALGORITHMS:
         y = conv_fn(case.nd)(x, w, b, algorithm=algorithm, **case.kwargs)
-        _check_result(y, ref, scale, case.dtype, f"conv{case.nd}d forward, algorithm={algorithm}")
-        _assert_unmodified((x, w, b), copies)
+        check(y, ref, scale, case.dtype, f"conv{case.nd}d forward, algorithm={algorithm}")
+        assert_unmodified((x, w, b), copies)
 
 
 @EXAMPLES
@@ -202,7 +180,7 @@ def test_conv_backward_matches_naive(case, needs):
     x, w, _ = case.arrays()
     out_shape = naive.conv(x, w, None, **case.kwargs).shape
     go = case.grad_out(out_shape)
-    copies = _snapshot(go, x, w)
+    copies = snapshot(go, x, w)
     refs = naive.conv_backward(go, x, w, **case.kwargs)
     scales = naive.conv_backward(_abs(go), _abs(x), _abs(w), **case.kwargs)
     for algorithm in ALGORITHMS:
@@ -210,10 +188,10 @@ def test_conv_backward_matches_naive(case, needs):
         assert isinstance(grads, tuple) and len(grads) == 3
         for name, need, got, ref, scale in zip(("grad_x", "grad_weight", "grad_bias"), needs, grads, refs, scales):
             if need:
-                _check_result(got, ref, scale, case.dtype, f"conv{case.nd}d_backward {name}, algorithm={algorithm}")
+                check(got, ref, scale, case.dtype, f"conv{case.nd}d_backward {name}, algorithm={algorithm}")
             else:
                 assert got is None, f"{name} not asked for but returned"
-        _assert_unmodified((go, x, w), copies)
+        assert_unmodified((go, x, w), copies)
 
 
 # --------------------------------------------------------------------------- transposed convolution
@@ -223,13 +201,13 @@ def test_conv_backward_matches_naive(case, needs):
 @given(case=conv_transpose_cases())
 def test_conv_transpose_forward_matches_naive(case):
     x, w, b = case.arrays()
-    copies = _snapshot(x, w, b)
+    copies = snapshot(x, w, b)
     ref = naive.conv_transpose(x, w, b, **case.kwargs)
     scale = naive.conv_transpose(_abs(x), _abs(w), _abs(b), **case.kwargs)
     for algorithm in ALGORITHMS:
         y = conv_transpose_fn(case.nd)(x, w, b, algorithm=algorithm, **case.kwargs)
-        _check_result(y, ref, scale, case.dtype, f"conv_transpose{case.nd}d forward, algorithm={algorithm}")
-        _assert_unmodified((x, w, b), copies)
+        check(y, ref, scale, case.dtype, f"conv_transpose{case.nd}d forward, algorithm={algorithm}")
+        assert_unmodified((x, w, b), copies)
 
 
 @EXAMPLES
@@ -239,7 +217,7 @@ def test_conv_transpose_backward_matches_naive(case, needs):
     x, w, _ = case.arrays()
     out_shape = naive.conv_transpose(x, w, None, **case.kwargs).shape
     go = case.grad_out(out_shape)
-    copies = _snapshot(go, x, w)
+    copies = snapshot(go, x, w)
     refs = naive.conv_transpose_backward(go, x, w, **case.kwargs)
     scales = naive.conv_transpose_backward(_abs(go), _abs(x), _abs(w), **case.kwargs)
     for algorithm in ALGORITHMS:
@@ -247,11 +225,11 @@ def test_conv_transpose_backward_matches_naive(case, needs):
         assert isinstance(grads, tuple) and len(grads) == 3
         for name, need, got, ref, scale in zip(("grad_x", "grad_weight", "grad_bias"), needs, grads, refs, scales):
             if need:
-                _check_result(got, ref, scale, case.dtype,
+                check(got, ref, scale, case.dtype,
                               f"conv_transpose{case.nd}d_backward {name}, algorithm={algorithm}")
             else:
                 assert got is None, f"{name} not asked for but returned"
-        _assert_unmodified((go, x, w), copies)
+        assert_unmodified((go, x, w), copies)
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
@@ -264,13 +242,13 @@ def test_medium_sizes_match_naive(nd, spatial, algorithm):
     b = rng.standard_normal(12).astype(np.float32)
     kw = dict(stride=1, padding=1, dilation=1, groups=2, padding_mode="zeros")
     y = conv_fn(nd)(x, w, b, algorithm=algorithm, **kw)
-    _check_result(y, naive.conv(x, w, b, **kw), naive.conv(_abs(x), _abs(w), _abs(b), **kw), np.float32, "forward")
+    check(y, naive.conv(x, w, b, **kw), naive.conv(_abs(x), _abs(w), _abs(b), **kw), np.float32, "forward")
     go = rng.standard_normal(y.shape).astype(np.float32)
     grads = conv_backward_fn(nd)(go, x, w, algorithm=algorithm, **kw)
     refs = naive.conv_backward(go, x, w, **kw)
     scales = naive.conv_backward(_abs(go), _abs(x), _abs(w), **kw)
     for name, got, ref, scale in zip(("grad_x", "grad_weight", "grad_bias"), grads, refs, scales):
-        _check_result(got, ref, scale, np.float32, name)
+        check(got, ref, scale, np.float32, name)
 
 
 POINTWISE = [("conv", kw) for kw in (dict(), dict(stride=2), dict(padding=1), dict(groups=2),

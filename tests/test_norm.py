@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import naive
 import numbaconv
-from conftest import DTYPES, LAYOUTS, assert_battery_survives, assert_close, make_array, numerical_grad
+from conftest import DTYPES, LAYOUTS, assert_battery_survives, assert_close, assert_unmodified, check, make_array, numerical_grad, snapshot
 
 EXAMPLES = settings(max_examples=100, deadline=None)
 MAX_SIZE = {0: 1, 1: 6, 2: 4, 3: 3}  # largest spatial size per number of spatial dimensions
@@ -47,21 +47,6 @@ def relayout(a, layout):
 
 def _f64(a):
     return None if a is None else np.asarray(a, dtype=np.float64)
-
-
-def _snapshot(*arrays):
-    return [None if a is None else a.copy() for a in arrays]
-
-
-def _assert_unmodified(arrays, copies):
-    for a, c in zip(arrays, copies):
-        if a is not None:
-            np.testing.assert_array_equal(a, c, err_msg="an input array was modified")
-
-
-def _check(got, ref, scale, dtype, what):
-    assert_close(got, ref, scale, dtype, what)
-    assert got.flags.c_contiguous, f"{what} is not C-contiguous"
 
 
 # --------------------------------------------------------------------------- scales
@@ -191,19 +176,19 @@ def test_batch_norm_matches_naive(case, training, track, momentum, eps):
     stats_layout = "contiguous" if training and case.layouts[2] == "readonly" else case.layouts[2]
     rm = case.channel_array(4, layout=stats_layout) if track else None
     rv = case.channel_array(5, positive=True, layout=stats_layout) if track else None
-    copies = _snapshot(x, weight, bias, rm, rv)
+    copies = snapshot(x, weight, bias, rm, rv)
     y_ref, rm_ref, rv_ref = naive.batch_norm(x, _f64(rm), _f64(rv), weight, bias, training, momentum, eps)
 
     y = numbaconv.batch_norm(x, rm, rv, weight, bias, training=training, momentum=momentum, eps=eps)
     constant = None if training else (copies[3], copies[4])
-    _check(y, y_ref, forward_scale(x, weight, bias, _channel_blocks(x), eps, constant), case.dtype, "batch_norm")
-    _assert_unmodified((x, weight, bias), copies[:3])
+    check(y, y_ref, forward_scale(x, weight, bias, _channel_blocks(x), eps, constant), case.dtype, "batch_norm")
+    assert_unmodified((x, weight, bias), copies[:3])
     if track and training:
         # the update is a convex combination of values of size about |running| + |batch statistic|
         assert_close(rm, rm_ref, np.abs(_f64(copies[3])) + 4, case.dtype, "running_mean")
         assert_close(rv, rv_ref, np.abs(_f64(copies[4])) + 8, case.dtype, "running_var")
     else:
-        _assert_unmodified((rm, rv), copies[3:])
+        assert_unmodified((rm, rv), copies[3:])
 
 
 @EXAMPLES
@@ -213,7 +198,7 @@ def test_batch_norm_backward_matches_naive(case, training, needs, eps):
     x, go = case.x(), case.grad_out()
     weight, bias = case.parameters()
     rm, rv = case.channel_array(4), case.channel_array(5, positive=True)
-    copies = _snapshot(go, x, weight, bias, rm, rv)
+    copies = snapshot(go, x, weight, bias, rm, rv)
     refs = naive.batch_norm_backward(go, x, rm, rv, weight, training, eps)
     constant = None if training else (rm, rv)
     scales = backward_scales(go, x, weight, _channel_blocks(x), eps, constant)
@@ -222,10 +207,10 @@ def test_batch_norm_backward_matches_naive(case, training, needs, eps):
     assert isinstance(grads, tuple) and len(grads) == 3
     for name, need, param, got, ref, scale in zip(GRAD_NAMES, needs, (x, weight, bias), grads, refs, scales):
         if need and param is not None:
-            _check(got, ref, scale, case.dtype, f"batch_norm_backward {name}")
+            check(got, ref, scale, case.dtype, f"batch_norm_backward {name}")
         else:
             assert got is None, f"{name}: not asked for or no parameter, but returned"
-    _assert_unmodified((go, x, weight, bias, rm, rv), copies)
+    assert_unmodified((go, x, weight, bias, rm, rv), copies)
 
 
 def test_batch_norm_without_running_statistics_uses_the_batch():
@@ -249,11 +234,11 @@ def test_group_norm_matches_naive(case_groups, eps):
     assume(case.n * (case.c // num_groups) * np.prod(case.spatial) > 1)
     x = case.x()
     weight, bias = case.parameters()
-    copies = _snapshot(x, weight, bias)
+    copies = snapshot(x, weight, bias)
     y = numbaconv.group_norm(x, num_groups, weight, bias, eps=eps)
     scale = forward_scale(x, weight, bias, _group_blocks(x, num_groups), eps)
-    _check(y, naive.group_norm(x, num_groups, weight, bias, eps), scale, case.dtype, "group_norm")
-    _assert_unmodified((x, weight, bias), copies)
+    check(y, naive.group_norm(x, num_groups, weight, bias, eps), scale, case.dtype, "group_norm")
+    assert_unmodified((x, weight, bias), copies)
 
 
 @EXAMPLES
@@ -263,17 +248,17 @@ def test_group_norm_backward_matches_naive(case_groups, needs, eps):
     assume(case.n * (case.c // num_groups) * np.prod(case.spatial) > 1)
     x, go = case.x(), case.grad_out()
     weight, bias = case.parameters()
-    copies = _snapshot(go, x, weight, bias)
+    copies = snapshot(go, x, weight, bias)
     refs = naive.group_norm_backward(go, x, num_groups, weight, eps)
     scales = backward_scales(go, x, weight, _group_blocks(x, num_groups), eps)
     grads = numbaconv.group_norm_backward(go, x, num_groups, weight, bias, eps=eps, needs=needs)
     assert isinstance(grads, tuple) and len(grads) == 3
     for name, need, param, got, ref, scale in zip(GRAD_NAMES, needs, (x, weight, bias), grads, refs, scales):
         if need and param is not None:
-            _check(got, ref, scale, case.dtype, f"group_norm_backward {name}")
+            check(got, ref, scale, case.dtype, f"group_norm_backward {name}")
         else:
             assert got is None, f"{name}: not asked for or no parameter, but returned"
-    _assert_unmodified((go, x, weight, bias), copies)
+    assert_unmodified((go, x, weight, bias), copies)
 
 
 # --------------------------------------------------------------------------- local response norm
@@ -284,14 +269,14 @@ def test_group_norm_backward_matches_naive(case_groups, needs, eps):
        k=st.floats(0.5, 3))
 def test_local_response_norm_matches_naive(case, size, alpha, beta, k):
     x, go = case.x(), case.grad_out()
-    copies = _snapshot(x, go)
+    copies = snapshot(x, go)
     y_scale, gx_scale = lrn_scales(go, x, size, alpha, beta, k)
     y = numbaconv.local_response_norm(x, size, alpha, beta, k)
-    _check(y, naive.local_response_norm(x, size, alpha, beta, k), y_scale, case.dtype, "local_response_norm")
+    check(y, naive.local_response_norm(x, size, alpha, beta, k), y_scale, case.dtype, "local_response_norm")
     gx = numbaconv.local_response_norm_backward(go, x, size, alpha, beta, k)
-    _check(gx, naive.local_response_norm_backward(go, x, size, alpha, beta, k), gx_scale, case.dtype,
+    check(gx, naive.local_response_norm_backward(go, x, size, alpha, beta, k), gx_scale, case.dtype,
            "local_response_norm_backward")
-    _assert_unmodified((x, go), copies)
+    assert_unmodified((x, go), copies)
 
 
 # --------------------------------------------------------------------------- finite differences
@@ -405,10 +390,10 @@ def test_batch_norm_training_steps_then_eval_match_torch(torch, shape, dtype):
     xt, wt, bt = (_tensor(torch, a, grad=True) for a in (x, weight, bias))
     yt = torch.nn.functional.batch_norm(xt, rm_t, rv_t, wt, bt, training=False)
     want = _autograd(torch, yt, go, xt, wt, bt)
-    copies = _snapshot(rm, rv)
+    copies = snapshot(rm, rv)
     y = numbaconv.batch_norm(x, rm, rv, weight, bias, training=False)
     grads = numbaconv.batch_norm_backward(go, x, rm, rv, weight, bias, training=False)
-    _assert_unmodified((rm, rv), copies)
+    assert_unmodified((rm, rv), copies)
     constant = (rm, rv)
     assert_close(y, yt.detach().numpy().astype(np.float64),
                  forward_scale(x, weight, bias, None, 1e-5, constant), what="eval output")

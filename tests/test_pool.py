@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import naive
 import numbaconv
 from numbaconv._geometry import pool_geometry
-from conftest import DTYPES, LAYOUTS, assert_battery_survives, assert_close, make_array
+from conftest import DTYPES, LAYOUTS, assert_battery_survives, assert_close, int_or_tuple, make_array
 
 MAX_SIZE = {1: 11, 2: 7, 3: 5}
 EXAMPLES = settings(max_examples=80, deadline=None)
@@ -28,12 +28,6 @@ NORM_TYPES = (1, 2, 3, 1.5, math.inf)
 
 def fn(kind, nd, backward=False):
     return getattr(numbaconv, f"{kind}_pool{nd}d" + ("_backward" if backward else ""))
-
-
-def _int_or_tuple(draw, values):
-    if len(set(values)) == 1 and draw(st.booleans()):
-        return values[0]
-    return tuple(values)
 
 
 @dataclass(frozen=True)
@@ -87,7 +81,7 @@ def pool_cases(draw, kinds=KINDS, nd=None):
     if kind.startswith("adaptive"):
         spatial = tuple(draw(st.integers(1, MAX_SIZE[nd])) for _ in range(nd))
         out = [draw(st.one_of(st.none(), st.integers(1, MAX_SIZE[nd] + 2))) for _ in range(nd)]
-        output_size = out[0] if nd == 1 and draw(st.booleans()) else _int_or_tuple(draw, out)
+        output_size = out[0] if nd == 1 and draw(st.booleans()) else int_or_tuple(draw, out)
         return Case(spatial=spatial, kwargs=dict(output_size=output_size), **common)
     kernel = tuple(draw(st.integers(1, 4)) for _ in range(nd))
     stride = tuple(draw(st.integers(1, 3)) for _ in range(nd))
@@ -95,12 +89,12 @@ def pool_cases(draw, kinds=KINDS, nd=None):
     dilation = tuple(draw(st.integers(1, 2)) for _ in range(nd)) if kind == "max" else (1,) * nd
     spatial = tuple(draw(st.integers(max(1, d * (k - 1) + 1 - 2 * p), max(1, d * (k - 1) + 1 - 2 * p, MAX_SIZE[nd])))
                     for k, p, d in zip(kernel, padding, dilation))
-    kwargs = dict(kernel_size=_int_or_tuple(draw, kernel),
-                  stride=None if draw(st.booleans()) else _int_or_tuple(draw, stride), ceil_mode=draw(st.booleans()))
+    kwargs = dict(kernel_size=int_or_tuple(draw, kernel),
+                  stride=None if draw(st.booleans()) else int_or_tuple(draw, stride), ceil_mode=draw(st.booleans()))
     if kind != "lp":
-        kwargs["padding"] = _int_or_tuple(draw, padding)
+        kwargs["padding"] = int_or_tuple(draw, padding)
     if kind == "max":
-        kwargs["dilation"] = _int_or_tuple(draw, dilation)
+        kwargs["dilation"] = int_or_tuple(draw, dilation)
     if kind == "avg":
         kwargs["count_include_pad"] = draw(st.booleans())
         kwargs["divisor_override"] = draw(st.one_of(st.none(), st.sampled_from((1, 3, -2))))
