@@ -31,16 +31,22 @@ from numba import njit, prange
 from ._window import U, parallel_kernel
 
 
+@njit(inline="always", cache=True)
+def _plane_mean(x, n, c):
+    """Mean of x[n, c, :], accumulated in float64."""
+    total = 0.0
+    for s in range(x.shape[2]):
+        total += x[n, c, U(s)]
+    return total / x.shape[2]
+
+
 @parallel_kernel
 def plane_moments(x, mean, m2):
     """mean[n, c] and m2[n, c] = sum((x[n, c, :] - mean[n, c]) ** 2), for S >= 1."""
     N, C, S = x.shape
     for plane in prange(N * C):
         n, c = plane // C, plane % C
-        total = 0.0
-        for s in range(S):
-            total += x[n, c, U(s)]
-        mu = total / S
+        mu = _plane_mean(x, n, c)
         deviations = 0.0  # a second pass, on the plane still in cache: no cancellation
         for s in range(S):
             d = x[n, c, U(s)] - mu
@@ -73,10 +79,7 @@ def plane_sums(go, x, mean, m2, sum_go, dot):
     N, C, S = x.shape
     for plane in prange(N * C):
         n, c = plane // C, plane % C
-        total = 0.0
-        for s in range(S):
-            total += x[n, c, U(s)]
-        mu = total / S
+        mu = _plane_mean(x, n, c)
         deviations = 0.0
         grads = 0.0
         product = 0.0
