@@ -6,11 +6,11 @@ dropout's scaling runs ``kernels.cpu.elementwise.masked_scale``.
 """
 
 import math
-from numbers import Integral
 
 import numpy as np
 
 from .._geometry import check_array, check_grad_out, check_needs
+from .._random import generator
 from ..kernels.cpu import elementwise
 from .activation import check_dim, check_real, flat
 
@@ -113,33 +113,21 @@ def _check_p(op, p):
     return p
 
 
-def _generator(op, rng):
-    if rng is None:
-        return np.random.default_rng()
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if isinstance(rng, Integral) and not isinstance(rng, (bool, np.bool_)):
-        if rng < 0:
-            raise ValueError(f"{op}: rng must be a numpy.random.Generator, a non-negative int seed or None, got {rng}")
-        return np.random.default_rng(int(rng))
-    raise TypeError(f"{op}: rng must be a numpy.random.Generator, an int seed or None, got {type(rng).__name__}")
-
-
 def dropout(x, p=0.5, training=True, rng=None):
     """Zero each element with probability p and scale the others by 1 / (1 - p).
 
     x: any shape. Returns (output, mask): output x's shape and dtype, C-contiguous; mask a bool
     array of x's shape, True where an element was kept. rng: a numpy.random.Generator, an int
-    seed (the same seed gives the same mask, for either dtype) or None (fresh entropy). With
-    training=False or p=0, output is a copy of x and mask is all True, and no random number is
-    drawn.
+    seed (the same seed gives the same mask, for either dtype) or None (numbaconv's generator,
+    reproducible after ``numbaconv.manual_seed``). With training=False or
+    p=0, output is a copy of x and mask is all True, and no random number is drawn.
     """
     op = "dropout"
     check_array(op, "x", x)
     p = _check_p(op, p)
     if not isinstance(training, (bool, np.bool_)):
         raise TypeError(f"{op}: training must be a bool, got {training!r}")
-    rng = _generator(op, rng)
+    rng = generator(op, rng)
     if not training or p == 0:
         return np.array(x, order="C"), np.ones(x.shape, dtype=bool)
     # float32 uniforms whatever x's dtype: half the memory of float64, and one mask per seed
