@@ -83,7 +83,7 @@ class Dropout(Module):
         return F.dropout_backward(grad_out, self._saved("_mask"), self._p) if input_grad else None
 
     def extra_repr(self):
-        return f"p={self.p}"
+        return f"p={self.p}, inplace={self.inplace}"
 
 
 __all__ = ["Linear", "Flatten", "Dropout"]

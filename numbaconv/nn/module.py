@@ -97,15 +97,15 @@ class Module:
         if name in self._buffers and (value is None or isinstance(value, np.ndarray)):
             self._buffers[name] = value  # a buffer stays a buffer when reassigned, as in PyTorch
             return
+        target = (self._parameters if isinstance(value, Parameter)
+                  else self._modules if isinstance(value, Module) else None)
         for table in (self._parameters, self._buffers, self._modules):
-            table.pop(name, None)
-        if isinstance(value, Parameter):
-            self._parameters[name] = value
-        elif isinstance(value, Module):
-            self._modules[name] = value
-        else:
+            if table is not target:  # a replaced parameter or module keeps its place, as in PyTorch
+                table.pop(name, None)
+        if target is None:
             object.__setattr__(self, name, value)
             return
+        target[name] = value
         self.__dict__.pop(name, None)
 
     def __getattr__(self, name):  # only called when normal lookup fails
@@ -169,14 +169,16 @@ class Module:
         for _, module in self.named_children():
             yield module
 
-    def named_modules(self, prefix=""):
-        """This module and every module below it, with dotted names; each module once."""
+    def named_modules(self, prefix="", remove_duplicate=True):
+        """This module and every module below it, with dotted names; each module once (every
+        time it appears with remove_duplicate=False, as state_dict walks it)."""
         seen = set()
 
         def walk(module, name):
             if id(module) in seen:
                 return
-            seen.add(id(module))
+            if remove_duplicate:
+                seen.add(id(module))
             yield name, module
             for child_name, child in module._modules.items():
                 if child is not None:
@@ -250,11 +252,12 @@ class Module:
         """An OrderedDict of every parameter and buffer by dotted name, PyTorch's keys.
 
         The arrays are the module's own (not copies), as PyTorch's tensors are; copy them to
-        keep a snapshot that later training does not change.
+        keep a snapshot that later training does not change. ``prefix`` is put before every
+        key, as in PyTorch ("model." gives "model.0.weight").
         """
         state = OrderedDict()
-        for module_name, module in self.named_modules(prefix):
-            dot = f"{module_name}." if module_name else ""
+        for module_name, module in self.named_modules(remove_duplicate=False):
+            dot = f"{prefix}{module_name}." if module_name else prefix
             for name, param in module._parameters.items():
                 if param is not None:
                     state[dot + name] = param.data
@@ -427,9 +430,10 @@ class Residual(Module):
 
     def __init__(self, body, shortcut=None):
         super().__init__()
-        for name, module in (("body", body), ("shortcut", shortcut)):
-            if module is not None and not isinstance(module, Module):
-                raise TypeError(f"Residual: {name} must be a Module or None, got {type(module).__name__}")
+        if not isinstance(body, Module):
+            raise TypeError(f"Residual: body must be a Module, got {type(body).__name__}")
+        if shortcut is not None and not isinstance(shortcut, Module):
+            raise TypeError(f"Residual: shortcut must be a Module or None, got {type(shortcut).__name__}")
         self.body = body
         self.shortcut = shortcut
 
