@@ -10,7 +10,6 @@ import pkgutil
 import platform
 import statistics
 import sys
-import time
 
 import numpy as np
 
@@ -171,55 +170,63 @@ def info(args):
     return 0
 
 
-def _median_seconds(fn, repeats):
-    fn()  # warm-up: compiles, or loads from the kernel cache
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def demo(args):
+def _worked_example():
+    """The lecture's 5x5 image and 3x3 filter; True when conv2d reproduces its feature map."""
     image = np.array(EXAMPLE_IMAGE, dtype=np.float32)[None, None]
     kernel = np.array(EXAMPLE_FILTER, dtype=np.float32)[None, None]
     feature_map = numbaconv.conv2d(image, kernel)[0, 0]
-    print("A 5x5 image convolved with a 3x3 filter (stride 1, no padding):")
-    print()
-    print("image:")
-    print(image[0, 0].astype(int))
-    print("filter:")
-    print(kernel[0, 0].astype(int))
-    print("conv2d(image, filter):")
-    print(feature_map.astype(int))
+    print("The lecture's worked example: a 5x5 image convolved with a 3x3 filter (stride 1, no padding)")
+    for title, array in (("image", image[0, 0]), ("filter", kernel[0, 0]), ("conv2d(image, filter)", feature_map)):
+        print(f"{title}:")
+        print(array.astype(int))
     matches = np.array_equal(feature_map, np.array(EXAMPLE_RESULT, dtype=np.float32))
     print("matches the worked example:", "yes" if matches else "NO")
+    return matches
+
+
+def _ascii(image):
+    """An 8x8 digit (values in [0, 1]) as text, two characters per pixel."""
+    shades = " .:-=+*#%@"
+    return ["".join(shades[min(int(v * len(shades)), len(shades) - 1)] * 2 for v in row) for row in image]
+
+
+def _train_digits(args):
+    """LeNet-5 trained on scikit-learn's handwritten digits; returns the held-out accuracy."""
+    from numbaconv import datasets, models, nn, optim
+
+    X_train, y_train, X_test, y_test = datasets.digits(size=32, seed=args.seed)
+    print(f"Training LeNet-5 on scikit-learn's handwritten digits: {len(X_train)} training and "
+          f"{len(X_test)} held-out images, 8x8 scans enlarged to 32x32")
+    numbaconv.manual_seed(args.seed)
+    model = models.lenet5(num_classes=10, in_channels=1)
+    optimizer = optim.Adam(model.parameters(), lr=args.lr)
+    history = numbaconv.fit(model, nn.CrossEntropyLoss(), optimizer, X_train, y_train, epochs=args.epochs,
+                            batch_size=args.batch_size, validation=(X_test, y_test), seed=args.seed)
+    for epoch in range(args.epochs):
+        print(f"epoch {epoch + 1:>2}/{args.epochs}  loss {history['loss'][epoch]:.4f}  "
+              f"train {100 * history['accuracy'][epoch]:5.1f}%  held-out {100 * history['val_accuracy'][epoch]:5.1f}%  "
+              f"{history['time'][epoch]:.2f} s")
+    predicted = numbaconv.predict(model, X_test).argmax(axis=1)
+    correct = int((predicted == y_test).sum())
+    accuracy = correct / len(y_test)
+    print(f"held-out accuracy: {100 * accuracy:.2f}% ({correct} of {len(y_test)} images)")
+    print(f"time per epoch: {statistics.median(history['time']):.2f} s (median of {args.epochs})")
+    print("a few held-out images, with the label and the prediction:")
+    shown = [0, 1, 2, 3]
+    wrong = np.flatnonzero(predicted != y_test)
+    if len(wrong):
+        shown[-1] = int(wrong[0])  # show a mistake too, when there is one
+    rows = [_ascii(X_test[i, 0, ::4, ::4]) for i in shown]
+    for line in zip(*rows):
+        print("   ".join(line))
+    print("   ".join(f"label {y_test[i]} -> {predicted[i]}".ljust(16) for i in shown))
+    return accuracy
+
+
+def demo(args):
+    matches = _worked_example()
     print()
-
-    n, c, size, k, ksize, pad = args.batch, 16, 32, 32, 3, 1
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((n, c, size, size), dtype=np.float32)
-    w = rng.standard_normal((k, c, ksize, ksize), dtype=np.float32)
-    b = rng.standard_normal(k, dtype=np.float32)
-    out_size = size + 2 * pad - ksize + 1
-    flops = 2 * n * k * c * ksize * ksize * out_size * out_size
-    print(
-        f"Batch conv2d: x {x.shape}, weight {w.shape}, padding={pad} -> "
-        f"({n}, {k}, {out_size}, {out_size}), {flops / 1e9:.3f} GFLOP"
-    )
-    results = {}
-    for algorithm in ("direct", "im2col"):
-        out = {}
-
-        def run(algorithm=algorithm, out=out):
-            out["y"] = numbaconv.conv2d(x, w, b, padding=pad, algorithm=algorithm)
-
-        seconds = _median_seconds(run, args.repeats)
-        results[algorithm] = out["y"]
-        print(f"  {algorithm:<7} {seconds * 1e3:9.2f} ms  {flops / seconds / 1e9:7.2f} GFLOP/s")
-    diff = float(np.max(np.abs(results["direct"] - results["im2col"])))
-    print(f"  max |direct - im2col| = {diff:.3g}")
+    _train_digits(args)
     return 0 if matches else 1
 
 
@@ -236,14 +243,12 @@ def build_parser():
     p.set_defaults(func=info)
 
     p = commands.add_parser(
-        "demo", help="a worked example, then a timed batch conv2d with each algorithm"
+        "demo", help="the lecture's worked example, then LeNet-5 trained on handwritten digits"
     )
-    p.add_argument(
-        "--batch", type=int, default=8, help="batch size of the timed conv2d (default 8)"
-    )
-    p.add_argument(
-        "--repeats", type=int, default=5, help="timed runs after the warm-up; the median is shown"
-    )
+    p.add_argument("--epochs", type=int, default=12, help="training epochs (default 12)")
+    p.add_argument("--batch-size", type=int, default=32, help="training batch size (default 32)")
+    p.add_argument("--lr", type=float, default=2e-3, help="Adam's learning rate (default 2e-3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, the weights and the shuffling")
     p.set_defaults(func=demo)
     return parser
 

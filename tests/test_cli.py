@@ -92,17 +92,19 @@ def test_info_in_process(capsys):
 
 
 def test_demo_subprocess():
-    done = run_cli("demo", "--batch", "2", "--repeats", "2", timeout=300)
+    """The README's main job: the worked example, then LeNet-5 trained on real handwritten
+    digits to at least 97% held-out accuracy (the issue's bar), with its defaults."""
+    done = run_cli("demo", timeout=600)
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "[[4 3 4]\n [2 4 3]\n [2 3 4]]" in out
     assert "matches the worked example: yes" in out
-    for algorithm in ("direct", "im2col"):
-        assert any(
-            line.split()[:1] == [algorithm] and "GFLOP/s" in line for line in out.splitlines()
-        )
-    diff = float(out.split("max |direct - im2col| =")[1].split()[0])
-    assert diff < 1e-3
+    final = [line for line in out.splitlines() if line.startswith("held-out accuracy:")]
+    assert len(final) == 1, out
+    accuracy = float(final[0].split(":")[1].split("%")[0])
+    assert accuracy >= 97.0, out
+    assert "time per epoch:" in out
+    assert out.count("label ") == 4
 
 
 def test_version_flag(capsys):
