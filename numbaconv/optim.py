@@ -20,7 +20,7 @@ import numpy as np
 
 from .nn.module import Module, Parameter
 
-__all__ = ["Optimizer", "SGD", "Adam"]
+__all__ = ["Optimizer", "SGD", "Adam", "StepLR"]
 
 
 def _is_real(value):
@@ -271,3 +271,36 @@ class Adam(Optimizer):
         update = step_size * exp_avg
         update /= denom
         param.data -= update
+
+
+class StepLR:
+    """Multiply each group's learning rate by gamma every ``step_size`` epochs, as
+    ``torch.optim.lr_scheduler.StepLR``: lr = initial_lr * gamma ** (epoch // step_size).
+
+    Call ``step()`` once per epoch, after the epoch's optimizer steps (``fit(scheduler=...)``
+    does). ``get_last_lr()`` gives the rates now in use.
+    """
+
+    def __init__(self, optimizer, step_size, gamma=0.1):
+        op = "StepLR"
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"{op}: optimizer must be a numbaconv.optim optimizer, got {type(optimizer).__name__}")
+        if not isinstance(step_size, int) or isinstance(step_size, bool) or step_size < 1:
+            raise ValueError(f"{op}: step_size must be an int >= 1, got {step_size!r}")
+        self.optimizer, self.step_size = optimizer, step_size
+        self.gamma = _non_negative(op, "gamma", gamma)
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        self.last_epoch = 0
+
+    def step(self):
+        self.last_epoch += 1
+        factor = self.gamma ** (self.last_epoch // self.step_size)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+
+    def get_last_lr(self):
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+    def __repr__(self):
+        return f"StepLR(step_size={self.step_size}, gamma={self.gamma}, last_epoch={self.last_epoch})"

@@ -239,7 +239,7 @@ def _progress_bar(show, total, desc):
 
 
 def fit(model, loss_fn, optimizer, X, y, epochs=1, batch_size=64, validation=None, shuffle=True, seed=None,
-        progress=None):
+        progress=None, scheduler=None):
     """Train ``model`` on X (N, ...) and y (N, ...) for ``epochs`` passes in mini-batches.
 
     Each batch runs forward, loss, backward (without the data's gradient) and
@@ -248,7 +248,8 @@ def fit(model, loss_fn, optimizer, X, y, epochs=1, batch_size=64, validation=Non
     a numpy Generator) or, for None, numbaconv's generator, so ``numbaconv.manual_seed`` before
     building the model makes the whole run reproducible. validation: (Xv, yv), evaluated in
     eval mode after each epoch. progress: None shows a bar when stderr is a terminal, True
-    always (tqdm when installed, else a plain text bar), False never.
+    always (tqdm when installed, else a plain text bar), False never. scheduler: an object
+    whose ``step()`` is called after each epoch (``numbaconv.optim.StepLR``), or None.
 
     Returns the history, a dict of per-epoch lists: "loss" (the mean over samples),
     "accuracy" (classification, i.e. integer y, only), "val_loss" and "val_accuracy" (with
@@ -275,6 +276,9 @@ def fit(model, loss_fn, optimizer, X, y, epochs=1, batch_size=64, validation=Non
         raise TypeError(f"{op}: shuffle must be a bool, got {shuffle!r}")
     rng = _shuffle_generator(op, seed)
     show = _check_progress(op, progress)
+    if scheduler is not None and not callable(getattr(scheduler, "step", None)):
+        raise TypeError(f"{op}: scheduler must have a step method (such as numbaconv.optim.StepLR), "
+                        f"got {type(scheduler).__name__}")
 
     classification = _is_classification(y)
     history = {"loss": []}
@@ -317,6 +321,8 @@ def fit(model, loss_fn, optimizer, X, y, epochs=1, batch_size=64, validation=Non
             for name, value in metrics.items():
                 history[name].append(value)
             history["time"].append(time.perf_counter() - start)
+            if scheduler is not None:
+                scheduler.step()
     return history
 
 

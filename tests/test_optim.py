@@ -6,6 +6,7 @@ import pytest
 
 import numbaconv
 from numbaconv import nn
+from numbaconv import optim
 from numbaconv.optim import SGD, Adam
 
 # (optimizer, keyword arguments): every branch of both update rules
@@ -327,3 +328,28 @@ def test_step_with_closure():
     np.testing.assert_array_equal(p.data, [-1.0, -1.0])
     with pytest.raises(TypeError, match="closure must be None or a function returning the loss, got 1"):
         opt.step(1)
+
+
+def test_step_lr_matches_torch():
+    torch = pytest.importorskip("torch")
+    param = nn.Parameter(np.zeros(3))
+    opt = optim.SGD([param], lr=0.5)
+    sched = optim.StepLR(opt, step_size=2, gamma=0.3)
+    t_param = torch.zeros(3, requires_grad=True)
+    t_opt = torch.optim.SGD([t_param], lr=0.5)
+    t_sched = torch.optim.lr_scheduler.StepLR(t_opt, step_size=2, gamma=0.3)
+    for _ in range(7):
+        assert sched.get_last_lr() == pytest.approx(t_sched.get_last_lr(), rel=1e-15)
+        t_opt.step()
+        sched.step()
+        t_sched.step()
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    (dict(step_size=0), ValueError), (dict(step_size=1.5), ValueError), (dict(step_size=1, gamma=-1), ValueError),
+    (dict(step_size=1, gamma="a"), TypeError),
+])
+def test_step_lr_bad_arguments(kwargs, error):
+    opt = optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1)
+    with pytest.raises(error, match="StepLR"):
+        optim.StepLR(opt, **kwargs)

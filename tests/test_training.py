@@ -8,7 +8,7 @@ import pytest
 
 import numbaconv
 from conftest import unmodified
-from numbaconv import nn
+from numbaconv import nn, optim
 from numbaconv.optim import SGD, Adam
 
 CLASSES = 3
@@ -67,6 +67,18 @@ def test_fit_learns_a_regression_with_a_conv_net():
                             epochs=10, batch_size=8, seed=1, progress=False)
     assert list(history) == ["loss", "time"]
     assert history["loss"][-1] < 0.5 * history["loss"][0]
+
+
+def test_fit_steps_the_scheduler_once_per_epoch():
+    X, y = blobs()
+    model = mlp()
+    opt = SGD(model.parameters(), lr=0.1)
+    sched = optim.StepLR(opt, step_size=1, gamma=0.5)
+    numbaconv.fit(model, nn.CrossEntropyLoss(), opt, X, y, epochs=3, seed=0, progress=False, scheduler=sched)
+    assert sched.last_epoch == 3
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** 3)
+    with pytest.raises(TypeError, match="scheduler"):
+        numbaconv.fit(model, nn.CrossEntropyLoss(), opt, X, y, scheduler=object(), progress=False)
 
 
 # --------------------------------------------------------------------------- reproducibility
