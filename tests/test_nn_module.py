@@ -583,9 +583,6 @@ def test_manual_seed_makes_initialization_reproducible():
     np.testing.assert_array_equal(nnc.Linear(3, 4, rng=8).weight.data, nnc.Linear(3, 4, rng=8).weight.data)
     np.testing.assert_array_equal(nnc.Linear(3, 4, rng=np.random.default_rng(8)).weight.data,
                                   nnc.Linear(3, 4, rng=8).weight.data)
-    # float32 and float64 layers from one seed hold the same numbers, rounded
-    np.testing.assert_array_equal(nnc.Conv1d(2, 2, 3, rng=1).weight.data,
-                                  nnc.Conv1d(2, 2, 3, rng=1, dtype=np.float64).weight.data.astype(np.float32))
 
 
 INIT_CASES = [
@@ -623,7 +620,9 @@ def test_initialization_bound_equals_torchs():
         for key, value in theirs.state_dict().items():
             a = np.abs(ours.state_dict()[key]).max()
             b = value.abs().max().item()
-            assert abs(a - b) < 0.03 * b, key  # both reach within a few % of the same bound
+            # both reach near the same bound: within 3% for the weights (hundreds of draws or
+            # more), 12% for the biases (64 or 100 draws: the chance of missing is below 1e-3)
+            assert abs(a - b) < (0.03 if value.numel() >= 500 else 0.12) * b, key
 
 
 def test_default_normalization_state_equals_torchs():
