@@ -618,6 +618,8 @@ def test_initialization_bound_equals_torchs():
                          (nnc.ConvTranspose2d(64, 4, 3, rng=0), torch.nn.ConvTranspose2d(64, 4, 3)),
                          (nnc.Linear(20, 100, rng=0), torch.nn.Linear(20, 100))]:
         for key, value in theirs.state_dict().items():
+            if value.numel() < 64:  # too few draws to say where the bound is
+                continue
             a = np.abs(ours.state_dict()[key]).max()
             b = value.abs().max().item()
             # both reach near the same bound: within 3% for the weights (hundreds of draws or
