@@ -68,7 +68,9 @@ def _threading_layer():
         x = np.ones((1, 1, 4, 4), dtype=np.float32)
         w = np.ones((1, 1, 3, 3), dtype=np.float32)
         numbaconv.conv2d(x, w)
-        return numba.threading_layer()
+        from numbaconv import _threads
+
+        return f"{numba.threading_layer()} ({_threads.reason})"
     except Exception as exc:
         return f"unknown ({type(exc).__name__}: {exc})"
 

@@ -56,7 +56,7 @@ def test_info_subprocess():
     pairs = parse_pairs(done.stdout)
     assert list(pairs) == INFO_KEYS
     assert pairs["numbaconv"] == numbaconv.__version__
-    assert pairs["threading layer"] in {"tbb", "omp", "workqueue"}
+    assert pairs["threading layer"].split()[0] in {"tbb", "omp", "workqueue"}
     assert int(pairs["threads"]) >= 1
     assert pairs["cuda available"].startswith(("yes", "no"))
 
@@ -134,3 +134,37 @@ def test_thread_start_env_is_restored():
     mine = subprocess.run([sys.executable, "-c", code], env={**env, "GOMP_SPINCOUNT": "5"},
                           capture_output=True, text=True, check=True)
     assert mine.stdout.split() == ["None", "{}"]
+
+
+def test_openmp_loaded_first_gives_a_serialized_workqueue():
+    """When another library loaded OpenMP before numbaconv (PyTorch does), OpenMP's threads spin
+    and the passive wait cannot be applied any more: numbaconv starts the workqueue layer, and
+    runs its parallel kernels one at a time, because that layer aborts the process when two
+    threads enter it at once. Eight threads then call kernels big enough to run in parallel."""
+    code = """
+import ctypes, os, threading
+ctypes.CDLL("libgomp.so.1", mode=os.RTLD_GLOBAL)  # what importing torch first does
+import numpy as np, numba, numbaconv
+from numbaconv import _threads
+x = np.random.default_rng(0).standard_normal((4, 8, 32, 32)).astype(np.float32)
+w = np.random.default_rng(1).standard_normal((8, 8, 3, 3)).astype(np.float32)
+expected = numbaconv.conv2d(x, w, algorithm="direct")
+bad = []
+def work():
+    for _ in range(20):
+        if not np.array_equal(numbaconv.conv2d(x, w, algorithm="direct"), expected):
+            bad.append(1)
+threads = [threading.Thread(target=work) for _ in range(8)]
+[t.start() for t in threads]; [t.join() for t in threads]
+print(numba.threading_layer(), _threads.serialize, len(bad))
+"""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "NUMBA_THREADING_LAYER")}
+    try:
+        import ctypes
+        ctypes.CDLL("libgomp.so.1")
+    except OSError:
+        pytest.skip("GNU OpenMP (libgomp.so.1) is not on this machine")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["workqueue", "True", "0"]

@@ -6,7 +6,7 @@ import numba
 import numpy as np
 from numba import njit
 
-from ... import config
+from ... import _threads, config
 
 #: Inner-loop indices are cast to this unsigned type. Numba gives every signed index a
 #: negative-index wraparound branch, and that branch stops LLVM from vectorizing the loop
@@ -25,8 +25,7 @@ def parallel_kernel(py_func):
     """
     compiled = njit(parallel=True, cache=True, fastmath=FASTMATH)(py_func)
 
-    @functools.wraps(py_func)
-    def run(*args):
+    def call(args):
         largest = max((a.size for a in args if isinstance(a, np.ndarray)), default=0)
         if largest >= config.PARALLEL_MIN_ELEMENTS:
             return compiled(*args)
@@ -36,6 +35,13 @@ def parallel_kernel(py_func):
             return compiled(*args)
         finally:
             numba.set_num_threads(threads)
+
+    @functools.wraps(py_func)
+    def run(*args):
+        if _threads.serialize:  # a threading layer that aborts when entered twice at once
+            with _threads.lock:
+                return call(args)
+        return call(args)
 
     run.compiled = compiled
     return run
