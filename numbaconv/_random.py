@@ -23,14 +23,16 @@ def manual_seed(seed):
     return _generator
 
 
-def generator(op, rng=None):
-    """``rng`` as a Generator: None means numbaconv's own, an int seeds a fresh one."""
+def generator(op, rng=None, name="rng"):
+    """``rng`` as a Generator: None means numbaconv's own, an int seeds a fresh one. ``name`` is
+    the argument's name in error messages."""
     if rng is None:
         return _generator
     if isinstance(rng, np.random.Generator):
         return rng
     if isinstance(rng, Integral) and not isinstance(rng, (bool, np.bool_)):
         if rng < 0:
-            raise ValueError(f"{op}: rng must be a numpy.random.Generator, a non-negative int seed or None, got {rng}")
+            raise ValueError(f"{op}: {name} must be a numpy.random.Generator, a non-negative int seed or None, "
+                             f"got {rng}")
         return np.random.default_rng(int(rng))
-    raise TypeError(f"{op}: rng must be a numpy.random.Generator, a non-negative int seed or None, got {rng!r}")
+    raise TypeError(f"{op}: {name} must be a numpy.random.Generator, a non-negative int seed or None, got {rng!r}")

@@ -93,15 +93,7 @@ def _check_progress(op, progress):
 
 def _shuffle_generator(op, seed):
     """seed: None (numbaconv's generator, so manual_seed applies), an int or a Generator."""
-    if seed is None:
-        return _random.generator(op)
-    if isinstance(seed, np.random.Generator):
-        return seed
-    if isinstance(seed, Integral) and not isinstance(seed, (bool, np.bool_)):
-        if seed < 0:
-            raise ValueError(f"{op}: seed must be >= 0, got {seed}")
-        return np.random.default_rng(int(seed))
-    raise TypeError(f"{op}: seed must be None, a non-negative int or a numpy.random.Generator, got {seed!r}")
+    return _random.generator(op, seed, "seed")
 
 
 # --------------------------------------------------------------------------- batches and metrics

@@ -8,7 +8,34 @@ from .conv import _positive_int
 from .module import Module, Parameter, check_device, check_dtype
 
 
-class _BatchNorm(Module):
+class _Affine(Module):
+    """What BatchNorm and GroupNorm share: an optional per-channel weight (ones) and bias (zeros),
+    and the accumulation of their gradients."""
+
+    def _init_affine(self, affine, channels, dtype):
+        self.affine = bool(affine)
+        if self.affine:
+            self.weight = Parameter(np.ones(channels, dtype))
+            self.bias = Parameter(np.zeros(channels, dtype))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def _affine(self):
+        return (None, None) if not self.affine else (self.weight.data, self.bias.data)
+
+    def _needs(self, input_grad):
+        return (bool(input_grad), self.affine and self.weight.requires_grad, self.affine and self.bias.requires_grad)
+
+    def _accumulate(self, grads):
+        grad_x, grad_w, grad_b = grads
+        if self.affine:
+            self.weight.accumulate(grad_w)
+            self.bias.accumulate(grad_b)
+        return grad_x
+
+
+class _BatchNorm(_Affine):
     """Batch normalization over (N, *spatial) per channel, PyTorch's parameters and buffers:
     weight, bias (affine=True), running_mean, running_var, num_batches_tracked
     (track_running_stats=True). momentum=None averages all batches seen (cumulative)."""
@@ -24,13 +51,8 @@ class _BatchNorm(Module):
         self.num_features = _positive_int(op, "num_features", num_features)
         self.eps = check_real(op, "eps", eps)
         self.momentum = None if momentum is None else check_real(op, "momentum", momentum)
-        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
-        if self.affine:
-            self.weight = Parameter(np.ones(num_features, dtype))
-            self.bias = Parameter(np.zeros(num_features, dtype))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        self._init_affine(affine, num_features, dtype)
+        self.track_running_stats = bool(track_running_stats)
         if self.track_running_stats:
             self.register_buffer("running_mean", np.zeros(num_features, dtype))
             self.register_buffer("running_var", np.ones(num_features, dtype))
@@ -45,8 +67,7 @@ class _BatchNorm(Module):
             raise ValueError(f"{type(self).__name__}: expected a {ranks} input, got shape {getattr(x, 'shape', None)}")
 
     def _arrays(self):
-        data = lambda p: None if p is None else p.data  # noqa: E731
-        return self.running_mean, self.running_var, data(self.weight), data(self.bias)
+        return (self.running_mean, self.running_var, *self._affine())
 
     def forward(self, x):
         self._check_input(x)
@@ -61,13 +82,8 @@ class _BatchNorm(Module):
         return F.batch_norm(x, *self._arrays(), self._batch, momentum, self.eps)
 
     def backward(self, grad_out, input_grad=True):
-        needs = (bool(input_grad), self.affine and self.weight.requires_grad, self.affine and self.bias.requires_grad)
-        grad_x, grad_w, grad_b = F.batch_norm_backward(grad_out, self._saved(), *self._arrays(), self._batch,
-                                                       self.eps, needs)
-        if self.affine:
-            self.weight.accumulate(grad_w)
-            self.bias.accumulate(grad_b)
-        return grad_x
+        return self._accumulate(F.batch_norm_backward(grad_out, self._saved(), *self._arrays(), self._batch,
+                                                      self.eps, self._needs(input_grad)))
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
@@ -92,7 +108,7 @@ class BatchNorm3d(_BatchNorm):
     _ranks = (5,)
 
 
-class GroupNorm(Module):
+class GroupNorm(_Affine):
     """Group normalization, as torch.nn.GroupNorm: weight and bias (num_channels,) when affine."""
 
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None):
@@ -105,29 +121,15 @@ class GroupNorm(Module):
         if self.num_channels % self.num_groups:
             raise ValueError(f"{op}: num_channels must be divisible by num_groups={num_groups}, got {num_channels}")
         self.eps = check_real(op, "eps", eps)
-        self.affine = bool(affine)
-        if self.affine:
-            self.weight = Parameter(np.ones(num_channels, dtype))
-            self.bias = Parameter(np.zeros(num_channels, dtype))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-
-    def _affine(self):
-        return (None, None) if not self.affine else (self.weight.data, self.bias.data)
+        self._init_affine(affine, num_channels, dtype)
 
     def forward(self, x):
         self._input = x
         return F.group_norm(x, self.num_groups, *self._affine(), self.eps)
 
     def backward(self, grad_out, input_grad=True):
-        needs = (bool(input_grad), self.affine and self.weight.requires_grad, self.affine and self.bias.requires_grad)
-        grad_x, grad_w, grad_b = F.group_norm_backward(grad_out, self._saved(), self.num_groups, *self._affine(),
-                                                       self.eps, needs)
-        if self.affine:
-            self.weight.accumulate(grad_w)
-            self.bias.accumulate(grad_b)
-        return grad_x
+        return self._accumulate(F.group_norm_backward(grad_out, self._saved(), self.num_groups, *self._affine(),
+                                                      self.eps, self._needs(input_grad)))
 
     def extra_repr(self):
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
