@@ -1,4 +1,4 @@
-"""Turn a pytest-benchmark JSON file of bench/test_conv2d.py into a Markdown table.
+"""Turn a pytest-benchmark JSON file of the bench/ suite into Markdown tables.
 
     python bench/report.py results.json > bench/results/<name>.md
     python bench/report.py results.json -o bench/results/<name>.md
@@ -89,8 +89,10 @@ def _gflops(n, seconds):
 
 def markdown(data):
     table = collect(data)
-    lines = ["# numbaconv on CPU next to PyTorch, float32", "", "## conv2d", ""]
+    lines = ["# numbaconv on CPU next to PyTorch, float32", ""]
     lines += machine_header(data)
+    if table:
+        lines += ["", "## conv2d"]
     lines += [
         "",
         "Median times; backward is grad input + grad weight. "
@@ -100,7 +102,7 @@ def markdown(data):
         "| shape | direction | GFLOP | direct ms | im2col ms | torch ms "
         "| direct GFLOP/s | im2col GFLOP/s | torch GFLOP/s | best numbaconv / torch |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
-    ]
+    ] if table else []
     order = [(name, d) for name in SHAPES for d in DIRECTIONS]
     order += sorted(key for key in table if key not in order)
     for key in order:
@@ -134,6 +136,27 @@ def markdown(data):
             ratio = f"{theirs[0] / ours[0]:.2f}" if ours and theirs else "-"
             lines.append(f"| {case} | {direction} | {_ms(ours and ours[0])} | {_ms(theirs and theirs[0])} | "
                          f"{gbps[0]} | {gbps[1]} | {ratio} |")
+    models = {}
+    for bench in data.get("benchmarks", []):
+        extra = bench.get("extra_info", {})
+        if "model" in extra and "impl" in extra:
+            models.setdefault((extra["model"], extra.get("direction", "")), {})[extra["impl"]] = bench["stats"]["median"]
+    if models:
+        lines += [
+            "",
+            "## Whole models",
+            "",
+            "lenet5-epoch: one training epoch, 60,000 images of 32x32 at batch 64 (numbaconv through "
+            "`numbaconv.fit`); resnet18-bN: eval-mode inference on N images of 224x224. "
+            "Last column: numbaconv's speed / PyTorch's.",
+            "",
+            "| model | what | numbaconv ms | torch ms | numbaconv / torch |",
+            "|---|---|--:|--:|--:|",
+        ]
+        for (model, direction), times in models.items():
+            ours, theirs = times.get("numbaconv"), times.get("torch")
+            ratio = f"{theirs / ours:.2f}" if ours and theirs else "-"
+            lines.append(f"| {model} | {direction} | {_ms(ours)} | {_ms(theirs)} | {ratio} |")
     return "\n".join(lines) + "\n"
 
 
