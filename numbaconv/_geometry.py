@@ -12,6 +12,8 @@ from numbers import Integral
 
 import numpy as np
 
+from ._device import is_device_array
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -52,9 +54,10 @@ class ConvGeometry:
 
 
 def check_array(op, name, a, dtype=None, ndim=None):
-    """A float32/float64 ndarray (of ``dtype`` and ``ndim`` when given), else TypeError/ValueError."""
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{op}: {name} must be a numpy.ndarray, got {type(a).__name__}")
+    """A float32/float64 ndarray or GPU array (of ``dtype`` and ``ndim`` when given), else
+    TypeError/ValueError. Which device runs the op is ``_device.placement``'s to say."""
+    if not (isinstance(a, np.ndarray) or is_device_array(a)):
+        raise TypeError(f"{op}: {name} must be a numpy.ndarray (or a GPU array), got {type(a).__name__}")
     if a.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{op}: {name} must have dtype float32 or float64, got {a.dtype}")
     if dtype is not None and a.dtype != dtype:

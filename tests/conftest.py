@@ -12,6 +12,10 @@ import re
 import subprocess
 import sys
 
+# The CUDA kernels run on Numba's CUDA simulator unless NUMBA_ENABLE_CUDASIM=0 asks for the real
+# GPU (tests marked "cuda"); it must be set before numba.cuda is first imported.
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
 import numpy as np
 import pytest
 from hypothesis import settings
