@@ -27,6 +27,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ._device import is_device_array, to_host
+
 from .nn.module import Module
 
 __all__ = ["save", "load"]
@@ -87,6 +89,8 @@ def _state_of(model_or_state_dict, fmt):
             raise TypeError(f"save: keys must be str, got {key!r} ({type(key).__name__})")
         if not key:
             raise ValueError("save: keys must be non-empty strings, got ''")
+        if is_device_array(value):  # a model on the GPU: the file holds host copies
+            value = to_host(value)
         if not isinstance(value, np.ndarray):
             if not hasattr(value, "__array__"):
                 raise TypeError(f"save: {key} must be a numpy array, got {type(value).__name__}")

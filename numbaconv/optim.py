@@ -18,7 +18,9 @@ from numbers import Real
 
 import numpy as np
 
-from .nn.module import Module, Parameter
+from ._arith import zeros_like
+from ._device import CPU, CUDA, is_device_array
+from .nn.module import Module, Parameter, _moved
 
 __all__ = ["Optimizer", "SGD", "Adam", "StepLR"]
 
@@ -138,27 +140,37 @@ class Optimizer:
                 if param.grad is None or not param.requires_grad:
                     continue
                 grad = param.grad
-                if not isinstance(grad, np.ndarray) or grad.shape != param.data.shape:
+                on_gpu = is_device_array(param.data)
+                if not (isinstance(grad, np.ndarray) or is_device_array(grad)) or grad.shape != param.data.shape:
                     shape = getattr(grad, "shape", type(grad).__name__)
                     raise ValueError(f"{op}: a parameter of shape {param.data.shape} has a gradient of shape {shape}")
+                if is_device_array(grad) != on_gpu:
+                    raise ValueError(f"{op}: a parameter on {'the GPU' if on_gpu else 'the host'} has its gradient "
+                                     f"on {'the host' if on_gpu else 'the GPU'}")
                 if grad.dtype != param.data.dtype:
-                    grad = grad.astype(param.data.dtype)
-                self._update(param, grad, group, self.state.setdefault(param, {}))
+                    grad = _moved(grad, None, param.data.dtype)
+                update = self._update_gpu if on_gpu else self._update
+                update(param, grad, group, self.state.setdefault(param, {}))
         return loss
 
     def _buffer(self, state, name, param):
-        """state[name] in param's dtype: zeros when new, converted after a model.to(dtype)."""
+        """state[name] with param's dtype and device: zeros when new, converted after a
+        model.to(dtype) or moved after a model.to(device)."""
         buf = state.get(name)
         if buf is None:
-            buf = state[name] = np.zeros_like(param.data)
-        elif buf.dtype != param.data.dtype:
-            buf = state[name] = buf.astype(param.data.dtype)
+            buf = state[name] = zeros_like(param.data)
+        else:
+            buf = state[name] = _moved(buf, CUDA if is_device_array(param.data) else CPU, param.data.dtype)
         return buf
 
     def _check_group(self, group):
         raise NotImplementedError
 
     def _update(self, param, grad, group, state):
+        raise NotImplementedError
+
+    def _update_gpu(self, param, grad, group, state):
+        """The same rule for a parameter on the GPU, as one fused kernel."""
         raise NotImplementedError
 
     def __repr__(self):
@@ -211,6 +223,15 @@ class SGD(Optimizer):
                 buf += (1 - float(group["dampening"])) * grad
             grad = grad + momentum * buf if group["nesterov"] else buf
         param.data -= lr * grad
+
+    def _update_gpu(self, param, grad, group, state):
+        from .kernels.cuda import arith
+
+        momentum = float(group["momentum"])
+        first = momentum != 0 and state.get("momentum_buffer") is None
+        buf = self._buffer(state, "momentum_buffer", param) if momentum != 0 else param.data  # unused without
+        arith.sgd(param.data, grad, buf, float(group["lr"]), momentum, float(group["dampening"]),
+                  float(group["weight_decay"]), group["nesterov"], first)
 
 
 class Adam(Optimizer):
@@ -271,6 +292,17 @@ class Adam(Optimizer):
         update = step_size * exp_avg
         update /= denom
         param.data -= update
+
+    def _update_gpu(self, param, grad, group, state):
+        from .kernels.cuda import arith
+
+        step = state["step"] = state.get("step", 0) + 1
+        exp_avg = self._buffer(state, "exp_avg", param)
+        exp_avg_sq = self._buffer(state, "exp_avg_sq", param)
+        second = self._buffer(state, "max_exp_avg_sq", param) if group["amsgrad"] else exp_avg_sq
+        beta1, beta2 = (float(b) for b in group["betas"])
+        arith.adam(param.data, grad, exp_avg, exp_avg_sq, second, float(group["lr"]), beta1, beta2,
+                   float(group["eps"]), float(group["weight_decay"]), group["amsgrad"], step)
 
 
 class StepLR:

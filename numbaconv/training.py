@@ -1,8 +1,10 @@
 """Training helpers: ``fit``, ``evaluate`` and ``predict`` over NumPy arrays, in mini-batches.
 
 X: (N, ...) samples, the model's input dtype; y: (N, ...) targets, integer class indices for
-CrossEntropyLoss and NLLLoss (a classification task) or floats for MSELoss. One training step
-is the loop every numbaconv model is trained with::
+CrossEntropyLoss and NLLLoss (a classification task) or floats for MSELoss. Both are NumPy
+arrays: for a model on the GPU (``model.to("cuda")``) each batch is copied there, and only the
+outputs and the loss come back, for the metrics. One training step is the loop every numbaconv
+model is trained with::
 
     out = model(xb); loss = loss_fn(out, yb)
     model.zero_grad(); model.backward(loss_fn.backward(), input_grad=False); optimizer.step()
@@ -20,7 +22,8 @@ import numpy as np
 
 from . import _random
 from .nn.loss import CrossEntropyLoss, MSELoss, NLLLoss
-from .nn.module import Module
+from ._device import CUDA, to_device, to_host
+from .nn.module import Module, device_of
 
 __all__ = ["fit", "evaluate", "predict"]
 
@@ -125,7 +128,7 @@ def _loss_value(op, loss, loss_fn, count):
         raise ValueError(f"{op}: loss_fn must return a scalar (reduction 'mean' or 'sum'), "
                          f"got shape {np.shape(loss)}")
     # a "sum" loss is already a sum over the batch; a "mean" one is weighted by the batch's size
-    return float(loss) * (1 if getattr(loss_fn, "reduction", "mean") == "sum" else count)
+    return float(to_host(loss)) * (1 if getattr(loss_fn, "reduction", "mean") == "sum" else count)
 
 
 def _correct(op, out, yb):
@@ -143,15 +146,21 @@ def _metrics(loss_sum, samples, correct, predictions, classification):
     return metrics
 
 
+def _on(device, a):
+    """A batch where the model is: the host's slice, or a copy on the GPU."""
+    return to_device(a) if device == CUDA else a
+
+
 def _evaluate(op, model, loss_fn, X, y, batch_size, classification):
+    device = device_of(model)
     loss_sum, correct, predictions = 0.0, 0, 0
     with _mode(model, False):
         for index in _batches(X.shape[0], batch_size):
-            xb, yb = X[index], y[index]
+            xb, yb = _on(device, X[index]), _on(device, y[index])
             out = model(xb)
             loss_sum += _loss_value(op, loss_fn(out, yb), loss_fn, yb.shape[0])
             if classification:
-                hit, count = _correct(op, out, yb)
+                hit, count = _correct(op, to_host(out), to_host(yb))
                 correct, predictions = correct + hit, predictions + count
     return _metrics(loss_sum, X.shape[0], correct, predictions, classification)
 
@@ -282,6 +291,7 @@ def fit(model, loss_fn, optimizer, X, y, epochs=1, batch_size=64, validation=Non
             history["val_accuracy"] = []
     history["time"] = []
 
+    device = device_of(model)  # a model on the GPU gets each batch copied there
     with _mode(model, True):
         for epoch in range(epochs):
             start = time.perf_counter()
@@ -290,7 +300,7 @@ def fit(model, loss_fn, optimizer, X, y, epochs=1, batch_size=64, validation=Non
             loss_sum, seen, correct, predictions = 0.0, 0, 0, 0
             try:
                 for index in _batches(n, batch_size, order):
-                    xb, yb = X[index], y[index]
+                    xb, yb = _on(device, X[index]), _on(device, y[index])
                     out = model(xb)
                     loss = loss_fn(out, yb)
                     loss_sum += _loss_value(op, loss, loss_fn, yb.shape[0])  # checks it is a scalar
@@ -299,7 +309,7 @@ def fit(model, loss_fn, optimizer, X, y, epochs=1, batch_size=64, validation=Non
                     optimizer.step()
                     seen += yb.shape[0]
                     if classification:
-                        hit, count = _correct(op, out, yb)
+                        hit, count = _correct(op, to_host(out), to_host(yb))
                         correct, predictions = correct + hit, predictions + count
                     bar.update(yb.shape[0], _metrics(loss_sum, seen, correct, predictions, classification))
                 metrics = _metrics(loss_sum, n, correct, predictions, classification)
@@ -334,11 +344,13 @@ def evaluate(model, loss_fn, X, y, batch_size=256):
 
 def predict(model, X, batch_size=256):
     """The model's outputs for X (N, ...), computed in eval mode in batches of ``batch_size`` and
-    concatenated in order along the first axis: (N, ...), the model's output dtype."""
+    concatenated in order along the first axis: (N, ...), the model's output dtype. A NumPy
+    array also for a model on the GPU: each batch is copied there and its output back."""
     op = "predict"
     _check_model(op, model)
     n = _check_x(op, "X", X)
     batch_size = _int(op, "batch_size", batch_size, 1)
     with _mode(model, False):
-        outputs = [np.asarray(model(X[index])) for index in _batches(n, batch_size)]
+        device = device_of(model)
+        outputs = [to_host(model(_on(device, X[index]))) for index in _batches(n, batch_size)]
     return np.concatenate(outputs, axis=0)

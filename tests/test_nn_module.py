@@ -549,12 +549,12 @@ def test_to_converts_parameters_and_float_buffers_only():
     assert model.state_dict()["1.num_batches_tracked"].dtype == np.int64
 
 
-def test_to_cuda_and_bad_dtypes_raise():
+def test_bad_devices_and_dtypes_raise():
     model = nnc.Linear(2, 2)
-    with pytest.raises(ValueError, match="device must be 'cpu'"):
-        model.to("cuda")
-    with pytest.raises(ValueError, match="device must be 'cpu'"):
-        model.to(device="cuda:0")
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda', got 'tpu'"):
+        model.to("tpu")
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda', got 'cuda:1'"):
+        model.to(device="cuda:1")
     with pytest.raises(TypeError, match="float32 or float64"):
         model.to(np.float16)
     with pytest.raises(TypeError, match="float32 or float64"):
@@ -668,7 +668,7 @@ CONSTRUCTOR_ERRORS = [
     (lambda: nnc.Conv2d(2, 2, 3, dtype=np.int32), TypeError, "dtype"),
     (lambda: nnc.Conv2d(2, 2, 3, dtype="nonsense"), TypeError, "dtype"),
     (lambda: nnc.Linear(3, 2, dtype=np.float16), TypeError, "dtype"),
-    (lambda: nnc.Conv2d(2, 2, 3, device="cuda"), ValueError, "device"),
+    (lambda: nnc.Conv2d(2, 2, 3, device="gpu"), ValueError, "device must be 'cpu' or 'cuda', got 'gpu'"),
     (lambda: nnc.Conv2d(2, 2, 3, algorithm="fft"), ValueError, "algorithm"),
     (lambda: nnc.Conv2d(2, 2, 3, rng=-1), ValueError, "rng"),
     (lambda: nnc.Conv2d(2, 2, 3, rng="a"), TypeError, "rng"),

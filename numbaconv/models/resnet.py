@@ -6,6 +6,7 @@ two places (the block's input to the residual branch and to the shortcut) backwa
 gradients that come back.
 """
 
+from .._arith import add
 from .. import functional as F
 from .. import nn
 from ._common import setup
@@ -55,7 +56,7 @@ class BasicBlock(nn.Module):
         out = self.conv2(out)
         out = self.bn2(out)
         identity = x if self.downsample is None else self.downsample(x)
-        self._sum = out + identity
+        self._sum = add(out, identity)
         return F.relu(self._sum)
 
     def backward(self, grad_out, input_grad=True):
@@ -73,7 +74,7 @@ class BasicBlock(nn.Module):
         if not input_grad:
             return None
         # x fed both the residual branch and the shortcut: their gradients add
-        return grad + grad_identity
+        return add(grad, grad_identity)
 
 
 class ResNet(nn.Module):

@@ -26,7 +26,7 @@ class _ConvBase(Module):
     def _setup(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                padding_mode, device, dtype, algorithm, rng, output_padding=0):
         op, n = type(self).__name__, self._ndim
-        check_device(op, device)
+        device = check_device(op, device)
         dtype = check_dtype(op, dtype)
         self.in_channels = _positive_int(op, "in_channels", in_channels)
         self.out_channels = _positive_int(op, "out_channels", out_channels)
@@ -61,6 +61,7 @@ class _ConvBase(Module):
             self.bias = Parameter(init.default_bias(rng, shape, self.out_channels, dtype))
         else:
             self.register_parameter("bias", None)
+        self.to(device)  # drawn on the host, from the same generator, wherever it is to live
 
     def _needs(self, input_grad):
         return (bool(input_grad), self.weight.requires_grad, self.bias is not None and self.bias.requires_grad)

@@ -17,7 +17,7 @@ class Linear(Module):
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, *, rng=None):
         super().__init__()
         op = "Linear"
-        check_device(op, device)
+        device = check_device(op, device)
         dtype = check_dtype(op, dtype)
         self.in_features = _positive_int(op, "in_features", in_features)
         self.out_features = _positive_int(op, "out_features", out_features)
@@ -28,6 +28,7 @@ class Linear(Module):
             self.bias = Parameter(init.default_bias(rng, shape, self.out_features, dtype))
         else:
             self.register_parameter("bias", None)
+        self.to(device)  # drawn on the host, from the same generator, wherever it is to live
 
     def forward(self, x):
         self._input = x

@@ -6,9 +6,8 @@
 for the loss may be passed as grad_out, default 1).
 """
 
-import numpy as np
-
 from .. import functional as F
+from .._arith import full_like
 from .._geometry import check_choice
 from ..functional.loss import REDUCTIONS
 from .module import Module
@@ -31,7 +30,7 @@ class _Loss(Module):
             if self.reduction == "none":
                 raise ValueError(f"{type(self).__name__}.backward: with reduction='none' give grad_out, "
                                  f"the gradient for each element of the loss (shape {self._target.shape})")
-            grad_out = np.ones((), input.dtype)
+            grad_out = full_like(input, 1)  # on the input's device
         return getattr(F, self._op + "_backward")(grad_out, input, self._target, reduction=self.reduction)
 
     def extra_repr(self):

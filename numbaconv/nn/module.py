@@ -13,6 +13,8 @@ from numbers import Integral
 
 import numpy as np
 
+from .._arith import add, assign, fill, iadd
+from .._device import CPU, CUDA, is_device_array, require_cuda, to_device, to_host
 from .._geometry import FLOAT_DTYPES
 
 DEFAULT_DTYPE = np.dtype(np.float32)
@@ -32,9 +34,38 @@ def check_dtype(op, dtype):
 
 
 def check_device(op, device):
-    """None or "cpu": the only device until the CUDA backend lands."""
-    if device is not None and str(device) != "cpu":
-        raise ValueError(f"{op}: device must be 'cpu' (the CUDA backend is not built yet), got {device!r}")
+    """None, "cpu" or "cuda" ("cuda:0": the current GPU), as None, CPU or CUDA. Asking for
+    "cuda" where CUDA is not available raises RuntimeError saying why."""
+    if device is None:
+        return None
+    name = str(device)
+    if name == CPU:
+        return CPU
+    if name in (CUDA, "cuda:0"):
+        require_cuda(op)
+        return CUDA
+    raise ValueError(f"{op}: device must be 'cpu' or 'cuda', got {device!r}")
+
+
+def device_of(module):
+    """Where a module's parameters and floating buffers live: CPU or CUDA (CPU when it has none)."""
+    for array in (*(p.data for p in module.parameters()), *module.buffers()):
+        if is_device_array(array):
+            return CUDA
+    return CPU
+
+
+def _moved(array, device, dtype):
+    """``array`` on ``device`` (None: where it is) with ``dtype`` (None: its own); the same
+    object when nothing changes. A dtype change of a GPU array goes through the host."""
+    on_gpu = is_device_array(array)
+    device = device or (CUDA if on_gpu else CPU)
+    if (dtype is None or array.dtype == dtype) and on_gpu == (device == CUDA):
+        return array
+    host = to_host(array)
+    if dtype is not None:
+        host = host.astype(dtype)
+    return to_device(host) if device == CUDA else np.ascontiguousarray(host)
 
 
 class Parameter:
@@ -64,7 +95,7 @@ class Parameter:
         if self.grad is None:
             self.grad = grad
         else:
-            self.grad += grad
+            iadd(self.grad, grad)
 
     def __array__(self, dtype=None, copy=None):
         return self.data if dtype is None else self.data.astype(dtype)
@@ -94,7 +125,7 @@ class Module:
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:
             raise AttributeError(f"{type(self).__name__}: call Module.__init__() before assigning {name!r}")
-        if name in self._buffers and (value is None or isinstance(value, np.ndarray)):
+        if name in self._buffers and (value is None or isinstance(value, np.ndarray) or is_device_array(value)):
             self._buffers[name] = value  # a buffer stays a buffer when reassigned, as in PyTorch
             return
         target = (self._parameters if isinstance(value, Parameter)
@@ -131,8 +162,9 @@ class Module:
 
     def register_buffer(self, name, array):
         """Register a state array that is saved and loaded but not trained (running statistics)."""
-        if array is not None and not isinstance(array, np.ndarray):
-            raise TypeError(f"register_buffer: {name} must be a numpy.ndarray or None, got {type(array).__name__}")
+        if array is not None and not (isinstance(array, np.ndarray) or is_device_array(array)):
+            raise TypeError(f"register_buffer: {name} must be a numpy.ndarray (or a GPU array) or None, "
+                            f"got {type(array).__name__}")
         self.__dict__.pop(name, None)
         self._buffers[name] = array
 
@@ -239,7 +271,7 @@ class Module:
             if set_to_none or param.grad is None:
                 param.grad = None
             else:
-                param.grad[...] = 0
+                fill(param.grad, 0)
 
     def requires_grad_(self, requires_grad=True):
         for param in self.parameters():
@@ -291,6 +323,8 @@ class Module:
             if key not in state:
                 continue
             value = state[key]
+            if is_device_array(value):
+                value = to_host(value)
             if not isinstance(value, np.ndarray):
                 if not hasattr(value, "__array__"):
                     raise TypeError(f"load_state_dict: {key} must be an array, got {type(value).__name__}")
@@ -301,29 +335,39 @@ class Module:
                 raise ValueError(f"load_state_dict: {key} must have shape {target.shape}, got {value.shape}")
             values[key] = value
         for key, value in values.items():
-            own[key][...] = value
+            assign(own[key], value)
         return IncompatibleKeys(missing, unexpected)
 
     def to(self, device=None, dtype=None):
-        """Move to ``device`` ("cpu") and/or convert floating parameters and buffers to ``dtype``.
+        """Move floating parameters and buffers to ``device`` ("cpu" or "cuda") and/or convert
+        them to ``dtype``, in place; returns self.
 
-        ``to(np.float64)`` also works, as ``module.to(torch.float64)`` does. Converting the
-        dtype drops the gradients. Returns self.
+        ``to(np.float64)`` also works, as ``module.to(torch.float64)`` does. A move or a dtype
+        change drops the gradients (an optimizer built before a move keeps buffers on the old
+        device: build it after, as in PyTorch). Integer buffers (BatchNorm's
+        num_batches_tracked) stay on the host, where the count is kept.
         """
         if dtype is None and device is not None and not isinstance(device, str):
             device, dtype = None, device
-        check_device("to", device)
+        device = check_device("to", device)
         if dtype is not None:
             dtype = check_dtype("to", dtype)
-            for module in self.modules():
-                for param in module._parameters.values():
-                    if param is not None and param.data.dtype != dtype:
-                        param.data = param.data.astype(dtype)
-                        param.grad = None
-                for name, buf in module._buffers.items():
-                    if buf is not None and buf.dtype in FLOAT_DTYPES:
-                        module._buffers[name] = buf.astype(dtype)
+        for module in self.modules():
+            for param in module._parameters.values():
+                if param is not None:
+                    moved = _moved(param.data, device, dtype)
+                    if moved is not param.data:
+                        param.data, param.grad = moved, None
+            for name, buf in module._buffers.items():
+                if buf is not None and buf.dtype in FLOAT_DTYPES:
+                    module._buffers[name] = _moved(buf, device, dtype)
         return self
+
+    def cuda(self):
+        return self.to(CUDA)
+
+    def cpu(self):
+        return self.to(CPU)
 
     def float(self):
         return self.to(dtype=np.float32)
@@ -443,11 +487,11 @@ class Residual(Module):
         if out.shape != skip.shape:
             raise ValueError(f"Residual: body gives shape {out.shape} but the shortcut gives {skip.shape}; "
                              "give a shortcut that maps the input to the body's output shape")
-        return out + skip
+        return add(out, skip)
 
     def backward(self, grad_out, input_grad=True):
         grad = self.body.backward(grad_out, input_grad=input_grad)
         skip = grad_out if self.shortcut is None else self.shortcut.backward(grad_out, input_grad=input_grad)
         if not input_grad:
             return None
-        return grad + skip
+        return add(grad, skip)

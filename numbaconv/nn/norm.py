@@ -46,7 +46,7 @@ class _BatchNorm(_Affine):
                  device=None, dtype=None):
         super().__init__()
         op = type(self).__name__
-        check_device(op, device)
+        device = check_device(op, device)
         dtype = check_dtype(op, dtype)
         self.num_features = _positive_int(op, "num_features", num_features)
         self.eps = check_real(op, "eps", eps)
@@ -60,6 +60,7 @@ class _BatchNorm(_Affine):
         else:
             for name in ("running_mean", "running_var", "num_batches_tracked"):
                 self.register_buffer(name, None)
+        self.to(device)
 
     def _check_input(self, x):
         if getattr(x, "ndim", None) not in self._ranks:
@@ -114,7 +115,7 @@ class GroupNorm(_Affine):
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None):
         super().__init__()
         op = "GroupNorm"
-        check_device(op, device)
+        device = check_device(op, device)
         dtype = check_dtype(op, dtype)
         self.num_groups = _positive_int(op, "num_groups", num_groups)
         self.num_channels = _positive_int(op, "num_channels", num_channels)
@@ -122,6 +123,7 @@ class GroupNorm(_Affine):
             raise ValueError(f"{op}: num_channels must be divisible by num_groups={num_groups}, got {num_channels}")
         self.eps = check_real(op, "eps", eps)
         self._init_affine(affine, num_channels, dtype)
+        self.to(device)
 
     def forward(self, x):
         self._input = x
