@@ -2,6 +2,7 @@
 
 from . import _threads, config, functional, nn
 from .io import load, save
+from ._device import cuda_status, to_device, to_host
 from ._random import manual_seed
 from .functional import *  # noqa: F401,F403  (the public ops: conv1d, conv2d_backward, ...)
 from .functional import __all__ as _ops
@@ -13,4 +14,5 @@ from .summary import summary
 __version__ = "0.1.0"
 
 _threads.start()
-__all__ = ["config", "functional", "nn", "models", "summary", "optim", "fit", "evaluate", "predict", "manual_seed", "save", "load", "__version__", *_ops]
+__all__ = ["config", "functional", "nn", "models", "summary", "optim", "fit", "evaluate", "predict", "manual_seed", "save", "load",
+           "to_device", "to_host", "cuda_status", "__version__", *_ops]

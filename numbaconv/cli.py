@@ -85,17 +85,10 @@ def _thread_env():
 
 
 def _cuda():
-    try:
-        from numba import cuda
-    except Exception as exc:
-        return f"no ({type(exc).__name__})"
-    try:
-        if not cuda.is_available():
-            return "no"
-        name = cuda.get_current_device().name
-        return f"yes ({name.decode(errors='replace') if isinstance(name, bytes) else name})"
-    except Exception as exc:
-        return f"no ({type(exc).__name__})"
+    from numbaconv._device import cuda_status
+
+    ok, why = cuda_status()
+    return f"{'yes' if ok else 'no'} ({why})"
 
 
 def _kernel_dispatchers():
