@@ -1,0 +1,159 @@
+"""What every CUDA kernel shares: launch sizes from the problem size, device arrays, the
+block-wide sum, and the per-channel bias kernels of the convolutions.
+
+This package imports ``numba.cuda`` at its top; numbaconv imports the package only when an op
+is called on GPU arrays, so ``import numbaconv`` never needs the ``cuda`` extra or a GPU.
+"""
+
+import functools
+
+import numba
+import numpy as np
+from numba import cuda
+
+from ..._device import as_device
+
+#: Threads per block of the one-thread-per-element kernels: a multiple of the warp size that
+#: keeps every SM busy with several resident blocks.
+THREADS = 256
+WARP = 32
+
+#: Shared memory a block may take without asking for the opt-in carve-out (every GPU since
+#: Kepler has at least this much per block).
+SHARED_BYTES = 48 * 1024
+
+
+def ceil_div(a, b):
+    return -(-a // b)
+
+
+def pow2_at_least(n, limit):
+    """The smallest power of two >= n (at least 1), capped at ``limit``."""
+    p = 1
+    while p < n and p < limit:
+        p *= 2
+    return p
+
+
+def line(n):
+    """(blocks, threads) of a launch with one thread per element of ``n``: small problems get
+    one small block (no idle warps beyond the first), large ones THREADS-wide blocks."""
+    threads = min(THREADS, max(WARP, pow2_at_least(n, THREADS)))
+    return max(1, ceil_div(n, threads)), threads
+
+
+def reduction_threads(n):
+    """Threads of a block that sums ``n`` terms: a power of two (the tree below halves it)."""
+    return max(WARP, pow2_at_least(n, THREADS))
+
+
+def empty(shape, dtype):
+    return cuda.device_array(tuple(int(s) for s in shape), dtype=np.dtype(dtype))
+
+
+def zeros(shape, dtype):
+    a = empty(shape, dtype)
+    fill(a.reshape(a.size), 0)
+    return a
+
+
+def flat(a):
+    """A contiguous device array as one dimension (a view)."""
+    return as_device(a).reshape(int(np.prod(a.shape)))
+
+
+def numba_type(dtype):
+    return numba.from_dtype(np.dtype(dtype))
+
+
+def per_dtype(make):
+    """A kernel factory ``make(nb)``, nb the numba type of the arrays, compiled once per dtype:
+    for kernels that hold a zero, a local or a shared array of their arrays' dtype."""
+    compiled = functools.cache(lambda dtype: make(numba_type(dtype)))
+    return lambda dtype: compiled(np.dtype(dtype))
+
+
+@cuda.jit
+def _fill(a, value):
+    i = cuda.grid(1)
+    if i < a.size:
+        a[i] = value
+
+
+def fill(a, value):
+    """Set every element of a 1-D device array."""
+    if a.size:
+        blocks, threads = line(a.size)
+        _fill[blocks, threads](a, a.dtype.type(value))
+
+
+@cuda.jit(device=True, inline=True)
+def block_sum(value, shared):
+    """The sum of ``value`` over the threads of a 1-D block of ``len(shared)`` threads (a power
+    of two), returned to thread 0: a tree in shared memory, log2(threads) steps."""
+    t = cuda.threadIdx.x
+    shared[t] = value
+    cuda.syncthreads()
+    half = cuda.blockDim.x // 2
+    while half > 0:
+        if t < half:
+            shared[t] += shared[t + half]
+        cuda.syncthreads()
+        half //= 2
+    return shared[0]
+
+
+@cuda.jit(device=True, inline=True)
+def source(a, k, s, d, pad, O):
+    """Output index o with o * s + k * d - pad == a, or -1 when there is none."""
+    q = a + pad - k * d
+    if q < 0 or q % s:
+        return -1
+    o = q // s
+    return o if o < O else -1
+
+
+@cuda.jit
+def _add_bias(out, b, plane):
+    """out[n, k, p] += b[k], out viewed (N * K * plane,)."""
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] += b[(i // plane) % b.size]
+
+
+def add_bias(out, b):
+    """out (N, K, ...) += b[k] per channel, in place."""
+    if out.size:
+        plane = int(np.prod(out.shape[2:]))
+        blocks, threads = line(out.size)
+        _add_bias[blocks, threads](flat(out), as_device(b), plane)
+
+
+@per_dtype
+def _channel_sum(nb):
+    @cuda.jit
+    def channel_sum(g, total, N, K, plane):
+        """total[k] = sum over n, p of g[n, k, p], g viewed (N * K * plane,): a block per channel."""
+        shared = cuda.shared.array(THREADS, nb)
+        k = cuda.blockIdx.x
+        acc = nb(0)
+        for r in range(cuda.threadIdx.x, N * plane, cuda.blockDim.x):
+            acc += g[((r // plane) * K + k) * plane + r % plane]
+        s = block_sum(acc, shared)
+        if cuda.threadIdx.x == 0:
+            total[k] = s
+
+    return channel_sum
+
+
+def channel_sum(g):
+    """The sum of g (N, K, ...) over every axis but the channel axis: (K,), g's dtype."""
+    N, K = g.shape[:2]
+    plane = int(np.prod(g.shape[2:]))
+    total = empty((K,), g.dtype)
+    if N * plane == 0:
+        fill(total, 0)
+    elif K:
+        _channel_sum(g.dtype)[K, reduction_threads(N * plane)](flat(g), total, N, K, plane)
+    return total
+

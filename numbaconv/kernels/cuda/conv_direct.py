@@ -1,0 +1,244 @@
+"""Direct convolution on the GPU: each output is a sum over its window, no column buffer.
+
+The twin of ``kernels/cpu/conv_direct.py``; arrays are 5-D and C-contiguous: x (N, C, D, H, W),
+w (K, C/groups, KD, KH, KW), out (N, K, OD, OH, OW).
+
+Forward: a block computes a TH x TW tile of one output plane row block for KB output channels
+of one group (a register array of KB sums per thread). For each input channel and depth tap it
+stages in shared memory the input patch the tile reads, (TH - 1) * stride + (KH - 1) * dilation
++ 1 rows by the same in W, with zeros in the padding, and the KB x KH x KW weights; every staged
+input value is then read by up to KH * KW threads and feeds KB multiply-adds, and the weights are
+read as broadcasts. When the patch does not fit in shared memory (very large dilations or
+strides), the same block reads its inputs from global memory instead.
+
+grad_input is a gather: a thread per input element sums ``w * grad_out`` over the output
+positions whose windows read it, so no two threads write one element. grad_weight: a thread per
+weight element and slice of the (sample, output position) range, the slices' sums then added
+by a second kernel (deterministic: no atomics).
+
+The direct kernels need no workspace; their entry points take the argument only to share
+im2col's signature.
+"""
+
+import functools
+import math
+
+from numba import cuda
+
+from . import _launch
+from ._launch import SHARED_BYTES, THREADS, ceil_div, numba_type, pow2_at_least
+
+#: Output channels a forward block computes at most (each thread holds KB sums).
+MAX_KB = 8
+
+
+@functools.cache
+def _forward_kernel(dtype, KB, staged):
+    nb = numba_type(dtype)
+
+    @cuda.jit
+    def forward(x, w, b, out, stride, dilation, padding, groups, tiles_w, tiles, patch_h, patch_w):
+        N, C, D, H, W = x.shape
+        K, Cg, KD, KH, KW = w.shape
+        OD, OH, OW = out.shape[2], out.shape[3], out.shape[4]
+        sd, sh, sw = stride
+        dd, dh, dw = dilation
+        pd, ph, pw = padding
+        Kg = K // groups
+        TW, TH = cuda.blockDim.x, cuda.blockDim.y
+        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+        tid, nthreads = ty * TW + tx, TW * TH
+        slab, tile = cuda.blockIdx.x // tiles, cuda.blockIdx.x % tiles  # slab: (sample, depth)
+        n, od = slab // OD, slab % OD
+        oh0, ow0 = (tile // tiles_w) * TH, (tile % tiles_w) * TW
+        oh, ow = oh0 + ty, ow0 + tx
+        ktiles = (Kg + KB - 1) // KB
+        g, kt = cuda.blockIdx.y // ktiles, cuda.blockIdx.y % ktiles
+        k0 = g * Kg + kt * KB
+        kn = min(KB, Kg - kt * KB)  # output channels of this block (the group's last may be short)
+        taps2 = KH * KW
+        h0, w0 = oh0 * sh - ph, ow0 * sw - pw  # the patch's first input row and column
+        wbase = patch_h * patch_w  # the staged weights follow the patch
+        shared = cuda.shared.array(0, nb)
+        acc = cuda.local.array(KB, nb)
+        for q in range(KB):
+            acc[q] = 0
+        for c in range(Cg):
+            cin = g * Cg + c
+            for kd in range(KD):
+                i = od * sd + kd * dd - pd
+                if i < 0 or i >= D:  # the same for the whole block: no thread skips a barrier alone
+                    continue
+                if staged:
+                    cuda.syncthreads()  # every thread is done with the previous patch
+                    for e in range(tid, wbase, nthreads):
+                        hh, ww = h0 + e // patch_w, w0 + e % patch_w
+                        v = nb(0)
+                        if 0 <= hh < H and 0 <= ww < W:
+                            v = x[n, cin, i, hh, ww]
+                        shared[e] = v
+                    for e in range(tid, KB * taps2, nthreads):
+                        q, t = e // taps2, e % taps2
+                        v = nb(0)
+                        if q < kn:
+                            v = w[k0 + q, c, kd, t // KW, t % KW]
+                        shared[wbase + e] = v
+                    cuda.syncthreads()
+                    for kh in range(KH):
+                        row = (ty * sh + kh * dh) * patch_w + tx * sw
+                        for kw in range(KW):
+                            v = shared[row + kw * dw]
+                            for q in range(KB):
+                                acc[q] += shared[wbase + q * taps2 + kh * KW + kw] * v
+                elif oh < OH and ow < OW:
+                    for kh in range(KH):
+                        hh = oh * sh + kh * dh - ph
+                        if hh < 0 or hh >= H:
+                            continue
+                        for kw in range(KW):
+                            ww = ow * sw + kw * dw - pw
+                            if 0 <= ww < W:
+                                v = x[n, cin, i, hh, ww]
+                                for q in range(kn):
+                                    acc[q] += w[k0 + q, c, kd, kh, kw] * v
+        if oh < OH and ow < OW:
+            for q in range(kn):
+                out[n, k0 + q, od, oh, ow] = acc[q] + b[k0 + q]
+
+    return forward
+
+
+def _plane_tile(OH, OW):
+    """(TW, TH): up to THREADS threads, as wide as the output rows (coalesced along W)."""
+    TW = pow2_at_least(OW, 64)
+    return TW, pow2_at_least(OH, THREADS // TW)
+
+
+def forward(x, w, b, out, geom, workspace=None):
+    """out = conv(x, w) + b (b may be None), written over ``out``."""
+    N, K, OD, OH, OW = out.shape
+    if out.size == 0:
+        return
+    if b is None:
+        b = _launch.zeros((K,), w.dtype)
+    Kg = K // geom.groups
+    KB = pow2_at_least(min(Kg, MAX_KB), MAX_KB)
+    TW, TH = _plane_tile(OH, OW)
+    KH, KW = geom.kernel[1:]
+    patch_h = (TH - 1) * geom.stride[1] + (KH - 1) * geom.dilation[1] + 1
+    patch_w = (TW - 1) * geom.stride[2] + (KW - 1) * geom.dilation[2] + 1
+    shared = (patch_h * patch_w + KB * KH * KW) * x.dtype.itemsize
+    staged = shared <= SHARED_BYTES
+    tiles_w = ceil_div(OW, TW)
+    tiles = ceil_div(OH, TH) * tiles_w
+    grid = (N * OD * tiles, geom.groups * ceil_div(Kg, KB))
+    kernel = _forward_kernel(x.dtype, KB, staged)
+    kernel[grid, (TW, TH), 0, shared if staged else 0](
+        x, w, _launch.as_device(b), out, geom.stride, geom.dilation, geom.padding, geom.groups,
+        tiles_w, tiles, patch_h, patch_w)
+
+
+@_launch.per_dtype
+def _grad_input(nb):
+    @cuda.jit
+    def grad_input(go, w, gx, stride, dilation, padding, groups):
+        N, C, D, H, W = gx.shape
+        K, Cg, KD, KH, KW = w.shape
+        OD, OH, OW = go.shape[2], go.shape[3], go.shape[4]
+        Kg = K // groups
+        e = cuda.grid(1)
+        if e >= gx.size:
+            return
+        x_w, h, i = e % W, (e // W) % H, (e // (W * H)) % D
+        c, n = (e // (W * H * D)) % C, e // (W * H * D * C)
+        k0, cl = (c // Cg) * Kg, c % Cg
+        acc = nb(0)
+        for kd in range(KD):
+            od = _launch.source(i, kd, stride[0], dilation[0], padding[0], OD)
+            if od < 0:
+                continue
+            for kh in range(KH):
+                oh = _launch.source(h, kh, stride[1], dilation[1], padding[1], OH)
+                if oh < 0:
+                    continue
+                for kw in range(KW):
+                    ow = _launch.source(x_w, kw, stride[2], dilation[2], padding[2], OW)
+                    if ow < 0:
+                        continue
+                    for k in range(k0, k0 + Kg):
+                        acc += w[k, cl, kd, kh, kw] * go[n, k, od, oh, ow]
+        gx[n, c, i, h, x_w] = acc
+
+    return grad_input
+
+
+def grad_input(go, w, gx, geom, workspace=None):
+    """gx = the input gradient of conv for output gradient ``go``, written over ``gx``."""
+    if gx.size:
+        blocks, threads = _launch.line(gx.size)
+        _grad_input(gx.dtype)[blocks, threads](go, w, gx, geom.stride, geom.dilation, geom.padding, geom.groups)
+
+
+@_launch.per_dtype
+def _grad_weight(nb):
+    @cuda.jit
+    def grad_weight(go, x, gw, partial, stride, dilation, padding, groups, span):
+        """partial[s, e] = weight element e's sum over terms [s * span, (s + 1) * span) of the
+        (sample, output position) range."""
+        N, C, D, H, W = x.shape
+        K, Cg, KD, KH, KW = gw.shape
+        OD, OH, OW = go.shape[2], go.shape[3], go.shape[4]
+        Kg = K // groups
+        e, s = cuda.grid(1), cuda.blockIdx.y
+        if e >= gw.size:
+            return
+        kw, kh, kd = e % KW, (e // KW) % KH, (e // (KW * KH)) % KD
+        cl, k = (e // (KW * KH * KD)) % Cg, e // (KW * KH * KD * Cg)
+        c = (k // Kg) * Cg + cl
+        P = OD * OH * OW
+        acc = nb(0)
+        for r in range(s * span, min(N * P, (s + 1) * span)):
+            n, p = r // P, r % P
+            od, oh, ow = p // (OH * OW), (p // OW) % OH, p % OW
+            i = od * stride[0] + kd * dilation[0] - padding[0]
+            h = oh * stride[1] + kh * dilation[1] - padding[1]
+            xw = ow * stride[2] + kw * dilation[2] - padding[2]
+            if 0 <= i < D and 0 <= h < H and 0 <= xw < W:
+                acc += go[n, k, od, oh, ow] * x[n, c, i, h, xw]
+        partial[s, e] = acc
+
+    return grad_weight
+
+
+@_launch.per_dtype
+def _sum_rows(nb):
+    @cuda.jit
+    def sum_rows(partial, out):
+        e = cuda.grid(1)
+        if e < out.size:
+            acc = nb(0)
+            for s in range(partial.shape[0]):
+                acc += partial[s, e]
+            out[e] = acc
+
+    return sum_rows
+
+
+#: Threads the weight gradient aims for: a thread per (weight element, slice of the batch and
+#: output positions), slices added up by a second kernel. Enough to fill a large GPU when the
+#: weight is small (a network's first layers) and the sums long.
+GRAD_WEIGHT_THREADS = 1 << 17
+
+
+def grad_weight(go, x, gw, geom, workspace=None):
+    """gw = the weight gradient of conv for output gradient ``go``, written over ``gw``."""
+    terms = geom.batch * math.prod(geom.out_size)
+    size = gw.size
+    flat = _launch.flat(gw)
+    splits = max(1, min(ceil_div(terms, THREADS), ceil_div(GRAD_WEIGHT_THREADS, size)))
+    partial = flat.reshape(1, size) if splits == 1 else _launch.empty((splits, size), gw.dtype)
+    blocks, threads = _launch.line(size)
+    _grad_weight(gw.dtype)[(blocks, splits), threads](
+        go, x, gw, partial, geom.stride, geom.dilation, geom.padding, geom.groups, ceil_div(terms, splits))
+    if splits > 1:
+        _sum_rows(gw.dtype)[blocks, threads](partial, flat)
