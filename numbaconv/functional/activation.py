@@ -5,16 +5,21 @@ modified. Each backward takes ``grad_out`` first, then what PyTorch's own backwa
 input x (relu, leaky_relu, elu) or the forward's output y (sigmoid, tanh, softmax, log_softmax).
 NaN and inf propagate as in PyTorch. Element-wise ops run ``kernels.cpu.elementwise`` on flat
 views; softmax runs ``kernels.cpu.softmax`` on an (outer, dim, inner) view.
+
+GPU arrays run the ``kernels.cuda`` twins and give numba device arrays; the helpers that let
+every functional module treat both devices alike (``kernels``, ``contiguous``, ``flat``,
+``empty``) live here.
 """
 
+import importlib
 import math
 from numbers import Integral, Real
 
 import numpy as np
 
+from .._device import CUDA, as_device, is_device_array, placement, to_device
 from .._geometry import check_array, check_grad_out
 from ..kernels.cpu import elementwise
-from ..kernels.cpu import softmax as softmax_kernels
 
 __all__ = [
     "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "elu", "elu_backward",
@@ -43,26 +48,55 @@ def check_dim(op, name, dim, ndim):
     return int(dim) % n
 
 
+# --------------------------------------------------------------------------- both devices
+
+
+def kernels(where, name):
+    """The kernel module ``kernels.cpu.<name>``, or its twin ``kernels.cuda.<name>`` when ``where``
+    is "cuda" (imported only then: numba.cuda is an optional dependency)."""
+    return importlib.import_module(f"{__package__.rpartition('.')[0]}.kernels.{where}.{name}")
+
+
+def contiguous(a):
+    """``a`` C-contiguous, where it lives (a numba device array for a GPU array); a copy only
+    when ``a`` is not contiguous. Numba has no strided device-to-device copy, so a
+    non-contiguous GPU array (rare: a slice) goes through the host once."""
+    if not is_device_array(a):
+        return np.ascontiguousarray(a)
+    d = as_device(a)
+    return d if d.is_c_contiguous() else to_device(np.ascontiguousarray(d.copy_to_host()))
+
+
 def flat(a):
     """A C-contiguous 1-D view of ``a`` (a copy only when ``a`` is not contiguous)."""
-    return np.ascontiguousarray(a).reshape(-1)
+    return contiguous(a).reshape(a.size)
+
+
+def empty(shape, dtype, where):
+    """An uninitialized C-contiguous array on the host or, for "cuda", on the GPU."""
+    if where == CUDA:
+        from numba import cuda
+        return cuda.device_array(shape, dtype)
+    return np.empty(shape, dtype)
 
 
 # --------------------------------------------------------------------------- element-wise
 
 
 def _forward(op, code, x, a=0.0):
+    where = placement(op, x=x)
     check_array(op, "x", x)
-    out = np.empty(x.shape, dtype=x.dtype)
-    elementwise.forward(code, flat(x), x.dtype.type(a), out.reshape(-1))
+    out = empty(x.shape, x.dtype, where)
+    kernels(where, "elementwise").forward(code, flat(x), x.dtype.type(a), out.reshape(out.size))
     return out
 
 
 def _backward(op, code, grad_out, t, name, a=0.0):
+    where = placement(op, grad_out=grad_out, **{name: t})
     check_array(op, name, t)
     check_grad_out(op, grad_out, t.shape, t.dtype)
-    out = np.empty(t.shape, dtype=t.dtype)
-    elementwise.backward(code, flat(grad_out), flat(t), t.dtype.type(a), out.reshape(-1))
+    out = empty(t.shape, t.dtype, where)
+    kernels(where, "elementwise").backward(code, flat(grad_out), flat(t), t.dtype.type(a), out.reshape(out.size))
     return out
 
 
@@ -126,29 +160,34 @@ def tanh_backward(grad_out, y):
 def _view3(a, dim):
     """``a`` as a C-contiguous (outer, a.shape[dim], inner) array (a copy only if not contiguous)."""
     shape = a.shape or (1,)
-    return np.ascontiguousarray(a).reshape(math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1:]))
+    return contiguous(a).reshape(math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1:]))
+
+
+def _scratch(a3, where):
+    """The CPU kernels' (outer, inner) scratch for the statistics; the CUDA ones keep theirs in registers."""
+    return np.empty((a3.shape[0], a3.shape[2]), dtype=a3.dtype) if where != CUDA else None
 
 
 def _softmax(op, x, dim, log):
+    where = placement(op, x=x)
     check_array(op, "x", x)
     dim = check_dim(op, "dim", dim, x.ndim)
-    out = np.empty(x.shape, dtype=x.dtype)
+    out = empty(x.shape, x.dtype, where)
     if x.size:
         x3 = _view3(x, dim)
-        m = np.empty((x3.shape[0], x3.shape[2]), dtype=x.dtype)
-        softmax_kernels.forward(x3, _view3(out, dim), m, np.empty_like(m), log)
+        kernels(where, "softmax").forward(x3, _view3(out, dim), _scratch(x3, where), _scratch(x3, where), log)
     return out
 
 
 def _softmax_backward(op, grad_out, y, dim, log):
+    where = placement(op, grad_out=grad_out, y=y)
     check_array(op, "y", y)
     check_grad_out(op, grad_out, y.shape, y.dtype)
     dim = check_dim(op, "dim", dim, y.ndim)
-    out = np.empty(y.shape, dtype=y.dtype)
+    out = empty(y.shape, y.dtype, where)
     if y.size:
         y3 = _view3(y, dim)
-        s = np.empty((y3.shape[0], y3.shape[2]), dtype=y.dtype)
-        softmax_kernels.backward(_view3(grad_out, dim), y3, _view3(out, dim), s, log)
+        kernels(where, "softmax").backward(_view3(grad_out, dim), y3, _view3(out, dim), _scratch(y3, where), log)
     return out
 
 

@@ -1,0 +1,113 @@
+"""The CUDA twins of the activation, softmax, pooling, normalization, dropout and loss kernels,
+each against its CPU twin, forward and backward, float32 and float64.
+
+The CPU ops are tested against the naive references, finite differences and PyTorch in their
+own files; here every public op runs once on host arrays and once on the same arrays copied to
+the GPU, and the GPU's result (a device array) must match. Shapes are tiny and odd (5, 7: no
+block or warp size divides them), because Numba's CUDA simulator (the default, see conftest)
+runs a Python thread per CUDA thread; NUMBA_ENABLE_CUDASIM=0 runs the same tests on a real GPU.
+"""
+
+import numpy as np
+import pytest
+
+from conftest import DTYPES, assert_close
+from numbaconv import functional as F
+from numbaconv._device import cuda_status, is_device_array, to_device, to_host
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not cuda_status()[0], reason=f"CUDA: {cuda_status()[1]}"),
+]
+
+
+def gpu(a):
+    """A host array copied to the GPU (with numba's own copy, which keeps a 0-d array 0-d);
+    anything else as it is."""
+    from numba import cuda
+    return cuda.to_device(a) if isinstance(a, np.ndarray) else a
+
+
+def same_on_gpu(fn, *args, what=None, **kwargs):
+    """Run ``fn`` on host arrays and on their GPU copies; every result of the GPU call must be a
+    device array (None where the host gave None) equal to the host's within the float tolerance
+    (exactly, for integer and bool results). Returns the host results."""
+    ref = fn(*args, **kwargs)
+    got = fn(*map(gpu, args), **{k: gpu(v) for k, v in kwargs.items()})
+    refs, gots = (ref, got) if isinstance(ref, tuple) else ((ref,), (got,))
+    assert len(refs) == len(gots)
+    for i, (r, g) in enumerate(zip(refs, gots)):
+        name = f"{what or fn.__name__} result {i}"
+        if r is None:
+            assert g is None, name
+            continue
+        assert is_device_array(g), f"{name}: {type(g).__name__} is not a GPU array"
+        g = to_host(g)
+        if r.dtype.kind == "f":
+            assert_close(g, r.astype(np.float64), dtype=r.dtype, what=name)
+        else:
+            assert g.dtype == r.dtype and g.shape == r.shape, name
+            np.testing.assert_array_equal(g, r, err_msg=name)
+    return ref
+
+
+# --------------------------------------------------------------------------- activations, softmax
+
+ACTIVATIONS = [
+    (F.relu, F.relu_backward, {}, "x"),
+    (F.leaky_relu, F.leaky_relu_backward, {"negative_slope": 0.2}, "x"),
+    (F.elu, F.elu_backward, {"alpha": 0.7}, "x"),
+    (F.sigmoid, F.sigmoid_backward, {}, "y"),
+    (F.tanh, F.tanh_backward, {}, "y"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("forward, backward, kw, saved", ACTIVATIONS, ids=lambda v: getattr(v, "__name__", None))
+def test_activation(rng, dtype, forward, backward, kw, saved):
+    x = rng.standard_normal((3, 7, 5)).astype(dtype)
+    x[0, 0, :3] = 0  # the kink: relu's gradient is 0 there, elu's the x <= 0 branch
+    y = same_on_gpu(forward, x, **kw)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    same_on_gpu(backward, g, x if saved == "x" else y, **kw)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, dim", [((3, 7), 1), ((2, 5, 3, 3), 1), ((2, 3, 5), -1), ((2, 3, 5), 0), ((), 0)])
+@pytest.mark.parametrize("log", [False, True])
+def test_softmax(rng, dtype, shape, dim, log):
+    forward, backward = (F.log_softmax, F.log_softmax_backward) if log else (F.softmax, F.softmax_backward)
+    x = np.asarray(3 * rng.standard_normal(shape), dtype=dtype)
+    y = same_on_gpu(forward, x, dim)
+    same_on_gpu(backward, np.asarray(rng.standard_normal(shape), dtype=dtype), y, dim)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the simulator's NumPy scalars warn on inf - inf
+def test_activations_propagate_nan_and_inf():
+    x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 2.0], dtype=np.float32)
+    for fn in (F.relu, F.leaky_relu, F.elu, F.tanh):
+        ref, got = fn(x), to_host(fn(gpu(x)))
+        np.testing.assert_array_equal(got, ref, err_msg=fn.__name__)
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(ref), err_msg=fn.__name__)
+    rows = np.array([[1.0, np.nan, 0.0], [1.0, np.inf, 0.0], [-np.inf, -np.inf, -np.inf], [1.0, 2.0, 3.0]])
+    got, ref = to_host(F.softmax(gpu(rows), 1)), F.softmax(rows, 1)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    assert np.isnan(got[:3]).all()
+    assert_close(got[3:], ref[3:])
+
+
+def test_non_contiguous_gpu_input(rng):
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    sliced = to_device(x)[:, ::2]
+    np.testing.assert_array_equal(to_host(F.relu(sliced)), F.relu(x[:, ::2]))
+    assert_close(to_host(F.softmax(sliced, 0)), F.softmax(x[:, ::2], 0).astype(np.float64))
+
+
+@pytest.mark.parametrize("call", [
+    lambda x: F.relu_backward(gpu(x), x),
+    lambda x: F.softmax_backward(x, gpu(x), 1),
+])
+def test_mixed_devices_are_refused(call):
+    x = np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"on the GPU.*on the host|on the host.*on the GPU"):
+        call(x)
