@@ -6,6 +6,7 @@ from ._device import cuda_status, to_device, to_host
 from ._random import manual_seed
 from .functional import *  # noqa: F401,F403  (the public ops: conv1d, conv2d_backward, ...)
 from .functional import __all__ as _ops
+from .functional._autotune import autotune_cache, clear_autotune_cache, set_autotune
 from . import models
 from . import optim
 from .training import evaluate, fit, predict
@@ -15,4 +16,5 @@ __version__ = "0.1.0"
 
 _threads.start()
 __all__ = ["config", "functional", "nn", "models", "summary", "optim", "fit", "evaluate", "predict", "manual_seed", "save", "load",
-           "to_device", "to_host", "cuda_status", "__version__", *_ops]
+           "to_device", "to_host", "cuda_status", "set_autotune", "autotune_cache", "clear_autotune_cache",
+           "__version__", *_ops]

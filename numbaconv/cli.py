@@ -245,6 +245,14 @@ def build_parser():
     p.add_argument("--lr", type=float, default=2e-3, help="Adam's initial learning rate, halved after each epoch (default 2e-3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the weights and the shuffling")
     p.set_defaults(func=demo)
+
+    from .benchmark import command as bench_command
+
+    p = commands.add_parser(
+        "bench", help="time the convolutions on named layer shapes next to PyTorch: table, JSON, plot"
+    )
+    bench_command.add_arguments(p)
+    p.set_defaults(func=bench_command.main)
     return parser
 
 

@@ -22,3 +22,13 @@ OPENMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 #: Parallel kernels whose largest array has fewer elements than this run on the calling thread:
 #: waking the other threads costs more than they would save (see kernels/cpu/_window.py).
 PARALLEL_MIN_ELEMENTS = 16384
+
+#: Autotune mode, like cuDNN's benchmark mode: when True, ``algorithm="auto"`` times the candidate
+#: algorithms on the first call of each (geometry, direction, dtype) and keeps the fastest for the
+#: rest of the process, instead of following the rules of ``functional.conv.choose_algorithm``.
+#: ``algorithm="tune"`` does so whatever this says. Set it with ``numbaconv.set_autotune``.
+AUTOTUNE = False
+
+#: Timed calls per candidate when autotuning (after one untimed warm-up call); the median decides.
+#: A candidate whose first timed call takes over twice the best median so far gets no more.
+AUTOTUNE_REPEATS = 3

@@ -13,8 +13,11 @@ from .._geometry import (
 )
 from .._padding import pad, pad_adjoint
 from ..kernels.cpu import ALGORITHMS
+from ._autotune import tuned
 
-ALGORITHM_CHOICES = ("auto", *ALGORITHMS)
+#: "auto": the rules of ``choose_algorithm`` (or, in autotune mode, "tune"); "tune": time the
+#: candidates on the first call of each shape and keep the fastest (``_autotune``); or a kernel.
+ALGORITHM_CHOICES = ("auto", "tune", *ALGORITHMS)
 
 
 def choose_algorithm(geom, direction="forward"):
@@ -34,6 +37,10 @@ def choose_algorithm(geom, direction="forward"):
     - stride 1, forward, C/g * K/g <= 128: direct (LeNet's layers: 1.3-1.5x faster).
     - stride 1, grad_input, grouped, C/g * K/g <= 64: direct (the per-group GEMMs are tiny).
     - otherwise im2col, by 1.2x to 30x on larger channel counts and every strided shape.
+
+    The rules are a fixed guess made on one machine; where they guess wrong for a shape, the
+    autotune mode (``numbaconv.set_autotune(True)`` or ``algorithm="tune"``) measures instead.
+    ``numbaconv bench --suite all`` shows, per shape, what "auto" chose and what each costs.
     """
     per_group_in, per_group_out = geom.in_channels // geom.groups, geom.out_channels // geom.groups
     if per_group_out <= 2:
@@ -48,7 +55,11 @@ def choose_algorithm(geom, direction="forward"):
 
 
 def _kernel(op, algorithm, geom, direction):
-    """The kernel entry point that runs ``direction`` of this convolution."""
+    """The kernel entry point that runs ``direction`` of this convolution: the algorithm named,
+    the rule's choice for "auto", or for "tune" (and "auto" in autotune mode) the fastest one,
+    timed on the first call of this geometry, direction and dtype."""
+    if algorithm == "tune" or (algorithm == "auto" and config.AUTOTUNE):
+        return tuned(geom, direction, ALGORITHMS, choose_algorithm(geom, direction))
     name = choose_algorithm(geom, direction) if algorithm == "auto" else algorithm
     return getattr(ALGORITHMS[name], direction)
 
@@ -153,7 +164,9 @@ _CONV_DOC = """{n}-D convolution (cross-correlation, as in PyTorch).
     stride, dilation: int or tuple of {n} ints >= 1. padding: int or tuple of {n} ints >= 0, or
     "valid" (no padding) or "same" (output size = input size; stride 1 only). padding_mode:
     "zeros", "reflect", "replicate" or "circular". groups: split the channels into independent
-    groups (groups == C_in is depthwise). algorithm: "direct", "im2col" or "auto".
+    groups (groups == C_in is depthwise). algorithm: "direct", "im2col", "auto" (rules, or
+    autotune mode when ``numbaconv.set_autotune(True)``) or "tune" (time both on the first call
+    of each shape and keep the faster).
     """
 
 _CONV_BACKWARD_DOC = """Gradients of conv{n}d with respect to x, weight and bias.

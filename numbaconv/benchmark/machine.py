@@ -1,0 +1,74 @@
+"""Facts about the machine and the process a benchmark runs in, for its JSON and its header."""
+
+import os
+import platform
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags():
+    """The widest x86 vector extension the CPU reports, if any."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    for name in ("avx512f", "avx2", "avx", "sse4_2"):
+                        if name in flags:
+                            return name
+                    return ""
+    except OSError:
+        pass
+    return ""
+
+
+def load_average():
+    """The 1-minute load average, or None: how busy the machine was (other processes compete)."""
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
+def machine_info():
+    """CPU, cores, load, versions, thread counts and the threading layer, as a dict."""
+    import numba
+    import numpy as np
+
+    import numbaconv
+    from numbaconv import _threads
+    from numbaconv.cli import _blas
+
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run in this process yet
+        layer = None
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_vector": cpu_flags(),
+        "cores": os.cpu_count(),
+        "load_average": load_average(),
+        "python": platform.python_version(),
+        "numbaconv": numbaconv.__version__,
+        "numpy": np.__version__,
+        "blas": _blas(),
+        "numba": numba.__version__,
+        "numba_threads": numba.get_num_threads(),
+        "threading_layer": layer,
+        "threading_reason": _threads.reason,
+        "torch": torch.__version__ if torch else None,
+        "torch_threads": torch.get_num_threads() if torch else None,
+    }
