@@ -5,9 +5,13 @@ algorithm, allocate the outputs, run a kernel (``kernels.cpu``). No loop over da
 here. 1-D and 2-D calls are 3-D calls on views with singleton spatial dimensions.
 """
 
+import functools
+from collections import namedtuple
+
 import numpy as np
 
 from .. import config
+from .._device import CUDA, placement
 from .._geometry import (
     check_choice, check_grad_out, check_needs, conv_geometry, conv_transpose_geometry,
 )
@@ -64,13 +68,13 @@ def _kernel(op, algorithm, geom, direction):
     return getattr(ALGORITHMS[name], direction)
 
 
-def _as5(a, channels, size):
+def _as5(f, a, channels, size):
     """A C-contiguous (N, channels, D, H, W) view (a copy only when ``a`` is not contiguous)."""
-    return np.ascontiguousarray(a).reshape(a.shape[0], channels, *size)
+    return f.contiguous(a).reshape(a.shape[0], channels, *size)
 
 
-def _weight5(weight, geom):
-    return np.ascontiguousarray(weight).reshape(*weight.shape[:2], *geom.kernel)
+def _weight5(f, weight, geom):
+    return f.contiguous(weight).reshape(*weight.shape[:2], *geom.kernel)
 
 
 def _user(a5, geom):
@@ -82,67 +86,118 @@ def _bias_sum(grad_out):
     return grad_out.sum(axis=(0, *range(2, grad_out.ndim)), dtype=grad_out.dtype)
 
 
+def _add_bias(out, bias):
+    out += bias.reshape(-1, 1, 1, 1)
+
+
+#: The array operations of the flow below, for one device: the same flow runs on the host and on
+#: the GPU. ``take`` turns the call's arrays into what the kernels of that device read.
+_Flow = namedtuple("_Flow", "take contiguous empty pad pad_adjoint bias_sum add_bias kernel")
+
+_HOST = _Flow(
+    take=lambda op, **arrays: tuple(arrays.values()), contiguous=np.ascontiguousarray, empty=np.empty,
+    pad=pad, pad_adjoint=lambda g, pads, mode: np.ascontiguousarray(pad_adjoint(g, pads, mode)),
+    bias_sum=_bias_sum, add_bias=_add_bias,
+    kernel=lambda op, algorithm, geom, direction: _kernel(op, algorithm, geom, direction),
+)
+
+
+def _cuda_kernel(op, algorithm, geom, direction):
+    """The CUDA entry point for ``direction``. "auto" (and "tune", whose timings are the CPU's)
+    takes direct for depthwise-like convolutions, K/g <= 2 (im2col's GEMM would have at most two
+    rows), else im2col."""
+    from ..kernels.cuda import ALGORITHMS as CUDA_ALGORITHMS
+
+    if algorithm in ("auto", "tune"):
+        algorithm = "direct" if geom.out_channels // geom.groups <= 2 else "im2col"
+    return getattr(CUDA_ALGORITHMS[algorithm], direction)
+
+
+@functools.cache
+def _cuda_flow():
+    """The flow's operations on the GPU; kernels.cuda (and numba.cuda) imported on first use.
+    Device arrays in, numba device arrays out; the inputs must be C-contiguous (checked by take)."""
+    from ..kernels.cuda import _launch, pad as cuda_pad
+
+    return _Flow(
+        take=_launch.device_arrays, contiguous=lambda a: a, empty=_launch.empty, pad=cuda_pad.pad,
+        pad_adjoint=cuda_pad.pad_adjoint, bias_sum=_launch.channel_sum, add_bias=_launch.add_bias, kernel=_cuda_kernel,
+    )
+
+
+def _flow(op, **arrays):
+    """(flow, arrays): the operations of the device the (non-None) arrays are on, one placement
+    check for the call (a mix of host and GPU arrays is a ValueError naming each), and the
+    arrays as that device's kernels take them, in the order given."""
+    f = _cuda_flow() if placement(op, **arrays) == CUDA else _HOST
+    return f, f.take(op, **arrays)
+
+
 def _conv(op, ndim, x, weight, bias, stride, padding, dilation, groups, padding_mode, algorithm):
+    f, (x, weight, bias) = _flow(op, x=x, weight=weight, bias=bias)
     geom = conv_geometry(op, x, weight, bias, stride, padding, dilation, groups, padding_mode, ndim)
     check_choice(op, "algorithm", algorithm, ALGORITHM_CHOICES)
-    out = np.empty((geom.batch, geom.out_channels, *geom.out_size), dtype=x.dtype)
-    b = None if bias is None else np.ascontiguousarray(bias)
-    x5 = _as5(pad(x, geom.spatial(geom.mode_padding), padding_mode), geom.in_channels, geom.in_size)
-    _kernel(op, algorithm, geom, "forward")(x5, _weight5(weight, geom), b, out, geom, config.WORKSPACE_BYTES)
+    out = f.empty((geom.batch, geom.out_channels, *geom.out_size), dtype=x.dtype)
+    b = None if bias is None else f.contiguous(bias)
+    x5 = _as5(f, f.pad(x, geom.spatial(geom.mode_padding), padding_mode), geom.in_channels, geom.in_size)
+    f.kernel(op, algorithm, geom, "forward")(x5, _weight5(f, weight, geom), b, out, geom, config.WORKSPACE_BYTES)
     return _user(out, geom)
 
 
 def _conv_backward(op, ndim, grad_out, x, weight, stride, padding, dilation, groups, padding_mode, needs, algorithm):
+    f, (grad_out, x, weight) = _flow(op, grad_out=grad_out, x=x, weight=weight)
     geom = conv_geometry(op, x, weight, None, stride, padding, dilation, groups, padding_mode, ndim)
     check_choice(op, "algorithm", algorithm, ALGORITHM_CHOICES)
     needs = check_needs(op, needs)
     check_grad_out(op, grad_out, (geom.batch, geom.out_channels, *geom.spatial(geom.out_size)), x.dtype)
-    go5 = _as5(grad_out, geom.out_channels, geom.out_size)
-    w5 = _weight5(weight, geom)
+    go5 = _as5(f, grad_out, geom.out_channels, geom.out_size)
+    w5 = _weight5(f, weight, geom)
     grad_x = grad_weight = grad_bias = None
     if needs[0]:
-        gx5 = np.empty((geom.batch, geom.in_channels, *geom.in_size), dtype=x.dtype)
-        _kernel(op, algorithm, geom, "grad_input")(go5, w5, gx5, geom, config.WORKSPACE_BYTES)
-        grad_x = np.ascontiguousarray(pad_adjoint(_user(gx5, geom), geom.spatial(geom.mode_padding), padding_mode))
+        gx5 = f.empty((geom.batch, geom.in_channels, *geom.in_size), dtype=x.dtype)
+        f.kernel(op, algorithm, geom, "grad_input")(go5, w5, gx5, geom, config.WORKSPACE_BYTES)
+        grad_x = f.pad_adjoint(_user(gx5, geom), geom.spatial(geom.mode_padding), padding_mode)
     if needs[1]:
-        x5 = _as5(pad(x, geom.spatial(geom.mode_padding), padding_mode), geom.in_channels, geom.in_size)
-        grad_weight = np.empty(w5.shape, dtype=x.dtype)
-        _kernel(op, algorithm, geom, "grad_weight")(go5, x5, grad_weight, geom, config.WORKSPACE_BYTES)
+        x5 = _as5(f, f.pad(x, geom.spatial(geom.mode_padding), padding_mode), geom.in_channels, geom.in_size)
+        grad_weight = f.empty(w5.shape, dtype=x.dtype)
+        f.kernel(op, algorithm, geom, "grad_weight")(go5, x5, grad_weight, geom, config.WORKSPACE_BYTES)
         grad_weight = grad_weight.reshape(weight.shape)
     if needs[2]:
-        grad_bias = _bias_sum(grad_out)
+        grad_bias = f.bias_sum(grad_out)
     return grad_x, grad_weight, grad_bias
 
 
 def _conv_transpose(op, ndim, x, weight, bias, stride, padding, output_padding, groups, dilation, algorithm):
+    f, (x, weight, bias) = _flow(op, x=x, weight=weight, bias=bias)
     geom = conv_transpose_geometry(op, x, weight, bias, stride, padding, output_padding, groups, dilation, ndim)
     check_choice(op, "algorithm", algorithm, ALGORITHM_CHOICES)
-    out = np.empty((geom.batch, geom.in_channels, *geom.in_size), dtype=x.dtype)
+    out = f.empty((geom.batch, geom.in_channels, *geom.in_size), dtype=x.dtype)
     # a transposed convolution is the input gradient of the convolution it transposes
-    _kernel(op, algorithm, geom, "grad_input")(_as5(x, geom.out_channels, geom.out_size), _weight5(weight, geom), out, geom, config.WORKSPACE_BYTES)
+    f.kernel(op, algorithm, geom, "grad_input")(_as5(f, x, geom.out_channels, geom.out_size), _weight5(f, weight, geom), out, geom, config.WORKSPACE_BYTES)
     if bias is not None:
-        out += bias.reshape(-1, 1, 1, 1)
+        f.add_bias(out, bias)
     return _user(out, geom)
 
 
 def _conv_transpose_backward(op, ndim, grad_out, x, weight, stride, padding, output_padding, groups, dilation, needs, algorithm):
+    f, (grad_out, x, weight) = _flow(op, grad_out=grad_out, x=x, weight=weight)
     geom = conv_transpose_geometry(op, x, weight, None, stride, padding, output_padding, groups, dilation, ndim)
     check_choice(op, "algorithm", algorithm, ALGORITHM_CHOICES)
     needs = check_needs(op, needs)
     check_grad_out(op, grad_out, (geom.batch, geom.in_channels, *geom.spatial(geom.in_size)), x.dtype)
-    go5 = _as5(grad_out, geom.in_channels, geom.in_size)
-    w5 = _weight5(weight, geom)
+    go5 = _as5(f, grad_out, geom.in_channels, geom.in_size)
+    w5 = _weight5(f, weight, geom)
     grad_x = grad_weight = grad_bias = None
     if needs[0]:  # ... and so its input gradient is that convolution's forward
-        gx5 = np.empty((geom.batch, geom.out_channels, *geom.out_size), dtype=x.dtype)
-        _kernel(op, algorithm, geom, "forward")(go5, w5, None, gx5, geom, config.WORKSPACE_BYTES)
+        gx5 = f.empty((geom.batch, geom.out_channels, *geom.out_size), dtype=x.dtype)
+        f.kernel(op, algorithm, geom, "forward")(go5, w5, None, gx5, geom, config.WORKSPACE_BYTES)
         grad_x = _user(gx5, geom)
     if needs[1]:  # ... and its weight gradient that convolution's, with the roles of x and grad_out swapped
-        grad_weight = np.empty(w5.shape, dtype=x.dtype)
-        _kernel(op, algorithm, geom, "grad_weight")(_as5(x, geom.out_channels, geom.out_size), go5, grad_weight, geom, config.WORKSPACE_BYTES)
+        grad_weight = f.empty(w5.shape, dtype=x.dtype)
+        f.kernel(op, algorithm, geom, "grad_weight")(_as5(f, x, geom.out_channels, geom.out_size), go5, grad_weight, geom, config.WORKSPACE_BYTES)
         grad_weight = grad_weight.reshape(weight.shape)
     if needs[2]:
-        grad_bias = _bias_sum(grad_out)
+        grad_bias = f.bias_sum(grad_out)
     return grad_x, grad_weight, grad_bias
 
 

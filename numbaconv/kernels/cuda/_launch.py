@@ -47,6 +47,22 @@ def reduction_threads(n):
     return max(WARP, pow2_at_least(n, THREADS))
 
 
+def device_arrays(op, **arrays):
+    """The GPU ``arrays`` (None stays None) as numba device arrays, in the order given, without a
+    copy; ValueError naming any that is not C-contiguous. The kernels index contiguous memory,
+    and a silent device copy of a strided view would hide a cost the caller can avoid (by
+    ``.copy()`` or ``cupy.ascontiguousarray`` where the view is made)."""
+    taken = []
+    for name, a in arrays.items():
+        if a is not None:
+            a = as_device(a)
+            if not a.is_c_contiguous():
+                raise ValueError(f"{op}: {name} must be C-contiguous on the GPU, got a strided view of shape "
+                                 f"{tuple(a.shape)}; copy it first (a.copy())")
+        taken.append(a)
+    return tuple(taken)
+
+
 def empty(shape, dtype):
     return cuda.device_array(tuple(int(s) for s in shape), dtype=np.dtype(dtype))
 

@@ -1,0 +1,66 @@
+"""Explicit padding for ``padding_mode`` reflect / replicate / circular on the GPU, and its
+adjoint: the twin of ``numbaconv/_padding.py``, on the same index maps.
+
+Both directions are one gather kernel, run once per padded dimension: output position t of the
+dimension sums the input positions ``sources[starts[t]:starts[t + 1]]``. Padding reads one
+source per position (the index map itself); its adjoint reads, for each input position, every
+padded position the map sends there, so no two threads write one element.
+"""
+
+import numpy as np
+from numba import cuda
+
+from . import _launch
+from ..._padding import pad_index
+
+
+@_launch.per_dtype
+def _gather(nb):
+    @cuda.jit
+    def gather(src, dst, starts, sources):
+        """dst[a, t, b] = sum of src[a, s, b] for s in sources[starts[t]:starts[t + 1]]."""
+        e = cuda.grid(1)
+        if e >= dst.size:
+            return
+        L, inner = dst.shape[1], dst.shape[2]
+        b, t, a = e % inner, (e // inner) % L, e // (inner * L)
+        acc = nb(0)
+        for q in range(starts[t], starts[t + 1]):
+            acc += src[a, sources[q], b]
+        dst[a, t, b] = acc
+
+    return gather
+
+
+def _along(x, axis, length, starts, sources):
+    """x with dimension ``axis`` replaced by ``length`` positions gathered from ``sources``."""
+    shape = tuple(x.shape)
+    outer, inner = int(np.prod(shape[:axis])), int(np.prod(shape[axis + 1:]))
+    out = _launch.empty((*shape[:axis], length, *shape[axis + 1:]), x.dtype)
+    if out.size:
+        blocks, threads = _launch.line(out.size)
+        _gather(x.dtype)[blocks, threads](
+            x.reshape(outer, shape[axis], inner), out.reshape(outer, length, inner),
+            cuda.to_device(starts.astype(np.int64)), cuda.to_device(sources.astype(np.int64)))
+    return out
+
+
+def pad(x, pads, mode):
+    """Pad the spatial dims of (N, C, *spatial) device array ``x`` by ``pads`` = ((before, after), ...)."""
+    for axis, (before, after) in enumerate(pads, start=2):
+        if before or after:
+            index = pad_index(x.shape[axis], before, after, mode)
+            x = _along(x, axis, len(index), np.arange(len(index) + 1), index)
+    return x
+
+
+def pad_adjoint(g, pads, mode):
+    """Gradient of :func:`pad`: each padded position's gradient is added to its source."""
+    for axis, (before, after) in reversed(list(enumerate(pads, start=2))):
+        if before or after:
+            n = g.shape[axis] - before - after
+            index = pad_index(n, before, after, mode)
+            order = np.argsort(index, kind="stable")  # padded positions grouped by their source
+            starts = np.concatenate(([0], np.cumsum(np.bincount(index, minlength=n))))
+            g = _along(g, axis, n, starts, order)
+    return g
