@@ -21,6 +21,12 @@ fighting over that one counter cost more than the arithmetic.
 
 The direct loops need no workspace; their entry points take the ``workspace`` argument only to
 share im2col's signature.
+
+The forward pass takes an optional epilogue, ``(slope, lo, hi)``: each output, once its sum and
+bias are complete, becomes ``clip(v if v >= 0 else slope * v, lo, hi)`` while it is still in
+cache. That one formula is the identity (1, -inf, inf), ReLU (1, 0, inf), ReLU6 (1, 0, 6) and
+leaky ReLU (slope, -inf, inf), so an inference graph fuses a convolution's activation into it
+instead of reading the whole output again.
 """
 
 import numpy as np
@@ -28,14 +34,35 @@ from numba import njit, prange
 
 from ._window import U, parallel_kernel, valid_outputs
 
+#: The epilogue that changes nothing (see the module docstring).
+IDENTITY = (1.0, -np.inf, np.inf)
+
+
+@njit(inline="always", cache=True)
+def activate(v, slope, lo, hi):
+    """clip(leaky(v), lo, hi), NaN kept (every comparison with NaN is false)."""
+    if v < 0:
+        v = v * slope
+    if v < lo:
+        v = lo
+    if v > hi:
+        v = hi
+    return v
+
+
+@njit(inline="always", cache=True)
+def is_identity(slope, lo, hi):
+    return slope == 1 and lo == -np.inf and hi == np.inf
+
 
 @parallel_kernel
-def _forward(x, w, b, out, stride, dilation, padding, groups):
+def _forward(x, w, b, out, stride, dilation, padding, groups, slope, lo, hi):
     N, C, D, H, W = x.shape
     K, Cg, KD, KH, KW = w.shape
     OD, OH, OW = out.shape[2:]
     sd, sh, sw = stride
     Kg = K // groups
+    fused = not is_identity(slope, lo, hi)
     for task in prange(N * K * OD):  # one (sample, output channel, depth) slab per task
         n, k, od = task // (K * OD), (task // OD) % K, task % OD
         c0 = (k // Kg) * Cg
@@ -61,6 +88,9 @@ def _forward(x, w, b, out, stride, dilation, padding, groups):
                             else:
                                 for ow in range(ow0, ow1):
                                     out[n, k, od, oh, U(ow)] += wv * x[n, c0 + c, i, j, U(ow * sw + off)]
+            if fused:  # the row is complete and still in L1
+                for ow in range(OW):
+                    out[n, k, od, oh, U(ow)] = activate(out[n, k, od, oh, U(ow)], slope, lo, hi)
 
 
 @parallel_kernel
@@ -143,7 +173,7 @@ def _tap_shift(kd, kh, kw, plane_shape, dilation):
 
 
 @parallel_kernel
-def _forward_flat(xp, w, b, out, dilation):
+def _forward_flat(xp, w, b, out, dilation, slope, lo, hi):
     N, C = xp.shape[:2]
     K, Cg, KD, KH, KW = w.shape
     OD, OH, OW = out.shape[2:]
@@ -168,7 +198,7 @@ def _forward_flat(xp, w, b, out, dilation):
             for oh in range(OH):
                 base = (od * plane[1] + oh) * plane[2]
                 for ow in range(OW):
-                    out[n, k, od, oh, U(ow)] = acc[U(base + ow)]
+                    out[n, k, od, oh, U(ow)] = activate(acc[U(base + ow)], slope, lo, hi)
 
 
 @parallel_kernel
@@ -247,14 +277,15 @@ def _on_grid(go, geom):
     return gog.reshape(*go.shape[:2], -1)[:, :, :q_end].copy()
 
 
-def forward(x, w, b, out, geom, workspace=None):
-    """out = conv(x, w) + b (b may be None), written over ``out``."""
+def forward(x, w, b, out, geom, workspace=None, epilogue=IDENTITY):
+    """out = epilogue(conv(x, w) + b) (b may be None), written over ``out``."""
     if b is None:
         b = np.zeros(w.shape[0], dtype=w.dtype)
+    slope, lo, hi = (x.dtype.type(v) for v in epilogue)
     if geom.stride == (1, 1, 1):
-        _forward_flat(_padded(x, geom), w, b, out, geom.dilation)
+        _forward_flat(_padded(x, geom), w, b, out, geom.dilation, slope, lo, hi)
     else:
-        _forward(x, w, b, out, geom.stride, geom.dilation, geom.padding, geom.groups)
+        _forward(x, w, b, out, geom.stride, geom.dilation, geom.padding, geom.groups, slope, lo, hi)
 
 
 def grad_input(go, w, gx, geom, workspace=None):

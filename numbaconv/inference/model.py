@@ -1,0 +1,202 @@
+"""InferenceModel: a checked, optimized graph and the plan that runs it.
+
+The plan is made once, at load time. The nodes run in a fixed order; each value lives in a
+slot, and a slot is emptied right after its last reader has run, so an activation's memory
+returns to the allocator as soon as nothing needs it and the live set stays near the largest
+pair of activations (a residual block's shortcut adds a third). An element-wise op whose first
+input dies at that op writes its result over that input instead of allocating (ReLU after a
+residual addition, the addition itself). Views are accounted for: Reshape, Flatten, Squeeze and
+Unsqueeze return views of their input, so a buffer counts as dead only when every value that
+shares it is.
+
+A call owns all of its state (the slot list), and the kernels keep their scratch per thread, so
+one model serves many threads at once. Before the model is returned it runs once on a batch of
+one (when the inputs' other sizes are known): every shape is checked then, and a model that
+cannot run fails at load time, with the node that cannot run named.
+"""
+
+import numpy as np
+
+from .graph import GraphError, TensorInfo, check
+from .ops import IN_PLACE, INTERNAL, OPS
+from .optimize import optimize
+
+#: Ops whose output may be a view of their first input.
+VIEW_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"}
+
+
+class InferenceModel:
+    """A model ready to run: ``model(x)`` for one input and one output, ``model.run(feeds)``
+    for a dict of every output; ``model.inputs`` and ``model.outputs`` list
+    ``TensorInfo(name, shape, dtype)``, None in a shape for a size chosen at run time (the batch).
+    """
+
+    def __init__(self, graph, check_shapes=True):
+        check(graph)
+        optimize(graph)
+        check(graph)
+        self.graph = graph
+        self.inputs = list(graph.inputs)
+        self._plan()
+        self.outputs = list(graph.outputs)
+        if check_shapes:
+            self._dry_run()
+
+    # ------------------------------------------------------------------ plan
+
+    def _plan(self):
+        g = self.graph
+        names = [info.name for info in g.inputs] + list(g.constants)
+        for node in g.nodes:
+            names += [o for o in node.outputs if o]
+        slot = {name: i for i, name in enumerate(names)}
+        self._slot = slot
+        self._template = [None] * len(names)
+        for name, value in g.constants.items():
+            self._template[slot[name]] = value
+        self._fixed = {slot[info.name] for info in g.inputs} | {slot[n] for n in g.constants}
+        self._input_slots = [(info, slot[info.name]) for info in g.inputs]
+        self._output_slots = [(info.name, slot[info.name]) for info in g.outputs]
+        end = len(g.nodes)
+        # the buffer each value lives in: a view shares its input's
+        root = {i: i for i in range(len(names))}
+        for node in g.nodes:
+            if node.op in VIEW_OPS:
+                root[slot[node.outputs[0]]] = root[slot[node.inputs[0]]]
+        last = {}
+        for step, node in enumerate(g.nodes):
+            for name in node.inputs:
+                if name:
+                    last[slot[name]] = step
+        for _, s in self._output_slots:
+            last[s] = end
+        root_last = {}
+        for s, step in last.items():
+            root_last[root[s]] = max(root_last.get(root[s], -1), step)
+        self._steps = []
+        for step, node in enumerate(g.nodes):
+            function = {**OPS, **INTERNAL}[node.op][0]
+            ins = [slot[n] if n else None for n in node.inputs]
+            outs = [slot[n] if n else None for n in node.outputs]
+            release = [s for s in {s for s in ins if s is not None} if last.get(s) == step and s not in self._fixed]
+            first = ins[0]
+            in_place = (node.op in IN_PLACE and root[first] not in self._fixed
+                        and root_last.get(root[first]) == step)
+            if in_place:  # the output takes over the input's buffer
+                root[outs[0]] = root[first]
+                root_last[root[first]] = max(step, *(last.get(o, step) for o in outs if o is not None))
+            self._steps.append((node, function, ins, outs, release, in_place))
+            for o in outs:  # an output nobody reads is dropped at once
+                if o is not None and o not in last:
+                    release.append(o)
+
+    # ------------------------------------------------------------------ running
+
+    def _execute(self, values):
+        for node, function, ins, outs, release, in_place in self._steps:
+            args = [None if s is None else values[s] for s in ins]
+            try:
+                if in_place and _fits(args):
+                    result = function(*args, out=args[0], **node.attrs)
+                else:
+                    result = function(*args, **node.attrs)
+            except (ValueError, TypeError) as e:
+                raise type(e)(f"{node.describe()}: {e}") from e
+            values[outs[0]] = result
+            for s in release:
+                values[s] = None
+        return values
+
+    def _feeds(self, feeds):
+        if not isinstance(feeds, dict):
+            raise TypeError(f"run: feeds must be a dict of input name to numpy.ndarray, got {type(feeds).__name__}")
+        expected = [info.name for info, _ in self._input_slots]
+        missing = [n for n in expected if n not in feeds]
+        unknown = [n for n in feeds if n not in expected]
+        if missing or unknown:
+            raise ValueError(f"run: feeds must give the inputs {expected}; missing {missing}, unknown {unknown}")
+        values = list(self._template)
+        for info, s in self._input_slots:
+            values[s] = _check_input(info, feeds[info.name])
+        return values
+
+    def run(self, feeds):
+        """Run on ``feeds`` ({input name: array}); returns {output name: array}, C-contiguous
+        arrays that the caller owns. Inputs are never modified."""
+        values = self._execute(self._feeds(feeds))
+        result = {}
+        for name, s in self._output_slots:
+            v = values[s]
+            owned = s not in self._fixed and v.base is None
+            result[name] = v if owned and v.flags.c_contiguous else np.array(v, order="C")
+        return result
+
+    def __call__(self, x):
+        """The single output for the single input ``x``."""
+        if len(self.inputs) != 1 or len(self.outputs) != 1:
+            raise TypeError(f"calling the model needs one input and one output, it has {len(self.inputs)} inputs and "
+                            f"{len(self.outputs)} outputs; use model.run({{name: array}})")
+        return self.run({self.inputs[0].name: x})[self.outputs[0].name]
+
+    # ------------------------------------------------------------------ load-time check
+
+    def _dry_run(self):
+        """Run once on zeros, batch 1, to check every shape now; fills in unknown output shapes."""
+        feeds = {}
+        for info in self.inputs:
+            if info.shape is None or any(d is None for d in info.shape[1:]):
+                return  # sizes known only at run time: shapes are checked on each call instead
+            feeds[info.name] = np.zeros((1, *info.shape[1:]) if info.shape else (), dtype=info.dtype)
+        try:
+            results = self.run(feeds)
+        except (ValueError, TypeError) as e:
+            raise GraphError(f"the model cannot run on inputs of the declared shapes: {e}") from e
+        batch_free = any(info.shape and info.shape[0] is None for info in self.inputs)
+        outputs = []
+        for info in self.outputs:
+            got = results[info.name]
+            shape = tuple(got.shape)
+            if batch_free and shape:
+                shape = (None, *shape[1:])
+            if info.shape is not None:
+                declared = tuple(info.shape)
+                if len(declared) != len(shape) or any(d is not None and s is not None and d != s
+                                                      for d, s in zip(declared[1:], shape[1:])):
+                    raise GraphError(f"graph output {info.name!r} is declared with shape {declared} but the graph "
+                                     f"computes {got.shape} for a batch of one")
+            outputs.append(TensorInfo(info.name, shape, got.dtype))
+        self.outputs = outputs
+
+    def __repr__(self):
+        ins = ", ".join(f"{i.name}: {i.shape}" for i in self.inputs)
+        outs = ", ".join(f"{o.name}: {o.shape}" for o in self.outputs)
+        return f"InferenceModel({len(self.graph.nodes)} nodes; inputs {ins}; outputs {outs})"
+
+
+def _fits(args):
+    """The result of an element-wise op on ``args`` has the first argument's shape and dtype."""
+    first = args[0]
+    if not isinstance(first, np.ndarray) or not first.flags.c_contiguous or not first.flags.writeable:
+        return False
+    others = [a for a in args[1:] if a is not None]
+    if not others:
+        return True
+    b = others[0]
+    return (isinstance(b, np.ndarray) and np.result_type(first, b) == first.dtype
+            and np.broadcast_shapes(first.shape, b.shape) == first.shape)
+
+
+def _check_input(info, x):
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"input {info.name!r} must be a numpy.ndarray, got {type(x).__name__}")
+    if info.dtype is not None and x.dtype != info.dtype:
+        raise TypeError(f"input {info.name!r} must have dtype {np.dtype(info.dtype)}, got {x.dtype}")
+    if info.shape is not None:
+        if x.ndim != len(info.shape) or any(d is not None and d != s for d, s in zip(info.shape, x.shape)):
+            raise ValueError(f"input {info.name!r} must have shape {_spell(info.shape)}, got {x.shape}")
+    return x
+
+
+def _spell(shape):
+    return "(" + ", ".join("N" if d is None and i == 0 else "?" if d is None else str(d)
+                           for i, d in enumerate(shape)) + ("," if len(shape) == 1 else "") + ")"

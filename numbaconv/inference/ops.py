@@ -1,0 +1,467 @@
+"""The operators of an inference graph: ONNX's names, attributes and semantics, run by
+numbaconv's functional ops and kernels.
+
+Each entry of ``OPS`` is ``(function, attributes)``: the function takes the node's inputs in
+order (``None`` for an omitted optional input) and its attributes as keyword arguments, and
+returns one array; ``attributes`` maps every attribute the op accepts to its default
+(``REQUIRED`` when the model must give it). The ONNX reader checks a node against this table,
+so an attribute numbaconv does not know is refused by name rather than ignored. Values that an
+op reads from a constant input in one opset and from an attribute in another (Squeeze's axes,
+Softmax's axis rule) are normalized by the reader.
+
+Shapes follow ONNX: ``pads`` lists the padding before every spatial dimension, then after it;
+``auto_pad`` SAME_UPPER / SAME_LOWER pads so that ``out = ceil(in / stride)``. Where numbaconv's
+functional op takes symmetric padding only, an asymmetric one is applied explicitly first.
+"""
+
+import math
+
+import numpy as np
+
+from .. import config
+from .. import functional as F
+from .._geometry import check_array, conv_geometry
+from ..functional.conv import choose_algorithm
+from ..kernels.cpu import ALGORITHMS
+from ..kernels.cpu import elementwise
+from ..kernels.cpu.conv_direct import IDENTITY
+
+REQUIRED = object()
+
+
+class OpError(ValueError):
+    """A node that cannot run: a bad attribute value, or inputs of the wrong shape."""
+
+
+def _quiet():
+    """NaN and inf propagate silently, as in ONNX Runtime and PyTorch."""
+    return np.errstate(invalid="ignore", over="ignore", divide="ignore", under="ignore")
+
+
+# --------------------------------------------------------------------------- window geometry
+
+
+def _spatial(op, x, lo=1, hi=3):
+    check_array(op, "X", x)
+    n = x.ndim - 2
+    if not lo <= n <= hi:
+        raise OpError(f"{op}: input must be (N, C, *spatial) with {lo} to {hi} spatial dimensions, got shape {x.shape}")
+    return n
+
+
+def _ints(op, name, value, n, default):
+    if value is None:
+        return (default,) * n
+    value = tuple(int(v) for v in value)
+    if len(value) != n:
+        raise OpError(f"{op}: attribute {name} must have {n} values for a {n}-D input, got {list(value)}")
+    return value
+
+
+def _pads(op, auto_pad, pads, size, kernel, strides, dilations):
+    """(before, after) per spatial dimension, from ``pads`` or ``auto_pad``."""
+    n = len(size)
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for i, k, s, d in zip(size, kernel, strides, dilations):
+            total = max(0, (-(-i // s) - 1) * s + (k - 1) * d + 1 - i)
+            small = total // 2
+            begin.append(small if auto_pad == "SAME_UPPER" else total - small)
+            end.append(total - begin[-1])
+        return tuple(begin), tuple(end)
+    if auto_pad == "VALID":
+        return (0,) * n, (0,) * n
+    if auto_pad != "NOTSET":
+        raise OpError(f"{op}: attribute auto_pad must be NOTSET, SAME_UPPER, SAME_LOWER or VALID, got {auto_pad!r}")
+    pads = _ints(op, "pads", pads, 2 * n, 0)
+    if min(pads) < 0:
+        raise OpError(f"{op}: attribute pads must be >= 0, got {list(pads)}")
+    return pads[:n], pads[n:]
+
+
+def _pad_explicitly(x, begin, end, value):
+    return np.pad(x, [(0, 0), (0, 0), *zip(begin, end)], constant_values=value)
+
+
+# --------------------------------------------------------------------------- convolution
+
+
+def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None,
+         epilogue=IDENTITY):
+    """Convolution; ``epilogue`` = (slope, lo, hi), an activation fused into the kernel (see
+    kernels/cpu/conv_direct.py), set when the graph is optimized."""
+    op = "Conv"
+    n = _spatial(op, x)
+    check_array(op, "W", w, dtype=x.dtype, ndim=n + 2)
+    kernel = tuple(w.shape[2:])
+    if kernel_shape is not None and tuple(kernel_shape) != kernel:
+        raise OpError(f"{op}: attribute kernel_shape {list(kernel_shape)} disagrees with the weight's shape {w.shape}")
+    strides, dilations = _ints(op, "strides", strides, n, 1), _ints(op, "dilations", dilations, n, 1)
+    begin, end = _pads(op, auto_pad, pads, x.shape[2:], kernel, strides, dilations)
+    if begin != end:
+        x, begin = _pad_explicitly(x, begin, end, 0), (0,) * n
+    geom = conv_geometry(op, x, w, b, strides, begin, dilations, group, "zeros", n)
+    out = np.empty((geom.batch, geom.out_channels, *geom.out_size), dtype=x.dtype)
+    forward = ALGORITHMS[choose_algorithm(geom, "forward")].forward
+    # the kernels see 5-D arrays: 1-D and 2-D convolutions gain singleton spatial dimensions
+    x5 = np.ascontiguousarray(x).reshape(geom.batch, geom.in_channels, *geom.in_size)
+    w5 = np.ascontiguousarray(w).reshape(*w.shape[:2], *geom.kernel)
+    forward(x5, w5, b, out, geom, config.WORKSPACE_BYTES, epilogue)
+    return out.reshape(out.shape[0], out.shape[1], *geom.spatial(geom.out_size))
+
+
+def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
+                   output_padding=None, output_shape=None, pads=None, strides=None):
+    """Transposed convolution: numbaconv's with no padding, then the padding cut off each side
+    (which is what padding means for a transposed convolution, symmetric or not)."""
+    op = "ConvTranspose"
+    n = _spatial(op, x)
+    check_array(op, "W", w, dtype=x.dtype, ndim=n + 2)
+    kernel = tuple(w.shape[2:])
+    if kernel_shape is not None and tuple(kernel_shape) != kernel:
+        raise OpError(f"{op}: attribute kernel_shape {list(kernel_shape)} disagrees with the weight's shape {w.shape}")
+    strides, dilations = _ints(op, "strides", strides, n, 1), _ints(op, "dilations", dilations, n, 1)
+    extra = _ints(op, "output_padding", output_padding, n, 0)
+    full = tuple((i - 1) * s + (k - 1) * d + 1 + e for i, s, k, d, e in zip(x.shape[2:], strides, kernel, dilations, extra))
+    if output_shape is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        target = (tuple(i * s for i, s in zip(x.shape[2:], strides)) if output_shape is None
+                  else _ints(op, "output_shape", output_shape[-n:], n, 0))
+        total = tuple(f - t for f, t in zip(full, target))
+        if min(total) < 0:
+            raise OpError(f"{op}: attribute output_shape {list(target)} is larger than the full output {list(full)}")
+        lower = auto_pad == "SAME_LOWER"
+        begin = tuple(t - t // 2 if lower else t // 2 for t in total)
+        end = tuple(t - bg for t, bg in zip(total, begin))
+    else:
+        begin, end = _pads(op, "NOTSET" if auto_pad == "NOTSET" else auto_pad, pads, x.shape[2:], kernel, strides,
+                           dilations)
+    y = getattr(F, f"conv_transpose{n}d")(x, w, b, strides, 0, extra, group, dilations)
+    if any(begin) or any(end):
+        if any(bg + e >= f for bg, e, f in zip(begin, end, full)):
+            raise OpError(f"{op}: attribute pads {list(begin + end)} remove the whole output {list(full)}")
+        y = np.ascontiguousarray(y[(..., *(slice(bg, f - e) for bg, e, f in zip(begin, end, full)))])
+    return y
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+def _pool_args(op, x, auto_pad, kernel_shape, pads, strides, dilations=None):
+    n = _spatial(op, x)
+    kernel = _ints(op, "kernel_shape", kernel_shape, n, 1)
+    strides, dilations = _ints(op, "strides", strides, n, 1), _ints(op, "dilations", dilations, n, 1)
+    begin, end = _pads(op, auto_pad, pads, x.shape[2:], kernel, strides, dilations)
+    return n, kernel, strides, dilations, begin, end
+
+
+def max_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=REQUIRED, pads=None,
+             storage_order=0, strides=None):
+    n, kernel, strides, dilations, begin, end = _pool_args("MaxPool", x, auto_pad, kernel_shape, pads, strides, dilations)
+    if begin != end or any(2 * p > k for p, k in zip(begin, kernel)):
+        x, begin = _pad_explicitly(x, begin, end, -np.inf), (0,) * n
+    return getattr(F, f"max_pool{n}d")(x, kernel, strides, begin, dilations, bool(ceil_mode))
+
+
+def average_pool(x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dilations=None, kernel_shape=REQUIRED,
+                 pads=None, strides=None):
+    op = "AveragePool"
+    n, kernel, strides, dilations, begin, end = _pool_args(op, x, auto_pad, kernel_shape, pads, strides, dilations)
+    if dilations != (1,) * n:
+        raise OpError(f"{op}: attribute dilations other than 1 is not supported, got {list(dilations)}")
+    if begin != end or any(2 * p > k for p, k in zip(begin, kernel)):
+        if not count_include_pad:
+            raise OpError(f"{op}: asymmetric or large attribute pads {list(begin + end)} need count_include_pad=1")
+        x, begin = _pad_explicitly(x, begin, end, 0), (0,) * n
+    return getattr(F, f"avg_pool{n}d")(x, kernel, strides, begin, bool(ceil_mode), bool(count_include_pad))
+
+
+def lp_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=REQUIRED, p=2, pads=None,
+            strides=None):
+    op = "LpPool"
+    n, kernel, strides, dilations, begin, end = _pool_args(op, x, auto_pad, kernel_shape, pads, strides, dilations)
+    if dilations != (1,) * n:
+        raise OpError(f"{op}: attribute dilations other than 1 is not supported, got {list(dilations)}")
+    if any(begin) or any(end):  # zeros add nothing to a sum of |x| ** p
+        x = _pad_explicitly(x, begin, end, 0)
+    # ONNX sums |x| ** p; numbaconv's (PyTorch's) lp_pool sums x ** p, which differs for odd p
+    return getattr(F, f"lp_pool{n}d")(np.abs(x), float(p), kernel, strides, bool(ceil_mode))
+
+
+def adaptive_avg_pool(x, *, output_size):
+    """numbaconv's adaptive average pooling (``compile`` of an AdaptiveAvgPool that is not global)."""
+    return getattr(F, f"adaptive_avg_pool{_spatial('AdaptiveAvgPool', x)}d")(x, tuple(output_size))
+
+
+def adaptive_max_pool(x, *, output_size):
+    return getattr(F, f"adaptive_max_pool{_spatial('AdaptiveMaxPool', x)}d")(x, tuple(output_size))
+
+
+def global_average_pool(x):
+    n = _spatial("GlobalAveragePool", x)
+    return getattr(F, f"adaptive_avg_pool{n}d")(x, 1)
+
+
+def global_max_pool(x):
+    n = _spatial("GlobalMaxPool", x)
+    return getattr(F, f"adaptive_max_pool{n}d")(x, 1)
+
+
+# --------------------------------------------------------------------------- normalization
+
+
+def batch_normalization(x, scale, bias, mean, var, *, epsilon=1e-5, momentum=0.9, training_mode=0):
+    if training_mode:
+        raise OpError("BatchNormalization: attribute training_mode=1 is not supported (inference only)")
+    return F.batch_norm(x, mean, var, scale, bias, False, 0.0, epsilon)
+
+
+def lrn(x, *, alpha=1e-4, beta=0.75, bias=1.0, size=REQUIRED):
+    if size % 2 == 0:  # ONNX centres an even window one place later than PyTorch does
+        raise OpError(f"LRN: attribute size must be odd, got {size}")
+    return F.local_response_norm(x, size, alpha, beta, bias)
+
+
+# --------------------------------------------------------------------------- activations
+
+
+def _elementwise(op, code, x, a=0.0, out=None):
+    check_array(op, "X", x)
+    x = np.ascontiguousarray(x)
+    out = np.empty(x.shape, dtype=x.dtype) if out is None else out
+    elementwise.forward(code, x.reshape(-1), x.dtype.type(a), out.reshape(-1))
+    return out
+
+
+def relu(x, *, out=None):
+    return _elementwise("Relu", elementwise.RELU, x, out=out)
+
+
+def leaky_relu(x, *, alpha=0.01, out=None):
+    return _elementwise("LeakyRelu", elementwise.LEAKY_RELU, x, alpha, out=out)
+
+
+def elu(x, *, alpha=1.0, out=None):
+    return _elementwise("Elu", elementwise.ELU, x, alpha, out=out)
+
+
+def sigmoid(x, *, out=None):
+    return _elementwise("Sigmoid", elementwise.SIGMOID, x, out=out)
+
+
+def tanh(x, *, out=None):
+    return _elementwise("Tanh", elementwise.TANH, x, out=out)
+
+
+def clip(x, lo=None, hi=None, *, out=None):
+    check_array("Clip", "input", x)
+    out = np.empty(x.shape, dtype=x.dtype) if out is None else out
+    np.copyto(out, x)
+    if lo is not None:
+        np.maximum(out, x.dtype.type(lo), out=out)
+    if hi is not None:
+        np.minimum(out, x.dtype.type(hi), out=out)
+    return out
+
+
+def _softmax(op, x, axis, coerce_2d, log):
+    check_array(op, "input", x)
+    axis = axis + x.ndim if axis < 0 else axis
+    if not 0 <= axis < max(x.ndim, 1):
+        raise OpError(f"{op}: attribute axis must be in [{-x.ndim}, {x.ndim - 1}], got {axis}")
+    function = F.log_softmax if log else F.softmax
+    if coerce_2d:  # opsets before 13: the input seen as (prod(shape[:axis]), prod(shape[axis:]))
+        return function(x.reshape(math.prod(x.shape[:axis]), -1), 1).reshape(x.shape)
+    return function(x, axis)
+
+
+def softmax(x, *, axis=-1, coerce_2d=0):
+    return _softmax("Softmax", x, axis, coerce_2d, False)
+
+
+def log_softmax(x, *, axis=-1, coerce_2d=0):
+    return _softmax("LogSoftmax", x, axis, coerce_2d, True)
+
+
+# --------------------------------------------------------------------------- linear algebra
+
+
+def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
+    """alpha * A' B' + beta * C. The optimizer rewrites a Gemm with constant B and C into a
+    ``Linear`` (weight pre-scaled and laid out once)."""
+    for name, m in (("A", a), ("B", b)):
+        if m.ndim != 2:
+            raise OpError(f"Gemm: input {name} must be a matrix, got shape {m.shape}")
+    a, b = (a.T if transA else a), (b.T if transB else b)
+    if a.shape[1] != b.shape[0]:
+        raise OpError(f"Gemm: inner dimensions disagree: A' is {a.shape}, B' is {b.shape}")
+    with _quiet():
+        y = np.matmul(a, b)
+        if alpha != 1:
+            y *= y.dtype.type(alpha)
+        if c is not None:
+            y += (c * c.dtype.type(beta)) if beta != 1 else c
+    return y
+
+
+def linear(x, weight, bias=None):
+    """x @ weight.T + bias: numbaconv's linear, what an optimized Gemm runs."""
+    return F.linear(x, weight, bias)
+
+
+def matmul(a, b):
+    with _quiet():
+        return np.matmul(a, b)
+
+
+def _binary(ufunc):
+    def run(a, b, *, out=None):
+        with _quiet():
+            return ufunc(a, b, out=out)
+    run.__name__ = ufunc.__name__
+    return run
+
+
+add, sub, mul, div = (_binary(u) for u in (np.add, np.subtract, np.multiply, np.true_divide))
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+def concat(*xs, axis=REQUIRED):
+    return np.concatenate(xs, axis=axis)
+
+
+def flatten(x, *, axis=1):
+    axis = axis + x.ndim if axis < 0 else axis
+    if not 0 <= axis <= x.ndim:
+        raise OpError(f"Flatten: attribute axis must be in [{-x.ndim}, {x.ndim}], got {axis}")
+    return x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
+
+
+def reshape(x, shape, *, allowzero=0):
+    shape = [int(s) for s in np.asarray(shape).reshape(-1)]
+    if not allowzero:
+        shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+    try:
+        return x.reshape(shape)
+    except ValueError:
+        raise OpError(f"Reshape: cannot reshape an input of shape {x.shape} into {shape}") from None
+
+
+def transpose(x, *, perm=None):
+    perm = tuple(reversed(range(x.ndim))) if perm is None else tuple(perm)
+    if sorted(perm) != list(range(x.ndim)):
+        raise OpError(f"Transpose: attribute perm must be a permutation of the {x.ndim} axes, got {list(perm)}")
+    return np.ascontiguousarray(x.transpose(perm))
+
+
+def _axes(op, axes, ndim):
+    axes = [int(a) for a in np.asarray(axes).reshape(-1)]
+    if any(not -ndim <= a < ndim for a in axes):
+        raise OpError(f"{op}: axes must be in [{-ndim}, {ndim - 1}], got {axes}")
+    return sorted(a % ndim for a in axes)
+
+
+def squeeze(x, axes=None):
+    if axes is None:
+        return x.reshape([s for s in x.shape if s != 1])
+    axes = _axes("Squeeze", axes, x.ndim)
+    if any(x.shape[a] != 1 for a in axes):
+        raise OpError(f"Squeeze: axes {axes} of an input of shape {x.shape} are not all of size 1")
+    return x.reshape([s for i, s in enumerate(x.shape) if i not in axes])
+
+
+def unsqueeze(x, axes):
+    ndim = x.ndim + np.asarray(axes).size
+    axes = _axes("Unsqueeze", axes, ndim)
+    shape = list(x.shape)
+    for a in axes:
+        shape.insert(a, 1)
+    return x.reshape(shape)
+
+
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "edge", "wrap": "wrap"}
+
+
+def pad(x, pads, value=None, axes=None, *, mode="constant"):
+    if mode not in _PAD_MODES:
+        raise OpError(f"Pad: attribute mode must be constant, reflect, edge or wrap, got {mode!r}")
+    pads = [int(p) for p in np.asarray(pads).reshape(-1)]
+    axes = list(range(x.ndim)) if axes is None else _axes("Pad", axes, x.ndim)
+    if len(pads) != 2 * len(axes) or min(pads, default=0) < 0:
+        raise OpError(f"Pad: pads must be {2 * len(axes)} values >= 0 for {len(axes)} axes, got {pads}")
+    widths = [(0, 0)] * x.ndim
+    for i, a in enumerate(axes):
+        widths[a] = (pads[i], pads[i + len(axes)])
+    if mode != "constant":
+        return np.pad(x, widths, mode=_PAD_MODES[mode])
+    fill = 0 if value is None or np.asarray(value).size == 0 else np.asarray(value).reshape(-1)[0]
+    return np.pad(x, widths, constant_values=fill)
+
+
+def identity(x, *rest):
+    """Identity, and Dropout at inference (its ratio and training_mode inputs ignored)."""
+    return x
+
+
+def dropout(x, ratio=None, training_mode=None, *, seed=0):
+    if training_mode is not None and bool(np.asarray(training_mode).reshape(-1)[0]):
+        raise OpError("Dropout: input training_mode=True is not supported (inference only)")
+    return x
+
+
+_POOL = dict(auto_pad="NOTSET", kernel_shape=REQUIRED, pads=None, strides=None)
+
+#: op type: (function, {attribute: default}). Defaults taken from the ONNX operator docs.
+OPS = {
+    "Conv": (conv, dict(auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None)),
+    "ConvTranspose": (conv_transpose, dict(auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
+                                           output_padding=None, output_shape=None, pads=None, strides=None)),
+    "MaxPool": (max_pool, dict(_POOL, ceil_mode=0, dilations=None, storage_order=0)),
+    "AveragePool": (average_pool, dict(_POOL, ceil_mode=0, count_include_pad=0, dilations=None)),
+    "LpPool": (lp_pool, dict(_POOL, ceil_mode=0, dilations=None, p=2)),
+    "GlobalAveragePool": (global_average_pool, {}),
+    "GlobalMaxPool": (global_max_pool, {}),
+    "BatchNormalization": (batch_normalization, dict(epsilon=1e-5, momentum=0.9, training_mode=0)),
+    "LRN": (lrn, dict(alpha=1e-4, beta=0.75, bias=1.0, size=REQUIRED)),
+    "Relu": (relu, {}),
+    "LeakyRelu": (leaky_relu, dict(alpha=0.01)),
+    "Elu": (elu, dict(alpha=1.0)),
+    "Sigmoid": (sigmoid, {}),
+    "Tanh": (tanh, {}),
+    "Clip": (clip, {}),
+    "Softmax": (softmax, dict(axis=-1)),
+    "LogSoftmax": (log_softmax, dict(axis=-1)),
+    "Gemm": (gemm, dict(alpha=1.0, beta=1.0, transA=0, transB=0)),
+    "MatMul": (matmul, {}),
+    "Add": (add, {}),
+    "Sub": (sub, {}),
+    "Mul": (mul, {}),
+    "Div": (div, {}),
+    "Concat": (concat, dict(axis=REQUIRED)),
+    "Flatten": (flatten, dict(axis=1)),
+    "Reshape": (reshape, dict(allowzero=0)),
+    "Transpose": (transpose, dict(perm=None)),
+    "Squeeze": (squeeze, {}),
+    "Unsqueeze": (unsqueeze, {}),
+    "Pad": (pad, dict(mode="constant")),
+    "Dropout": (dropout, dict(seed=0)),
+    "Identity": (identity, {}),
+}
+
+#: Ops the optimizer introduces (not read from files): their attributes are set by numbaconv.
+INTERNAL = {
+    "Linear": (linear, {}),
+    "AdaptiveAvgPool": (adaptive_avg_pool, dict(output_size=REQUIRED)),
+    "AdaptiveMaxPool": (adaptive_max_pool, dict(output_size=REQUIRED)),
+}
+
+#: Ops that may write their result over their first input when nothing else reads it.
+IN_PLACE = {"Relu", "LeakyRelu", "Elu", "Sigmoid", "Tanh", "Clip", "Add", "Sub", "Mul", "Div"}
+
+#: How many inputs each op takes: (least, most); None: any number.
+ARITY = {
+    "Conv": (2, 3), "ConvTranspose": (2, 3), "BatchNormalization": (5, 5), "Clip": (1, 3), "Gemm": (2, 3),
+    "MatMul": (2, 2), "Add": (2, 2), "Sub": (2, 2), "Mul": (2, 2), "Div": (2, 2), "Concat": (1, None),
+    "Reshape": (2, 2), "Squeeze": (1, 2), "Unsqueeze": (2, 2), "Pad": (2, 4), "Dropout": (1, 3), "Linear": (2, 3),
+}
