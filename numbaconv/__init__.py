@@ -11,10 +11,13 @@ from . import models
 from . import optim
 from .training import evaluate, fit, predict
 from .summary import summary
+from . import inference, onnx  # onnx: the reader; the onnx package itself loads only with a model
+from .inference.from_nn import compile
 
 __version__ = "0.1.0"
 
 _threads.start()
 __all__ = ["config", "functional", "nn", "models", "summary", "optim", "fit", "evaluate", "predict", "manual_seed", "save", "load",
+           "compile", "inference", "onnx",
            "to_device", "to_host", "cuda_status", "set_autotune", "autotune_cache", "clear_autotune_cache",
            "__version__", *_ops]
