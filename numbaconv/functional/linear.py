@@ -2,13 +2,15 @@
 
 float32 or float64; results keep the dtype; inputs are never modified. ``linear`` is NumPy's
 matmul (the BLAS NumPy was built with, already optimal: no kernel of ours would beat it);
-dropout's scaling runs ``kernels.cpu.elementwise.masked_scale``.
+dropout's scaling runs ``kernels.cpu.elementwise.masked_scale``. On GPU arrays, linear runs
+``kernels.cuda.linear`` (numbaconv's tiled GEMM) and flatten is a reshape of the device array.
 """
 
 import math
 
 import numpy as np
 
+from .._device import CUDA, placement
 from .._geometry import check_array, check_grad_out, check_needs
 from .._random import generator
 from ..kernels.cpu import elementwise
@@ -25,16 +27,28 @@ def _check_linear(op, x, weight):
     check_array(op, "weight", weight, dtype=x.dtype, ndim=2)
     if x.ndim < 1:
         raise ValueError(f"{op}: x must have at least 1 dimension (..., in_features), got shape {x.shape}")
-    if weight.shape[1] != x.shape[-1]:
+    features = x.shape[x.ndim - 1]  # not shape[-1]: the CUDA simulator's shapes refuse negative indices
+    if weight.shape[1] != features:
         raise ValueError(
-            f"{op}: weight must have shape (out_features, {x.shape[-1]}) for x of shape {x.shape}, "
+            f"{op}: weight must have shape (out_features, {features}) for x of shape {x.shape}, "
             f"got {weight.shape}"
         )
 
 
 def _rows(a):
     """(..., k) -> (rows, k), a view when possible (rows spelled out: k may be 0)."""
-    return a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
+    return a.reshape(math.prod(a.shape[:-1]), a.shape[a.ndim - 1])
+
+
+def _device(op, **arrays):
+    """(on_gpu, arrays): one placement check for the call (a mix of host and GPU arrays is a
+    ValueError naming each), and GPU arrays as C-contiguous numba device arrays (ValueError if
+    strided) so that the checks below read numpy dtypes and shapes."""
+    if placement(op, **arrays) != CUDA:
+        return False, tuple(arrays.values())
+    from ..kernels.cuda._launch import device_arrays
+
+    return True, device_arrays(op, **arrays)
 
 
 def _quiet():
@@ -49,11 +63,16 @@ def linear(x, weight, bias=None):
     Returns (..., out_features), x's dtype, C-contiguous.
     """
     op = "linear"
+    on_gpu, (x, weight, bias) = _device(op, x=x, weight=weight, bias=bias)
     _check_linear(op, x, weight)
     if bias is not None:
         check_array(op, "bias", bias, dtype=x.dtype)
         if bias.shape != (weight.shape[0],):
             raise ValueError(f"{op}: bias must have shape ({weight.shape[0]},), got {bias.shape}")
+    if on_gpu:
+        from ..kernels.cuda import linear as kernels
+
+        return kernels.forward(_rows(x), weight, bias).reshape(*x.shape[:-1], weight.shape[0])
     with _quiet():
         y = np.matmul(_rows(x), weight.T)  # BLAS GEMM; weight.T is a transposed view, not a copy
         if bias is not None:
@@ -68,11 +87,18 @@ def linear_backward(grad_out, x, weight, needs=(True, True, True)):
     shaped like x, weight and (out_features,), None for each gradient ``needs`` turns off.
     """
     op = "linear_backward"
+    on_gpu, (grad_out, x, weight) = _device(op, grad_out=grad_out, x=x, weight=weight)
     _check_linear(op, x, weight)
     needs = check_needs(op, needs)
     check_grad_out(op, grad_out, (*x.shape[:-1], weight.shape[0]), x.dtype)
     go = _rows(grad_out)
     grad_x = grad_weight = grad_bias = None
+    if on_gpu:
+        from ..kernels.cuda import linear as kernels
+
+        return (kernels.grad_input(go, weight).reshape(*x.shape) if needs[0] else None,
+                kernels.grad_weight(go, _rows(x)) if needs[1] else None,
+                kernels.grad_bias(go) if needs[2] else None)
     with _quiet():
         if needs[0]:
             grad_x = np.matmul(go, weight).reshape(x.shape)
@@ -94,6 +120,7 @@ def flatten(x, start_dim=1, end_dim=-1):
     x becomes shape (1,).
     """
     op = "flatten"
+    _, (x,) = _device(op, x=x)
     check_array(op, "x", x)
     start = check_dim(op, "start_dim", start_dim, x.ndim)
     end = check_dim(op, "end_dim", end_dim, x.ndim)
