@@ -10,6 +10,8 @@ runs a Python thread per CUDA thread; NUMBA_ENABLE_CUDASIM=0 runs the same tests
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import DTYPES, assert_close
 from numbaconv import functional as F
@@ -43,8 +45,10 @@ def same_on_gpu(fn, *args, what=None, **kwargs):
             continue
         assert is_device_array(g), f"{name}: {type(g).__name__} is not a GPU array"
         g = to_host(g)
-        if r.dtype.kind == "f":
-            assert_close(g, r.astype(np.float64), dtype=r.dtype, what=name)
+        if r.dtype.kind == "f":  # NaN where the host has NaN, the rest within the tolerance
+            nan = np.isnan(r)
+            np.testing.assert_array_equal(np.isnan(g), nan, err_msg=f"{name}: NaN positions")
+            assert_close(np.where(nan, 0, g), np.where(nan, 0, r).astype(np.float64), dtype=r.dtype, what=name)
         else:
             assert g.dtype == r.dtype and g.shape == r.shape, name
             np.testing.assert_array_equal(g, r, err_msg=name)
@@ -111,3 +115,99 @@ def test_mixed_devices_are_refused(call):
     x = np.ones((2, 3), np.float32)
     with pytest.raises(ValueError, match=r"on the GPU.*on the host|on the host.*on the GPU"):
         call(x)
+
+
+# --------------------------------------------------------------------------- pooling
+
+POOL_SHAPES = {1: (2, 3, 7), 2: (2, 3, 5, 7), 3: (1, 2, 5, 4, 3)}
+
+SLIDING = [  # (ndim, kernel_size, stride, padding, dilation, ceil_mode)
+    (1, 3, 2, 1, 1, True),
+    (2, (3, 2), (2, 1), (1, 0), (1, 2), False),
+    (2, 3, 2, 1, 1, True),
+    (3, 2, 1, 1, 1, False),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ndim, kernel_size, stride, padding, dilation, ceil_mode", SLIDING)
+def test_max_pool(rng, dtype, ndim, kernel_size, stride, padding, dilation, ceil_mode):
+    forward, backward = getattr(F, f"max_pool{ndim}d"), getattr(F, f"max_pool{ndim}d_backward")
+    x = rng.standard_normal(POOL_SHAPES[ndim]).astype(dtype)
+    x.reshape(-1)[::4] = x.reshape(-1)[1]  # ties: the first maximum in window order wins
+    kw = dict(stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
+    y, idx = same_on_gpu(forward, x, kernel_size, return_indices=True, **kw)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    same_on_gpu(backward, g, x, kernel_size, indices=idx, **kw)
+    same_on_gpu(backward, g, x, kernel_size, **kw)  # indices recomputed
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ndim, kernel_size, stride, padding, _, ceil_mode", SLIDING)
+@pytest.mark.parametrize("count_include_pad, divisor_override", [(True, None), (False, None), (False, 5)])
+def test_avg_pool(rng, dtype, ndim, kernel_size, stride, padding, _, ceil_mode, count_include_pad, divisor_override):
+    forward, backward = getattr(F, f"avg_pool{ndim}d"), getattr(F, f"avg_pool{ndim}d_backward")
+    x = rng.standard_normal(POOL_SHAPES[ndim]).astype(dtype)
+    kw = dict(stride=stride, padding=padding, ceil_mode=ceil_mode, count_include_pad=count_include_pad,
+              divisor_override=divisor_override)
+    y = same_on_gpu(forward, x, kernel_size, **kw)
+    same_on_gpu(backward, rng.standard_normal(y.shape).astype(dtype), x, kernel_size, **kw)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NaN from powers of negative x, on both sides
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ndim, norm_type, kernel_size, stride, ceil_mode", [
+    (1, 2, 3, 2, True), (2, 1.5, 2, 1, False), (2, float("inf"), (3, 2), 2, True), (3, 3, 2, None, False),
+])
+def test_lp_pool(rng, dtype, ndim, norm_type, kernel_size, stride, ceil_mode):
+    forward, backward = getattr(F, f"lp_pool{ndim}d"), getattr(F, f"lp_pool{ndim}d_backward")
+    x = rng.standard_normal(POOL_SHAPES[ndim]).astype(dtype)
+    if norm_type not in (1.5,):
+        x.reshape(-1)[:3] = 0  # a window of zeros: its sum of powers has gradient zero
+    else:
+        x = np.abs(x)  # a fractional power of a negative number is NaN on both sides
+    kw = dict(stride=stride, ceil_mode=ceil_mode)
+    y = same_on_gpu(forward, x, norm_type, kernel_size, **kw)
+    same_on_gpu(backward, rng.standard_normal(y.shape).astype(dtype), x, norm_type, kernel_size, **kw)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ndim, output_size", [(1, 3), (2, (3, None)), (2, 1), (3, (2, 3, 2))])
+def test_adaptive_pool(rng, dtype, ndim, output_size):
+    x = rng.standard_normal(POOL_SHAPES[ndim]).astype(dtype)
+    y = same_on_gpu(getattr(F, f"adaptive_avg_pool{ndim}d"), x, output_size)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    same_on_gpu(getattr(F, f"adaptive_avg_pool{ndim}d_backward"), g, x, output_size)
+    y, idx = same_on_gpu(getattr(F, f"adaptive_max_pool{ndim}d"), x, output_size, return_indices=True)
+    same_on_gpu(getattr(F, f"adaptive_max_pool{ndim}d_backward"), g, x, output_size, indices=idx)
+
+
+@settings(max_examples=6, deadline=None)
+@given(data=st.data())
+def test_pool2d_geometries(data):
+    """Any 2-D max or average pooling geometry, on a small input."""
+    size = data.draw(st.tuples(st.integers(1, 6), st.integers(1, 6)), label="size")
+    kernel = tuple(data.draw(st.integers(1, n + 1)) for n in size)
+    stride = tuple(data.draw(st.integers(1, 3)) for _ in size)
+    padding = tuple(data.draw(st.integers(0, k // 2)) for k in kernel)
+    ceil_mode = data.draw(st.booleans(), label="ceil_mode")
+    if any(n + 2 * p < k for n, k, p in zip(size, kernel, padding)):
+        return
+    x = np.random.default_rng(data.draw(st.integers(0, 2**16))).standard_normal((1, 2, *size))
+    kw = dict(stride=stride, padding=padding, ceil_mode=ceil_mode)
+    y, idx = same_on_gpu(F.max_pool2d, x, kernel, return_indices=True, **kw)
+    same_on_gpu(F.max_pool2d_backward, np.ones_like(y), x, kernel, indices=idx, **kw)
+    y = same_on_gpu(F.avg_pool2d, x, kernel, **kw)
+    same_on_gpu(F.avg_pool2d_backward, np.ones_like(y), x, kernel, **kw)
+
+
+def test_gpu_indices_are_checked(rng):
+    x = rng.standard_normal((1, 2, 4, 4))
+    y, idx = F.max_pool2d(x, 2, return_indices=True)
+    idx[0, 1, 1, 1] = 16
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 16\).*to 16"):
+        F.max_pool2d_backward(gpu(np.ones_like(y)), gpu(x), 2, indices=gpu(idx))
+    with pytest.raises(TypeError, match="indices must have dtype int64"):
+        F.max_pool2d_backward(gpu(np.ones_like(y)), gpu(x), 2, indices=gpu(idx.astype(np.int32)))
+    with pytest.raises(ValueError, match=r"max_pool2d_backward: all arrays must be on one device.*indices on the host"):
+        F.max_pool2d_backward(gpu(np.ones_like(y)), gpu(x), 2, indices=idx)

@@ -8,6 +8,10 @@ pooling, forward and backward, 1-D to 3-D. Each call checks its arguments and bu
 lp pooling is PyTorch's composition, written with the same steps so that results and gradients
 match it: ``(sign(a) * relu(|a|) * prod(kernel_size)) ** (1 / p)`` with ``a = avg_pool(x ** p)``
 (so a zero window sum has gradient zero), and max pooling of ``|x|`` for ``p = inf``.
+
+GPU arrays run the twins in ``kernels.cuda.pool`` (lp pooling there is two kernels of its own,
+in the same steps) and give device arrays; max pooling's indices stay on the GPU, and only
+their range comes back to the host to be checked.
 """
 
 import math
@@ -18,12 +22,23 @@ from .._geometry import (
     adaptive_pool_geometry, check_bool, check_divisor_override, check_grad_out, check_indices, check_norm_type,
     pool_geometry,
 )
-from ..kernels.cpu import pool as kernels
+from .._device import CPU, CUDA, is_device_array, placement
+from .activation import contiguous, empty, kernels
+
+
+def _side(a):
+    """Where ``a`` lives (the op's ``placement`` has checked that all its arrays agree)."""
+    return CUDA if is_device_array(a) else CPU
+
+
+def _pool(a):
+    """The pooling kernels of ``a``'s device."""
+    return kernels(_side(a), "pool")
 
 
 def _as5(a, geom, size):
     """A C-contiguous (N, C, D, H, W) view (a copy only when ``a`` is not contiguous)."""
-    return np.ascontiguousarray(a).reshape(geom.batch, geom.channels, *size)
+    return contiguous(a).reshape(geom.batch, geom.channels, *size)
 
 
 def _user(a5, geom):
@@ -31,26 +46,46 @@ def _user(a5, geom):
     return a5.reshape(*a5.shape[:2], *a5.shape[5 - geom.ndim:])
 
 
-def _empty(geom, size, dtype):
-    return np.empty((geom.batch, geom.channels, *size), dtype=dtype)
+def _empty(geom, size, dtype, like):
+    """An uninitialized (N, C, *size) array on ``like``'s device."""
+    return empty((geom.batch, geom.channels, *size), dtype, _side(like))
 
 
 def _max(x, geom, return_indices):
-    out = _empty(geom, geom.out_size, x.dtype)
-    idx = _empty(geom, geom.out_size, np.int64) if return_indices else None
-    kernels.max_forward(_as5(x, geom, geom.in_size), out, idx, geom)
+    out = _empty(geom, geom.out_size, x.dtype, x)
+    idx = _empty(geom, geom.out_size, np.int64, x) if return_indices else None
+    _pool(x).max_forward(_as5(x, geom, geom.in_size), out, idx, geom)
     return (_user(out, geom), _user(idx, geom)) if return_indices else _user(out, geom)
 
 
-def _max_backward(op, grad_out, x, geom, indices):
+def _check_device_indices(op, indices, geom):
+    """``check_indices`` for indices on the GPU: the same rules, the range found there."""
+    if indices.dtype != np.int64:
+        raise TypeError(f"{op}: indices must have dtype int64, got {indices.dtype}")
+    if indices.shape != geom.out_shape:
+        raise ValueError(f"{op}: indices must have the output's shape {geom.out_shape}, got {indices.shape}")
+    plane = math.prod(geom.in_size)
+    found = _pool(indices).index_range(_as5(indices, geom, geom.out_size), geom) if indices.size else None
+    if found is not None and (found[0] < 0 or found[1] >= plane):
+        raise ValueError(f"{op}: indices must lie in [0, {plane}) (flat positions in the input plane), "
+                         f"got values from {found[0]} to {found[1]}")
+    return indices
+
+
+def _max_backward(op, grad_out, x, geom, indices, absolute=False):
+    """The max pooling gradient; with ``absolute`` (GPU only) of max pooling of |x|."""
     check_grad_out(op, grad_out, geom.out_shape, x.dtype)
+    pool = _pool(x)
     if indices is None:  # recompute where each maximum was read
-        idx = _empty(geom, geom.out_size, np.int64)
-        kernels.max_forward(_as5(x, geom, geom.in_size), _empty(geom, geom.out_size, x.dtype), idx, geom)
+        idx = _empty(geom, geom.out_size, np.int64, x)
+        extra = {"absolute": True} if absolute else {}
+        pool.max_forward(_as5(x, geom, geom.in_size), _empty(geom, geom.out_size, x.dtype, x), idx, geom, **extra)
+    elif _side(indices) == CUDA:
+        idx = _as5(_check_device_indices(op, indices, geom), geom, geom.out_size)
     else:
         idx = _as5(check_indices(op, indices, geom), geom, geom.out_size)
-    gx = _empty(geom, geom.in_size, x.dtype)
-    kernels.max_backward(_as5(grad_out, geom, geom.out_size), idx, gx, geom)
+    gx = _empty(geom, geom.in_size, x.dtype, x)
+    pool.max_backward(_as5(grad_out, geom, geom.out_size), idx, gx, geom)
     return _user(gx, geom)
 
 
@@ -60,15 +95,15 @@ _WITH_PADDING, _WINDOW_SIZE = (True, None), (False, None)
 
 def _avg(x, geom, divisor):
     """Average pooling; ``divisor`` is the (count_include_pad, divisor_override) rule of ``PoolGeometry.divisors``."""
-    out = _empty(geom, geom.out_size, x.dtype)
-    kernels.avg_forward(_as5(x, geom, geom.in_size), out, geom, *divisor)
+    out = _empty(geom, geom.out_size, x.dtype, x)
+    _pool(x).avg_forward(_as5(x, geom, geom.in_size), out, geom, *divisor)
     return _user(out, geom)
 
 
 def _avg_backward(op, grad_out, x, geom, divisor):
     check_grad_out(op, grad_out, geom.out_shape, x.dtype)
-    gx = _empty(geom, geom.in_size, x.dtype)
-    kernels.avg_backward(_as5(grad_out, geom, geom.out_size), gx, geom, *divisor)
+    gx = _empty(geom, geom.in_size, x.dtype, x)
+    _pool(x).avg_backward(_as5(grad_out, geom, geom.out_size), gx, geom, *divisor)
     return _user(gx, geom)
 
 
@@ -76,11 +111,13 @@ def _avg_backward(op, grad_out, x, geom, divisor):
 
 
 def _max_pool(op, ndim, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
+    placement(op, x=x)
     geom = pool_geometry(op, x, ndim, kernel_size, stride, padding, dilation, ceil_mode)
     return _max(x, geom, check_bool(op, "return_indices", return_indices))
 
 
 def _max_pool_backward(op, ndim, grad_out, x, kernel_size, stride, padding, dilation, ceil_mode, indices):
+    placement(op, grad_out=grad_out, x=x, indices=indices)
     geom = pool_geometry(op, x, ndim, kernel_size, stride, padding, dilation, ceil_mode)
     return _max_backward(op, grad_out, x, geom, indices)
 
@@ -88,7 +125,9 @@ def _max_pool_backward(op, ndim, grad_out, x, kernel_size, stride, padding, dila
 # --------------------------------------------------------------------------- average pooling
 
 
-def _avg_geometry(op, ndim, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+def _avg_geometry(op, ndim, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
+                  grad_out=None):
+    placement(op, grad_out=grad_out, x=x)
     geom = pool_geometry(op, x, ndim, kernel_size, stride, padding, 1, ceil_mode)
     count_include_pad = check_bool(op, "count_include_pad", count_include_pad)
     return geom, (count_include_pad, check_divisor_override(op, divisor_override))
@@ -100,14 +139,16 @@ def _avg_pool(op, ndim, x, kernel_size, stride, padding, ceil_mode, count_includ
 
 
 def _avg_pool_backward(op, ndim, grad_out, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
-    geom, divisor = _avg_geometry(op, ndim, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    geom, divisor = _avg_geometry(op, ndim, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
+                                  grad_out)
     return _avg_backward(op, grad_out, x, geom, divisor)
 
 
 # --------------------------------------------------------------------------- power-average pooling
 
 
-def _lp_geometry(op, ndim, x, norm_type, kernel_size, stride, ceil_mode):
+def _lp_geometry(op, ndim, x, norm_type, kernel_size, stride, ceil_mode, grad_out=None):
+    placement(op, grad_out=grad_out, x=x)
     geom = pool_geometry(op, x, ndim, kernel_size, stride, 0, 1, ceil_mode)
     return geom, check_norm_type(op, norm_type)
 
@@ -119,6 +160,13 @@ def _sign(a):
 
 def _lp_pool(op, ndim, x, norm_type, kernel_size, stride, ceil_mode):
     geom, p = _lp_geometry(op, ndim, x, norm_type, kernel_size, stride, ceil_mode)
+    if _side(x) == CUDA:
+        out = _empty(geom, geom.out_size, x.dtype, x)
+        if p == math.inf:
+            _pool(x).max_forward(_as5(x, geom, geom.in_size), out, None, geom, absolute=True)
+        else:
+            _pool(x).lp_forward(_as5(x, geom, geom.in_size), out, geom, p)
+        return _user(out, geom)
     if p == math.inf:
         return _max(np.abs(x), geom, False)
     with np.errstate(all="ignore"):  # NaN and inf propagate silently, as in PyTorch
@@ -128,7 +176,9 @@ def _lp_pool(op, ndim, x, norm_type, kernel_size, stride, ceil_mode):
 
 
 def _lp_pool_backward(op, ndim, grad_out, x, norm_type, kernel_size, stride, ceil_mode):
-    geom, p = _lp_geometry(op, ndim, x, norm_type, kernel_size, stride, ceil_mode)
+    geom, p = _lp_geometry(op, ndim, x, norm_type, kernel_size, stride, ceil_mode, grad_out)
+    if _side(x) == CUDA:
+        return _lp_pool_backward_cuda(op, grad_out, x, geom, p)
     if p == math.inf:
         return np.ascontiguousarray(_max_backward(op, grad_out, np.abs(x), geom, None) * _sign(x))
     check_grad_out(op, grad_out, geom.out_shape, x.dtype)
@@ -145,25 +195,40 @@ def _lp_pool_backward(op, ndim, grad_out, x, norm_type, kernel_size, stride, cei
         return np.ascontiguousarray(gxp * (t(p) * np.power(x, t(p - 1))))
 
 
+def _lp_pool_backward_cuda(op, grad_out, x, geom, p):
+    if p == math.inf:  # max pooling of |x|, then the sign of x
+        gx = _max_backward(op, grad_out, x, geom, None, absolute=True)
+        _pool(x).times_sign(gx.reshape(gx.size), contiguous(x).reshape(x.size))
+        return gx
+    check_grad_out(op, grad_out, geom.out_shape, x.dtype)
+    gx = _empty(geom, geom.in_size, x.dtype, x)
+    _pool(x).lp_backward(_as5(grad_out, geom, geom.out_size), _as5(x, geom, geom.in_size), gx, geom, p)
+    return _user(gx, geom)
+
+
 # --------------------------------------------------------------------------- adaptive pooling
 
 
 def _adaptive_avg_pool(op, ndim, x, output_size):
+    placement(op, x=x)
     geom = adaptive_pool_geometry(op, x, ndim, output_size)
     return _avg(x, geom, _WINDOW_SIZE)
 
 
 def _adaptive_avg_pool_backward(op, ndim, grad_out, x, output_size):
+    placement(op, grad_out=grad_out, x=x)
     geom = adaptive_pool_geometry(op, x, ndim, output_size)
     return _avg_backward(op, grad_out, x, geom, _WINDOW_SIZE)
 
 
 def _adaptive_max_pool(op, ndim, x, output_size, return_indices):
+    placement(op, x=x)
     geom = adaptive_pool_geometry(op, x, ndim, output_size)
     return _max(x, geom, check_bool(op, "return_indices", return_indices))
 
 
 def _adaptive_max_pool_backward(op, ndim, grad_out, x, output_size, indices):
+    placement(op, grad_out=grad_out, x=x, indices=indices)
     geom = adaptive_pool_geometry(op, x, ndim, output_size)
     return _max_backward(op, grad_out, x, geom, indices)
 
