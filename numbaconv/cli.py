@@ -10,6 +10,7 @@ import pkgutil
 import platform
 import statistics
 import sys
+import time
 
 import numpy as np
 
@@ -225,6 +226,100 @@ def demo(args):
     return 0 if matches else 1
 
 
+def _load_input(path, info):
+    """A .npy file (read without pickle) as a batch of the model's input: a single sample gains
+    the batch axis, and the values take the model's dtype."""
+    x = np.load(path, allow_pickle=False)
+    if info.shape is not None and x.ndim == len(info.shape) - 1:
+        x = x[None]
+    return np.ascontiguousarray(x, dtype=info.dtype or x.dtype)
+
+
+def _run_batches(model, x, batch_size):
+    """Every output of ``model`` on ``x``, run ``batch_size`` samples at a time; and the seconds taken."""
+    name = model.inputs[0].name
+    parts, start = [], time.perf_counter()
+    for i in range(0, max(len(x), 1), batch_size):
+        parts.append(model.run({name: x[i:i + batch_size]}))
+    seconds = time.perf_counter() - start
+    return {o.name: np.concatenate([p[o.name] for p in parts]) for o in model.outputs}, seconds
+
+
+def _top_k(scores, k):
+    """'top-k classes a, b, c (scores ...)' for one sample's scores (logits or probabilities)."""
+    order = np.argsort(-scores, kind="stable")[:k]
+    return (f"top-{len(order)} classes {', '.join(str(int(i)) for i in order)} "
+            f"(scores {', '.join(f'{scores[i]:.4g}' for i in order)})")
+
+
+def _save(path, outputs):
+    if len(outputs) == 1:
+        np.save(path, next(iter(outputs.values())))
+    else:  # every output by name, in one archive
+        np.savez(os.path.splitext(path)[0] + ".npz", **outputs)
+
+
+def predict_command(args):
+    """numbaconv predict: an ONNX model on a .npy file or on every .npy file of a directory."""
+    from .training import _progress_bar
+
+    if args.batch_size < 1 or args.top_k < 0:
+        print("numbaconv predict: --batch-size must be >= 1 and --top-k >= 0", file=sys.stderr)
+        return 2
+    try:
+        start = time.perf_counter()
+        model = numbaconv.onnx.load(args.model)
+        loaded = time.perf_counter() - start
+        if len(model.inputs) != 1:
+            raise ValueError(f"the model has {len(model.inputs)} inputs; predict feeds models of one input")
+        info = model.inputs[0]
+        print(f"model: {args.model} ({len(model.graph.nodes)} nodes after folding and fusion, loaded in "
+              f"{1e3 * loaded:.1f} ms); input {info.name} {info.shape}")
+        if os.path.isdir(args.input):
+            files = sorted(f for f in os.listdir(args.input) if f.endswith(".npy"))
+            if not files:
+                raise ValueError(f"no .npy files in {args.input}")
+            if args.output:
+                os.makedirs(args.output, exist_ok=True)
+            bar, total, count = _progress_bar(True, len(files), "predict"), 0.0, 0
+            lines = []
+            for f in files:
+                x = _load_input(os.path.join(args.input, f), info)
+                outputs, seconds = _run_batches(model, x, args.batch_size)
+                total, count = total + seconds, count + len(x)
+                first = next(iter(outputs.values()))
+                if args.top_k and first.ndim == 2:
+                    lines.append(f"{f}: {_top_k(first[0], args.top_k)}")
+                if args.output:
+                    _save(os.path.join(args.output, f), outputs)
+                bar.update(1, {})
+            bar.close()
+            print("\n".join(lines))
+            print(f"{len(files)} files, {count} samples: {1e3 * total:.1f} ms, {1e3 * total / max(count, 1):.2f} ms "
+                  "per sample")
+            return 0
+        x = _load_input(args.input, info)
+        outputs, seconds = _run_batches(model, x, args.batch_size)
+    except (ValueError, TypeError, OSError) as e:
+        print(f"numbaconv predict: {e}", file=sys.stderr)
+        return 2
+    print(f"input: {x.shape} {x.dtype}")
+    for name, y in outputs.items():
+        print(f"output {name}: {y.shape} {y.dtype}")
+    print(f"time: {1e3 * seconds:.2f} ms for {len(x)} samples in batches of {args.batch_size} "
+          f"({1e3 * seconds / max(len(x), 1):.3f} ms per sample)")
+    first = next(iter(outputs.values()))
+    if args.top_k and first.ndim == 2:
+        for i in range(min(len(first), 10)):
+            print(f"sample {i}: {_top_k(first[i], args.top_k)}")
+        if len(first) > 10:
+            print(f"... and {len(first) - 10} more samples")
+    if args.output:
+        _save(args.output, outputs)
+        print(f"saved: {args.output}")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="numbaconv", description="Numba-compiled convolutions with PyTorch semantics."
@@ -253,6 +348,16 @@ def build_parser():
     )
     bench_command.add_arguments(p)
     p.set_defaults(func=bench_command.main)
+
+    p = commands.add_parser(
+        "predict", help="run an ONNX model on a .npy file (or a directory of them): shapes, timing, top-k classes"
+    )
+    p.add_argument("model", help="the .onnx file")
+    p.add_argument("input", help="a .npy file (one sample or a batch) or a directory of .npy files")
+    p.add_argument("--output", help="where to save the outputs: a .npy file (a directory for a directory input)")
+    p.add_argument("--top-k", type=int, default=5, help="classes to print per sample (default 5; 0 for none)")
+    p.add_argument("--batch-size", type=int, default=32, help="samples per model call (default 32)")
+    p.set_defaults(func=predict_command)
     return parser
 
 

@@ -30,9 +30,11 @@ class Node:
     outputs: list
     attrs: dict = field(default_factory=dict)
     name: str = ""
+    source: str = ""  # the op the file gave, when the optimizer replaced it (a Gemm run as Linear)
 
     def describe(self):
-        return f"node {self.name!r} ({self.op})" if self.name else f"a {self.op} node"
+        op = self.source or self.op
+        return f"node {self.name!r} ({op})" if self.name else f"a {op} node"
 
 
 @dataclass

@@ -89,6 +89,10 @@ class InferenceModel:
             for o in outs:  # an output nobody reads is dropped at once
                 if o is not None and o not in last:
                     release.append(o)
+        # an output that shares its buffer with an input, a weight or another output is copied
+        out_roots = [root[s] for _, s in self._output_slots]
+        self._copy_out = {s for (_, s), r in zip(self._output_slots, out_roots)
+                          if r in self._fixed or out_roots.count(r) > 1}
 
     # ------------------------------------------------------------------ running
 
@@ -127,8 +131,7 @@ class InferenceModel:
         result = {}
         for name, s in self._output_slots:
             v = values[s]
-            owned = s not in self._fixed and v.base is None
-            result[name] = v if owned and v.flags.c_contiguous else np.array(v, order="C")
+            result[name] = np.array(v, order="C") if s in self._copy_out else np.ascontiguousarray(v)
         return result
 
     def __call__(self, x):
@@ -141,12 +144,13 @@ class InferenceModel:
     # ------------------------------------------------------------------ load-time check
 
     def _dry_run(self):
-        """Run once on zeros, batch 1, to check every shape now; fills in unknown output shapes."""
+        """Run once on zeros (a batch of one where the batch is free) to check every shape now;
+        fills in the outputs' shapes."""
         feeds = {}
         for info in self.inputs:
             if info.shape is None or any(d is None for d in info.shape[1:]):
                 return  # sizes known only at run time: shapes are checked on each call instead
-            feeds[info.name] = np.zeros((1, *info.shape[1:]) if info.shape else (), dtype=info.dtype)
+            feeds[info.name] = np.zeros((info.shape[0] or 1, *info.shape[1:]) if info.shape else (), dtype=info.dtype)
         try:
             results = self.run(feeds)
         except (ValueError, TypeError) as e:

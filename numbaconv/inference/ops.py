@@ -129,8 +129,8 @@ def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, 
         total = tuple(f - t for f, t in zip(full, target))
         if min(total) < 0:
             raise OpError(f"{op}: attribute output_shape {list(target)} is larger than the full output {list(full)}")
-        lower = auto_pad == "SAME_LOWER"
-        begin = tuple(t - t // 2 if lower else t // 2 for t in total)
+        # ONNX Runtime's split: the larger half first, except for SAME_UPPER
+        begin = tuple(t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in total)
         end = tuple(t - bg for t, bg in zip(total, begin))
     else:
         begin, end = _pads(op, "NOTSET" if auto_pad == "NOTSET" else auto_pad, pads, x.shape[2:], kernel, strides,

@@ -170,7 +170,7 @@ def pack_weights(graph):
                 c[inputs[-1]] = np.ascontiguousarray(
                     np.broadcast_to(c[bias].reshape(-1), (w.shape[0],)) * w.dtype.type(node.attrs.get("beta", 1.0)),
                     dtype=w.dtype)
-            graph.nodes[i] = Node("Linear", inputs, node.outputs, {}, node.name)
+            graph.nodes[i] = Node("Linear", inputs, node.outputs, {}, node.name, source="Gemm")
     _drop_unused_constants(graph)
 
 
