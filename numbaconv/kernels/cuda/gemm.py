@@ -24,20 +24,23 @@ from ._launch import as_device, ceil_div, numba_type
 
 Tile = namedtuple("Tile", "BM BN BK TM TN")
 
-#: Tiles from large to small, each run by 256 threads. Large tiles reuse each loaded value more
-#: (TM, TN multiply-adds per shared-memory read); small ones give a small problem enough blocks.
-TILES = (Tile(128, 128, 8, 8, 8), Tile(64, 64, 8, 4, 4), Tile(32, 32, 8, 2, 2))
+#: Tiles from large to small, run by 256 threads (the last by 64). Large tiles reuse each loaded
+#: value more (TM, TN multiply-adds per shared-memory read); small ones give a small problem
+#: enough blocks, and a tiny one (a few channels, a few positions) no idle threads.
+TILES = (Tile(128, 128, 8, 8, 8), Tile(64, 64, 8, 4, 4), Tile(32, 32, 8, 2, 2), Tile(16, 16, 8, 2, 2))
 
 #: The largest tile is taken whose grid has at least this many blocks (a few per SM of a large
-#: GPU), else the smallest.
+#: GPU), among the tiles less than twice the matrix in each direction (a larger one computes
+#: mostly padding).
 MIN_BLOCKS = 256
 
 
 def choose_tile(batch, M, N):
-    for tile in TILES:
+    fitting = [t for t in TILES if t.BM < 2 * M and t.BN < 2 * N] or [TILES[-1]]
+    for tile in fitting:
         if batch * ceil_div(M, tile.BM) * ceil_div(N, tile.BN) >= MIN_BLOCKS:
             return tile
-    return TILES[-1]
+    return fitting[-1]
 
 
 @functools.cache
