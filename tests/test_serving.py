@@ -1,0 +1,81 @@
+"""One inference model called from many threads at once: every result right, and no abort.
+
+Numba's workqueue threading layer aborts the process when two threads enter parallel kernels at
+once, and numbaconv picks its layer when it is imported (``numbaconv/_threads.py``): OpenMP when
+numbaconv loads it, workqueue with serialized kernels when another library (torch) loaded OpenMP
+first. Each case runs in a fresh interpreter, so the layer is the one that import order gives,
+and an abort fails the test instead of taking pytest down.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = r"""
+import sys, threading
+if sys.argv[1] == "torch-first":
+    import torch  # loads OpenMP before numbaconv does
+import numba
+import numpy as np
+import numbaconv as nc
+from numbaconv import _threads, nn
+
+nc.manual_seed(0)
+rng = np.random.default_rng(0)
+model = nn.Sequential(
+    nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),          # direct kernel, parallel
+    nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),  # im2col and BLAS
+    nn.MaxPool2d(2), nn.Conv2d(32, 8, 1), nn.Sigmoid(), nn.Flatten(), nn.Linear(8 * 8 * 8, 10), nn.Softmax(1))
+for m in model.modules():
+    if isinstance(m, nn.BatchNorm2d):
+        m.running_mean[:] = rng.uniform(-1, 1, m.num_features)
+        m.running_var[:] = rng.uniform(0.5, 2, m.num_features)
+model.eval()
+served = nc.compile(model, (3, 32, 32))
+inputs = [rng.standard_normal((1 + i % 4, 3, 32, 32)).astype(np.float32) for i in range(16)]
+expected = [model(x) for x in inputs]  # the layers' own forward, one call at a time
+
+THREADS, CALLS = 8, 50
+failures, done = [], [0] * THREADS
+start = threading.Barrier(THREADS)
+
+def serve(t):
+    start.wait()
+    for i in range(CALLS):
+        k = (7 * t + i) % len(inputs)
+        y = served(inputs[k])
+        if y.shape != expected[k].shape or not np.allclose(y, expected[k], rtol=1e-4, atol=1e-6):
+            failures.append((t, i, k, float(np.max(np.abs(y - expected[k])))))
+        done[t] += 1
+
+threads = [threading.Thread(target=serve, args=(t,)) for t in range(THREADS)]
+for th in threads:
+    th.start()
+for th in threads:
+    th.join()
+print("layer", numba.threading_layer(), "serialized", _threads.serialize)
+print("calls", sum(done), "failures", len(failures), failures[:3])
+"""
+
+
+def _serve(mode):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", SCRIPT, mode], cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"return code {done.returncode}\n{done.stdout}\n{done.stderr[-3000:]}"
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+    return lines
+
+
+@pytest.mark.parametrize("mode", ["numbaconv-first", "torch-first"])
+def test_eight_threads_fifty_calls_each(mode):
+    if mode == "torch-first":
+        pytest.importorskip("torch")
+    lines = _serve(mode)
+    assert lines["calls"].startswith("400 failures 0 "), lines["calls"]
+    layer, _, serialized = lines["layer"].partition(" serialized ")
+    # a layer that is not thread-safe is only ever entered one kernel at a time
+    assert layer in ("omp", "tbb") or serialized == "True", lines["layer"]
+    if mode == "torch-first":
+        assert layer == "workqueue" and serialized == "True", lines["layer"]
