@@ -5,8 +5,9 @@ In order:
 1. constant folding: a node whose inputs are all constants (Identity on a weight, a Reshape of
    one, a Constant's Unsqueeze) runs now and its outputs become constants;
 2. Identity and inference-time Dropout disappear: their readers read the input instead;
-3. batch normalization folds into the convolution before it: with s = scale / sqrt(var + eps),
-   ``W' = W * s`` per output channel and ``b' = (b - mean) * s + bias`` (computed in float64);
+3. batch normalization folds into the (transposed) convolution before it: with
+   s = scale / sqrt(var + eps), ``W' = W * s`` per output channel and ``b' = (b - mean) * s + bias``
+   (computed in float64);
 4. a ReLU, ReLU6 / Clip with constant bounds, or leaky ReLU after a convolution becomes the
    convolution's epilogue, applied by the kernel where it adds the bias;
 5. weights are laid out once as the kernels read them: convolution weights C-contiguous, a
@@ -113,14 +114,20 @@ def fold_batch_norm(graph):
         w = c[weight]
         scale, shift, mean, var = (c[p].astype(np.float64) for p in params)
         s = scale / np.sqrt(var + bn.attrs.get("epsilon", 1e-5))
-        b = c[bias].astype(np.float64) if bias else np.zeros(w.shape[0])
+        b = c[bias].astype(np.float64) if bias else np.zeros(len(s))
+        if conv.op == "Conv":  # weight (C_out, C_in / groups, *kernel)
+            folded = w.astype(np.float64) * s.reshape(-1, *([1] * (w.ndim - 1)))
+        else:  # ConvTranspose, weight (C_in, C_out / groups, *kernel): output channel g * C_out/groups + j
+            groups = conv.attrs.get("group", 1)
+            w6 = w.astype(np.float64).reshape(groups, w.shape[0] // groups, *w.shape[1:])
+            folded = (w6 * s.reshape(groups, 1, -1, *([1] * (w.ndim - 2)))).reshape(w.shape)
         new_w, new_b = f"{weight}/folded:{bn.outputs[0]}", f"{bn.outputs[0]}/bias"
-        c[new_w] = (w.astype(np.float64) * s.reshape(-1, *([1] * (w.ndim - 1)))).astype(w.dtype)
+        c[new_w] = folded.astype(w.dtype)
         c[new_b] = ((b - mean) * s + shift).astype(w.dtype)
         conv.inputs = [conv.inputs[0], new_w, new_b]
         return True
 
-    _merge_pairs(graph, {"Conv"}, {"BatchNormalization"}, merge)
+    _merge_pairs(graph, {"Conv", "ConvTranspose"}, {"BatchNormalization"}, merge)
     _drop_unused_constants(graph)
 
 

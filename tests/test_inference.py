@@ -1,0 +1,248 @@
+"""Inference graphs: numbaconv.compile of nn models, the load-time rewrites (batch norm folded
+into convolutions, activations fused into the kernels' epilogue, weights packed), and the run
+plan (activations freed after their last reader, element-wise ops in place).
+
+References: the convolution epilogue against tests/naive.py's convolution followed by the
+activation in float64, with the conftest tolerance (1e-4 of each element's sum of absolute
+terms; the activations are 1-Lipschitz, so the bound carries over); compiled models against
+the nn model's own forward in eval mode, and against PyTorch when it is importable.
+"""
+
+import os
+import sys
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import naive
+import numbaconv as nc
+from conftest import assert_close
+from numbaconv import models, nn
+from numbaconv._geometry import conv_geometry
+from numbaconv.kernels.cpu import ALGORITHMS
+from numbaconv.kernels.cpu.conv_direct import IDENTITY
+
+EPILOGUES = {"identity": IDENTITY, "relu": (1.0, 0.0, np.inf), "relu6": (1.0, 0.0, 6.0),
+             "leaky": (0.1, -np.inf, np.inf), "clip": (1.0, -0.5, 0.25)}
+
+
+def _activate(y, epilogue):
+    slope, lo, hi = epilogue
+    with np.errstate(invalid="ignore"):
+        return np.clip(np.where(y < 0, y * slope, y), lo, hi)
+
+
+# --------------------------------------------------------------------------- the kernels' epilogue
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_conv_epilogue_matches_naive(data):
+    ndim = data.draw(st.integers(1, 3), label="ndim")
+    groups = data.draw(st.sampled_from([1, 2]), label="groups")
+    c_in, c_out = groups * data.draw(st.integers(1, 3)), groups * data.draw(st.integers(1, 3))
+    kernel = tuple(data.draw(st.integers(1, 3)) for _ in range(ndim))
+    size = tuple(data.draw(st.integers(k, k + 4)) for k in kernel)
+    stride = data.draw(st.sampled_from([1, 2]), label="stride")
+    padding = data.draw(st.integers(0, 1), label="padding")
+    algorithm = data.draw(st.sampled_from(sorted(ALGORITHMS)), label="algorithm")
+    name = data.draw(st.sampled_from(sorted(EPILOGUES)), label="epilogue")
+    dtype = data.draw(st.sampled_from([np.float32, np.float64]), label="dtype")
+    with_bias = data.draw(st.booleans(), label="bias")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
+    x = rng.standard_normal((2, c_in, *size)).astype(dtype)
+    w = rng.standard_normal((c_out, c_in // groups, *kernel)).astype(dtype)
+    b = rng.standard_normal(c_out).astype(dtype) if with_bias else None
+    geom = conv_geometry("conv", x, w, b, stride, padding, 1, groups, "zeros", ndim)
+    out = np.empty((2, c_out, *geom.out_size), dtype)
+    x5, w5 = x.reshape(2, c_in, *geom.in_size), w.reshape(*w.shape[:2], *geom.kernel)
+    ALGORITHMS[algorithm].forward(x5, w5, b, out, geom, 1 << 20, EPILOGUES[name])
+    got = out.reshape(2, c_out, *geom.spatial(geom.out_size))
+    ref = _activate(naive.conv(x, w, b, stride, padding, 1, groups), EPILOGUES[name])
+    scale = naive.conv(np.abs(x), np.abs(w), None if b is None else np.abs(b), stride, padding, 1, groups)
+    assert_close(got, ref, np.maximum(scale, 1e-30), what=f"{algorithm} conv{ndim}d + {name}")
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_epilogue_keeps_nan_and_inf(algorithm, stride):
+    x = np.ones((1, 1, 1, 5, 5), np.float32)
+    x[0, 0, 0, 0, 0] = np.nan
+    x[0, 0, 0, 4, 4] = np.inf
+    w = np.ones((2, 1, 1, 1, 1), np.float32)
+    w[1] = -1
+    geom = conv_geometry("conv", x, w, None, stride, 0, 1, 1, "zeros", 3)
+    out = np.empty((1, 2, *geom.out_size), np.float32)
+    ALGORITHMS[algorithm].forward(x, w, None, out, geom, 1 << 20, EPILOGUES["relu6"])
+    ref = _activate(np.stack([x[0, 0], -x[0, 0]])[None][..., ::stride, ::stride], EPILOGUES["relu6"])
+    np.testing.assert_array_equal(out, ref)  # NaN stays NaN, inf clips to 6, -inf to 0
+
+
+# --------------------------------------------------------------------------- compile
+
+
+def _randomize_batch_norm(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+            n = m.num_features
+            m.running_mean[:] = rng.uniform(-1, 1, n)
+            m.running_var[:] = rng.uniform(0.5, 2, n)
+            m.weight.data[:] = rng.uniform(0.5, 1.5, n)
+            m.bias.data[:] = rng.uniform(-0.5, 0.5, n)
+    return model.eval()
+
+
+def _mobile_block():
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Residual(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8),
+                                  nn.LeakyReLU(0.1), nn.Conv2d(8, 8, 1))),
+        nn.AdaptiveAvgPool2d((2, 2)), nn.Flatten(), nn.Linear(32, 5), nn.LogSoftmax(dim=1))
+
+
+def _layer_zoo():
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 4, padding="same", padding_mode="reflect"), nn.ELU(0.5),
+        nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular"), nn.Tanh(),
+        nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1), nn.Sigmoid(),
+        nn.LocalResponseNorm(3, alpha=0.5), nn.LPPool2d(2, 2), nn.AvgPool2d(3, 1, 1, count_include_pad=False),
+        nn.MaxPool2d(2, ceil_mode=True), nn.Dropout(0.3), nn.Identity(), nn.AdaptiveMaxPool2d(1),
+        nn.Flatten(start_dim=2), nn.Flatten(), nn.Linear(3, 4), nn.Softmax(dim=-1))
+
+
+COMPILED = {
+    "lenet5": (lambda: models.lenet5(), (1, 32, 32)),
+    "resnet18": (lambda: models.resnet18(num_classes=10), (3, 32, 32)),
+    "audio_cnn1d": (lambda: models.audio_cnn1d(channels=8), (1, 400)),
+    "cnn3d": (lambda: models.cnn3d(channels=4), (1, 6, 7, 5)),
+    "mobile_block": (_mobile_block, (3, 16, 16)),
+    "layer_zoo": (_layer_zoo, (2, 12, 10)),
+    "conv3d_transpose": (lambda: nn.Sequential(nn.ConvTranspose3d(2, 3, 2, stride=2), nn.BatchNorm3d(3), nn.ReLU(),
+                                               nn.Conv3d(3, 2, 3), nn.AvgPool3d(2)), (2, 3, 4, 4)),
+}
+
+
+@pytest.mark.parametrize("name", list(COMPILED))
+def test_compile_matches_the_model(name):
+    nc.manual_seed(0)
+    make, shape = COMPILED[name]
+    model = _randomize_batch_norm(make())
+    compiled = nc.compile(model, shape)
+    assert [i.shape for i in compiled.inputs] == [(None, *shape)]
+    rng = np.random.default_rng(1)
+    for batch in (1, 3):  # any batch size runs through the one model
+        x = rng.standard_normal((batch, *shape)).astype(np.float32)
+        ref = model(x).astype(np.float64)
+        assert_close(compiled(x), ref, np.full(ref.shape, np.abs(ref).max()), what=f"{name}, batch {batch}")
+    assert compiled.outputs[0].shape == (None, *ref.shape[1:])
+    assert not any(n.op in ("BatchNormalization", "Identity") for n in compiled.graph.nodes)
+
+
+def test_compile_without_input_shape_checks_at_run_time():
+    model = models.lenet5().eval()
+    compiled = nc.compile(model)
+    x = np.random.default_rng(0).standard_normal((2, 1, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(compiled(x), model(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="node 'classifier.0' \\(Linear\\)"):
+        compiled(np.zeros((2, 1, 36, 36), np.float32))
+
+
+def test_compile_is_a_snapshot_of_the_weights():
+    model = models.lenet5().eval()
+    compiled = nc.compile(model, (1, 32, 32))
+    x = np.ones((1, 1, 32, 32), np.float32)
+    before = compiled(x)
+    model.classifier[4].bias.data += 1
+    np.testing.assert_array_equal(compiled(x), before)
+
+
+def test_compile_errors():
+    with pytest.raises(TypeError, match="layer 1 \\(GroupNorm\\) has no inference form"):
+        nc.compile(nn.Sequential(nn.Conv2d(2, 4, 3), nn.GroupNorm(2, 4)))
+    with pytest.raises(TypeError, match="keeps no running statistics"):
+        nc.compile(nn.Sequential(nn.BatchNorm2d(3, track_running_stats=False)))
+    with pytest.raises(TypeError, match="numbaconv.nn.Module"):
+        nc.compile(lambda x: x)
+    with pytest.raises(TypeError, match="input_shape"):
+        nc.compile(models.lenet5(), (1, 32.0, 32))
+    with pytest.raises(ValueError, match="cannot run on inputs of the declared shapes: node 'features.0' \\(Conv\\).*2 channels"):
+        nc.compile(models.lenet5(), (2, 32, 32))  # conv1 takes 1 channel; fails at compile time
+
+
+def test_compile_matches_pytorch():
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, os.path.dirname(__file__))
+    import torch_ref
+
+    nc.manual_seed(0)
+    model = _randomize_batch_norm(models.resnet18(num_classes=10))
+    twin, _ = torch_ref.resnet18(num_classes=10)
+    twin.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()})
+    twin.eval()
+    x = np.random.default_rng(2).standard_normal((2, 3, 40, 40)).astype(np.float32)
+    with torch.no_grad():
+        ref = twin(torch.from_numpy(x)).numpy().astype(np.float64)
+    assert_close(nc.compile(model, (3, 40, 40))(x), ref, np.full(ref.shape, np.abs(ref).max()))
+
+
+# --------------------------------------------------------------------------- rewrites
+
+
+def test_batch_norm_folds_into_the_convolution():
+    nc.manual_seed(0)
+    model = _randomize_batch_norm(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, eps=1e-3), nn.ReLU()))
+    compiled = nc.compile(model, (3, 6, 6))
+    (conv,) = compiled.graph.nodes
+    assert conv.op == "Conv" and conv.attrs["epilogue"] == (1.0, 0.0, np.inf)
+    conv_layer, bn = model[0], model[1]
+    s = bn.weight.data.astype(np.float64) / np.sqrt(bn.running_var.astype(np.float64) + 1e-3)
+    w, b = (compiled.graph.constants[n] for n in conv.inputs[1:])
+    np.testing.assert_allclose(w, conv_layer.weight.data * s[:, None, None, None], rtol=1e-6)
+    np.testing.assert_allclose(b, (conv_layer.bias.data - bn.running_mean) * s + bn.bias.data, rtol=1e-5, atol=1e-6)
+    x = np.random.default_rng(0).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_resnet18_graph_after_rewrites():
+    """20 convolutions (each with its batch norm folded in, 17 with the ReLU fused), 8 residual
+    additions with their ReLU in place, a pool, a flatten, a linear."""
+    compiled = nc.compile(models.resnet18(num_classes=10).eval(), (3, 32, 32))
+    ops = [n.op for n in compiled.graph.nodes]
+    convs = [n for n in compiled.graph.nodes if n.op == "Conv"]
+    assert len(convs) == 20 and sum("epilogue" in n.attrs for n in convs) == 9
+    assert ops.count("Add") == 8 and ops.count("Relu") == 8 and "BatchNormalization" not in ops
+    in_place = [node.op for node, _, _, _, _, flag in compiled._steps if flag]
+    assert in_place.count("Add") == 8 and in_place.count("Relu") == 8
+
+
+# --------------------------------------------------------------------------- memory plan
+
+
+def test_activations_are_freed_after_their_last_reader():
+    """A chain of 12 same-sized convolutions keeps a few activations alive, not 12."""
+    nc.manual_seed(0)
+    layers = []
+    for _ in range(12):
+        layers += [nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()]
+    compiled = nc.compile(nn.Sequential(*layers).eval(), (16, 48, 48))
+    x = np.random.default_rng(0).standard_normal((2, 16, 48, 48)).astype(np.float32)
+    compiled(x)  # warm: compiled kernels loaded, per-thread scratch allocated
+    tracemalloc.start()
+    try:
+        compiled(x)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * x.nbytes, f"peak {peak / x.nbytes:.1f} activations"
+
+
+def test_inputs_are_never_modified_by_in_place_ops():
+    model = nc.compile(nn.Sequential(nn.ReLU(), nn.Sigmoid()), (3,))
+    x = np.array([[-1.0, 0.5, 2.0]], np.float32)
+    y = model(x)
+    np.testing.assert_array_equal(x, [[-1.0, 0.5, 2.0]])
+    np.testing.assert_allclose(y, 1 / (1 + np.exp(-np.maximum(x, 0))), rtol=1e-6)
