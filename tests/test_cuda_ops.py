@@ -211,3 +211,56 @@ def test_gpu_indices_are_checked(rng):
         F.max_pool2d_backward(gpu(np.ones_like(y)), gpu(x), 2, indices=gpu(idx.astype(np.int32)))
     with pytest.raises(ValueError, match=r"max_pool2d_backward: all arrays must be on one device.*indices on the host"):
         F.max_pool2d_backward(gpu(np.ones_like(y)), gpu(x), 2, indices=idx)
+
+
+# --------------------------------------------------------------------------- normalization
+
+NEEDS = (True, True, True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 2), (2, 2, 5, 5)])  # few planes: the simulator takes ~40 ms a block
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm(rng, dtype, shape, training):
+    C = shape[1]
+    x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+    weight, bias = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    mean, var = rng.standard_normal(C).astype(dtype), (rng.random(C) + 0.5).astype(dtype)
+    gpu_mean, gpu_var = gpu(mean), gpu(var)
+    ref = F.batch_norm(x, mean, var, weight, bias, training=training, momentum=0.3)
+    got = F.batch_norm(gpu(x), gpu_mean, gpu_var, gpu(weight), gpu(bias), training=training, momentum=0.3)
+    assert is_device_array(got)
+    assert_close(to_host(got), ref.astype(np.float64), dtype=dtype, what="batch_norm")
+    # the running statistics are updated in place on the GPU (training) or left alone
+    assert_close(to_host(gpu_mean), mean.astype(np.float64), dtype=dtype, what="running_mean")
+    assert_close(to_host(gpu_var), var.astype(np.float64), dtype=dtype, what="running_var")
+    g = rng.standard_normal(shape).astype(dtype)
+    same_on_gpu(F.batch_norm_backward, g, x, mean, var, weight, bias, training=training, needs=NEEDS)
+    same_on_gpu(F.batch_norm_backward, g, x, mean, var, None, None, training=training, needs=(True, False, False))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, groups", [((2, 4, 5), 2), ((1, 3, 3, 3), 1), ((1, 4, 7), 4)])
+def test_group_norm(rng, dtype, shape, groups):
+    C = shape[1]
+    x = (rng.standard_normal(shape) * 3 - 1).astype(dtype)
+    weight, bias = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    same_on_gpu(F.group_norm, x, groups, weight, bias)
+    same_on_gpu(F.group_norm, x, groups)
+    g = rng.standard_normal(shape).astype(dtype)
+    same_on_gpu(F.group_norm_backward, g, x, groups, weight, bias, needs=NEEDS)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, size", [((2, 7, 5), 3), ((2, 5, 3, 3), 4), ((1, 3, 2), 7)])
+def test_local_response_norm(rng, dtype, shape, size):
+    x = rng.standard_normal(shape).astype(dtype)
+    kw = dict(alpha=0.3, beta=0.75, k=2.0)
+    same_on_gpu(F.local_response_norm, x, size, **kw)
+    same_on_gpu(F.local_response_norm_backward, rng.standard_normal(shape).astype(dtype), x, size, **kw)
+
+
+def test_norm_mixed_devices_are_refused(rng):
+    x = rng.standard_normal((2, 3, 4))
+    with pytest.raises(ValueError, match="batch_norm: all arrays must be on one device.*running_mean on the host"):
+        F.batch_norm(gpu(x), np.zeros(3), gpu(np.ones(3)), training=True)

@@ -7,8 +7,8 @@ NaN and inf propagate as in PyTorch. Element-wise ops run ``kernels.cpu.elementw
 views; softmax runs ``kernels.cpu.softmax`` on an (outer, dim, inner) view.
 
 GPU arrays run the ``kernels.cuda`` twins and give numba device arrays; the helpers that let
-every functional module treat both devices alike (``kernels``, ``contiguous``, ``flat``,
-``empty``) live here.
+every functional module treat both devices alike (``side``, ``kernels``, ``contiguous``,
+``flat``, ``empty``) live here.
 """
 
 import importlib
@@ -17,7 +17,7 @@ from numbers import Integral, Real
 
 import numpy as np
 
-from .._device import CUDA, as_device, is_device_array, placement, to_device
+from .._device import CPU, CUDA, as_device, is_device_array, placement, to_device
 from .._geometry import check_array, check_grad_out
 from ..kernels.cpu import elementwise
 
@@ -49,6 +49,11 @@ def check_dim(op, name, dim, ndim):
 
 
 # --------------------------------------------------------------------------- both devices
+
+
+def side(a):
+    """Where ``a`` lives, "cpu" or "cuda" (an op's ``placement`` has checked that its arrays agree)."""
+    return CUDA if is_device_array(a) else CPU
 
 
 def kernels(where, name):

@@ -11,6 +11,11 @@ a ``view``:
 The kernels (``kernels.cpu.norm``) reduce each plane and apply per-plane coefficients; what lies
 between, a few numbers per plane, is combined here with NumPy. Forward and backward of each op
 sit side by side. Local response normalization runs on the same (N, C, S) planes, along C.
+
+GPU arrays run the twins in ``kernels.cuda.norm``: the data stays on the GPU and so do the
+results, while the per-plane numbers (N * C of them) and the (C,) parameters and running
+statistics come to the host for the NumPy steps in between, written once for both devices; the
+running statistics are updated in place where they live.
 """
 
 import math
@@ -18,8 +23,28 @@ from numbers import Integral, Real
 
 import numpy as np
 
+from .._device import CUDA, as_device, placement, to_device, to_host
 from .._geometry import check_array, check_grad_out, check_needs
-from ..kernels.cpu import norm as kernels
+from .activation import contiguous, empty, side
+from .activation import kernels as _kernels
+
+
+def _norm(a):
+    """The normalization kernels of ``a``'s device."""
+    return _kernels(side(a), "norm")
+
+
+def _like(x, a):
+    """Host array ``a`` where x lives (a copy to the GPU for GPU arrays)."""
+    return to_device(a) if side(x) == CUDA else a
+
+
+def _assign(a, values):
+    """a[...] = values, in place, where ``a`` lives."""
+    if side(a) == CUDA:
+        as_device(a).copy_to_device(np.asarray(values, dtype=a.dtype))
+    else:
+        a[...] = values
 
 # --------------------------------------------------------------------------- argument checks
 
@@ -121,7 +146,7 @@ def _lrn_args(op, x, size, alpha, beta, k):
 
 def _planes(a):
     """``a`` (N, C, *spatial) as a C-contiguous (N, C, S) array; a copy only when not contiguous."""
-    return np.ascontiguousarray(a).reshape(a.shape[0], a.shape[1], math.prod(a.shape[2:]))
+    return contiguous(a).reshape(a.shape[0], a.shape[1], math.prod(a.shape[2:]))
 
 
 def _per_plane(a, view):
@@ -152,7 +177,7 @@ def _moments(x3, view, axes):
     """(mean, m2, count) of each set of planes sharing a statistic (``_combine``), from x."""
     N, C, S = x3.shape
     plane_mean, plane_m2 = np.empty((N, C)), np.empty((N, C))
-    kernels.plane_moments(x3, plane_mean, plane_m2)
+    _norm(x3).plane_moments(x3, plane_mean, plane_m2)
     return _combine(plane_mean, plane_m2, S, view, axes)
 
 
@@ -164,15 +189,15 @@ def _backward_sums(go3, x3, view, axes):
     """
     N, C, S = x3.shape
     plane_mean, plane_m2, sum_go, dot = (np.empty((N, C)) for _ in range(4))
-    kernels.plane_sums(go3, x3, plane_mean, plane_m2, sum_go, dot)
+    _norm(x3).plane_sums(go3, x3, plane_mean, plane_m2, sum_go, dot)
     return _combine(plane_mean, plane_m2, S, view, axes), (plane_mean, sum_go, dot)
 
 
 def _normalize(x3, mean, invstd, weight, bias, view):
     """(x - mean) * invstd * weight + bias, per plane."""
-    out = np.empty(x3.shape, x3.dtype)
+    out = empty(x3.shape, x3.dtype, side(x3))
     scale = invstd * _per_channel(weight, view, 1.0)
-    kernels.plane_affine(x3, _per_plane(mean, view), _per_plane(scale, view),
+    _norm(x3).plane_affine(x3, _per_plane(mean, view), _per_plane(scale, view),
                          _per_plane(_per_channel(bias, view, 0.0), view), out)
     return out
 
@@ -197,33 +222,34 @@ def _normalize_backward(go3, x3, sums, mean, invstd, weight, view, axes, count, 
         grad_weight = (dot * invstd).sum(axis=0).reshape(C)
         grad_bias = sum_go.sum(axis=0).reshape(C)
     if needs[0]:
-        grad_x = np.empty(x3.shape, x3.dtype)
+        grad_x = empty(x3.shape, x3.dtype, side(x3))
         if batch_statistics:
             mean_g = (w * sum_go).sum(axis=axes, keepdims=True) / count
             mean_g_xhat = invstd * (w * dot).sum(axis=axes, keepdims=True) / count
-            kernels.plane_grad_input(go3, x3, _per_plane(mean, view), _per_plane(invstd * w, view),
+            _norm(x3).plane_grad_input(go3, x3, _per_plane(mean, view), _per_plane(invstd * w, view),
                                      _per_plane(-invstd * invstd * mean_g_xhat, view),
                                      _per_plane(-invstd * mean_g, view), grad_x)
         else:
             zero = np.zeros((N, C))
-            kernels.plane_affine(go3, zero, _per_plane(invstd * w, view), zero, grad_x)
+            _norm(x3).plane_affine(go3, zero, _per_plane(invstd * w, view), zero, grad_x)
     return grad_x, grad_weight, grad_bias
 
 
 def _gradients(x, grads, weight, bias, needs):
-    """The public (grad_x, grad_weight, grad_bias): x's shape and dtype, None where not asked or no parameter."""
+    """The public (grad_x, grad_weight, grad_bias): x's shape, dtype and device, None where not
+    asked or no parameter."""
     grad_x, grad_weight, grad_bias = grads
     return (
         grad_x.reshape(x.shape) if needs[0] else None,
-        grad_weight.astype(x.dtype) if needs[1] and weight is not None else None,
-        grad_bias.astype(x.dtype) if needs[2] and bias is not None else None,
+        _like(x, grad_weight.astype(x.dtype)) if needs[1] and weight is not None else None,
+        _like(x, grad_bias.astype(x.dtype)) if needs[2] and bias is not None else None,
     )
 
 
 def _empty_gradients(x, weight, bias, needs):
     """Gradients of an op on an empty x: an empty grad_x, zero parameter gradients."""
     zeros = np.zeros(x.shape[1], x.dtype)
-    return _gradients(x, (np.empty(x.shape, x.dtype), zeros, zeros), weight, bias, needs)
+    return _gradients(x, (empty(x.shape, x.dtype, side(x)), zeros, zeros), weight, bias, needs)
 
 
 # --------------------------------------------------------------------------- batch norm
@@ -253,21 +279,23 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     running statistics are used (they must be given) and nothing is modified.
     """
     op = "batch_norm"
+    where = placement(op, x=x, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     training, eps, view, axes = _batch_norm_args(op, x, running_mean, running_var, weight, bias, training, eps)
     momentum = _check_number(op, "momentum", momentum)
-    if training and running_mean is not None:
+    if training and running_mean is not None and where != CUDA:  # GPU arrays are always writeable
         for name, a in (("running_mean", running_mean), ("running_var", running_var)):
             if not a.flags.writeable:
                 raise ValueError(f"{op}: {name} must be writeable when training (it is updated in place), "
                                  "got a read-only array")
     if x.size == 0:  # as PyTorch: no statistics, no update
-        return np.empty(x.shape, x.dtype)
+        return empty(x.shape, x.dtype, where)
     x3 = _planes(x)
-    mean, invstd, m2, count = _batch_statistics(x3, running_mean, running_var, training, eps, view, axes)
+    stats, weight, bias = (to_host(running_mean), to_host(running_var)), to_host(weight), to_host(bias)
+    mean, invstd, m2, count = _batch_statistics(x3, *stats, training, eps, view, axes)
     if training and running_mean is not None:
         C = x.shape[1]
-        running_mean[...] = (1 - momentum) * running_mean.astype(np.float64) + momentum * mean.reshape(C)
-        running_var[...] = (1 - momentum) * running_var.astype(np.float64) + momentum * (m2 / (count - 1)).reshape(C)
+        _assign(running_mean, (1 - momentum) * stats[0].astype(np.float64) + momentum * mean.reshape(C))
+        _assign(running_var, (1 - momentum) * stats[1].astype(np.float64) + momentum * (m2 / (count - 1)).reshape(C))
     return _normalize(x3, mean, invstd, weight, bias, view).reshape(x.shape)
 
 
@@ -282,12 +310,14 @@ def batch_norm_backward(grad_out, x, running_mean, running_var, weight=None, bia
     the running statistics as constants. The running statistics are never modified.
     """
     op = "batch_norm_backward"
+    placement(op, grad_out=grad_out, x=x, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     training, eps, view, axes = _batch_norm_args(op, x, running_mean, running_var, weight, bias, training, eps)
     needs = check_needs(op, needs)
     check_grad_out(op, grad_out, x.shape, x.dtype)
     if x.size == 0:
         return _empty_gradients(x, weight, bias, needs)
     x3, go3 = _planes(x), _planes(grad_out)
+    running_mean, running_var, weight = to_host(running_mean), to_host(running_var), to_host(weight)
     sums = None
     if training or needs[1] or needs[2]:
         # the batch statistics come from the same read of x as the backward's reductions
@@ -317,12 +347,13 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
     (torch.nn.functional.instance_norm without running statistics).
     """
     op = "group_norm"
+    where = placement(op, x=x, weight=weight, bias=bias)
     eps, view, axes = _group_norm_args(op, x, num_groups, weight, bias, eps)
     if x.size == 0:
-        return np.empty(x.shape, x.dtype)
+        return empty(x.shape, x.dtype, where)
     x3 = _planes(x)
     mean, m2, count = _moments(x3, view, axes)
-    return _normalize(x3, mean, 1.0 / np.sqrt(m2 / count + eps), weight, bias, view).reshape(x.shape)
+    return _normalize(x3, mean, 1.0 / np.sqrt(m2 / count + eps), to_host(weight), to_host(bias), view).reshape(x.shape)
 
 
 def group_norm_backward(grad_out, x, num_groups, weight=None, bias=None, eps=1e-5, needs=(True, True, True)):
@@ -333,12 +364,14 @@ def group_norm_backward(grad_out, x, num_groups, weight=None, bias=None, eps=1e-
     whose parameter is None. The group statistics are computed again from x.
     """
     op = "group_norm_backward"
+    placement(op, grad_out=grad_out, x=x, weight=weight, bias=bias)
     eps, view, axes = _group_norm_args(op, x, num_groups, weight, bias, eps)
     needs = check_needs(op, needs)
     check_grad_out(op, grad_out, x.shape, x.dtype)
     if x.size == 0:
         return _empty_gradients(x, weight, bias, needs)
     x3, go3 = _planes(x), _planes(grad_out)
+    weight = to_host(weight)
     (mean, m2, count), sums = _backward_sums(go3, x3, view, axes)
     invstd = 1.0 / np.sqrt(m2 / count + eps)
     grads = _normalize_backward(go3, x3, sums, mean, invstd, weight, view, axes, count, True, needs)
@@ -356,11 +389,12 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0):
     channels outside [0, C) counting as zeros; shaped like x, in x's dtype, C-contiguous.
     """
     op = "local_response_norm"
+    where = placement(op, x=x)
     scalars = _lrn_args(op, x, size, alpha, beta, k)
-    out = np.empty(x.shape, x.dtype)
+    out = empty(x.shape, x.dtype, where)
     if x.size:
         x3 = _planes(x)
-        kernels.lrn_forward(x3, *scalars, out.reshape(x3.shape))
+        _norm(x3).lrn_forward(x3, *scalars, out.reshape(x3.shape))
     return out
 
 
@@ -371,12 +405,14 @@ def local_response_norm_backward(grad_out, x, size, alpha=1e-4, beta=0.75, k=1.0
     shaped like x, in x's dtype, C-contiguous.
     """
     op = "local_response_norm_backward"
+    where = placement(op, grad_out=grad_out, x=x)
     scalars = _lrn_args(op, x, size, alpha, beta, k)
     check_grad_out(op, grad_out, x.shape, x.dtype)
-    grad_x = np.empty(x.shape, x.dtype)
+    grad_x = empty(x.shape, x.dtype, where)
     if x.size:
         x3 = _planes(x)
-        kernels.lrn_backward(_planes(grad_out), x3, *scalars, np.empty(x3.shape, x.dtype), grad_x.reshape(x3.shape))
+        _norm(x3).lrn_backward(_planes(grad_out), x3, *scalars, empty(x3.shape, x.dtype, where),
+                               grad_x.reshape(x3.shape))
     return grad_x
 
 

@@ -22,13 +22,9 @@ from .._geometry import (
     adaptive_pool_geometry, check_bool, check_divisor_override, check_grad_out, check_indices, check_norm_type,
     pool_geometry,
 )
-from .._device import CPU, CUDA, is_device_array, placement
+from .._device import CUDA, placement
 from .activation import contiguous, empty, kernels
-
-
-def _side(a):
-    """Where ``a`` lives (the op's ``placement`` has checked that all its arrays agree)."""
-    return CUDA if is_device_array(a) else CPU
+from .activation import side as _side
 
 
 def _pool(a):
