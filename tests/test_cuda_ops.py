@@ -264,3 +264,57 @@ def test_norm_mixed_devices_are_refused(rng):
     x = rng.standard_normal((2, 3, 4))
     with pytest.raises(ValueError, match="batch_norm: all arrays must be on one device.*running_mean on the host"):
         F.batch_norm(gpu(x), np.zeros(3), gpu(np.ones(3)), training=True)
+
+
+# --------------------------------------------------------------------------- losses, dropout
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _loss_grad_out(rng, reduction, shape, dtype):
+    """A grad_out for each reduction: a 0-d array ("mean"), a real number ("sum"), an array ("none")."""
+    if reduction == "none":
+        return rng.standard_normal(shape).astype(dtype)
+    return np.array(1.7, dtype=dtype) if reduction == "mean" else 0.6
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape", [(5, 3), (2, 3, 5)])
+def test_class_losses(rng, dtype, reduction, shape):
+    logits = (2 * rng.standard_normal(shape)).astype(dtype)
+    target = rng.integers(0, shape[1], (shape[0], *shape[2:]))
+    g = _loss_grad_out(rng, reduction, target.shape, dtype)
+    same_on_gpu(F.cross_entropy, logits, target, reduction)
+    same_on_gpu(F.cross_entropy_backward, g, logits, target, reduction)
+    log_probs = F.log_softmax(logits, 1)
+    same_on_gpu(F.nll_loss, log_probs, target, reduction)
+    same_on_gpu(F.nll_loss_backward, g, log_probs, target, reduction)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_mse_loss(rng, dtype, reduction):
+    x, y = rng.standard_normal((3, 7)).astype(dtype), rng.standard_normal((3, 7)).astype(dtype)
+    same_on_gpu(F.mse_loss, x, y, reduction)
+    same_on_gpu(F.mse_loss_backward, _loss_grad_out(rng, reduction, x.shape, dtype), x, y, reduction)
+
+
+def test_loss_target_checked_on_gpu(rng):
+    logits = rng.standard_normal((4, 3))
+    with pytest.raises(ValueError, match=r"target must hold class indices in \[0, 3\), got values in \[0, 3\]"):
+        F.cross_entropy(gpu(logits), gpu(np.array([0, 1, 2, 3])))
+    with pytest.raises(ValueError, match="nll_loss: all arrays must be on one device.*target on the host"):
+        F.nll_loss(gpu(logits), np.array([0, 1, 2, 0]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 7), ()])
+def test_dropout(rng, dtype, shape):
+    x = np.asarray(rng.standard_normal(shape), dtype=dtype)
+    out, mask = same_on_gpu(F.dropout, x, 0.4, True, 123)  # one seed: the same mask on both devices
+    assert mask.shape == x.shape
+    same_on_gpu(F.dropout_backward, np.asarray(rng.standard_normal(shape), dtype=dtype), mask, 0.4)
+    same_on_gpu(F.dropout, x, 0.4, False, 123)
+    with pytest.raises(ValueError, match="dropout_backward: all arrays must be on one device.*mask on the host"):
+        F.dropout_backward(gpu(x), mask, 0.4)

@@ -2,7 +2,8 @@
 
 float32 or float64; results keep the dtype; inputs are never modified. ``linear`` is NumPy's
 matmul (the BLAS NumPy was built with, already optimal: no kernel of ours would beat it);
-dropout's scaling runs ``kernels.cpu.elementwise.masked_scale``. On GPU arrays, linear runs
+dropout's scaling runs ``kernels.cpu.elementwise.masked_scale`` (its CUDA twin on GPU arrays,
+with the mask drawn on the host). On GPU arrays, linear runs
 ``kernels.cuda.linear`` (numbaconv's tiled GEMM) and flatten is a reshape of the device array.
 """
 
@@ -13,8 +14,7 @@ import numpy as np
 from .._device import CUDA, placement
 from .._geometry import check_array, check_grad_out, check_needs
 from .._random import generator
-from ..kernels.cpu import elementwise
-from .activation import check_dim, check_real, flat
+from .activation import check_dim, check_real, contiguous, empty, flat, kernels
 
 __all__ = ["linear", "linear_backward", "flatten", "dropout", "dropout_backward"]
 
@@ -147,21 +147,36 @@ def dropout(x, p=0.5, training=True, rng=None):
     array of x's shape, True where an element was kept. rng: a numpy.random.Generator, an int
     seed (the same seed gives the same mask, for either dtype) or None (numbaconv's generator,
     reproducible after ``numbaconv.manual_seed``). With training=False or
-    p=0, output is a copy of x and mask is all True, and no random number is drawn.
+    p=0, output is a copy of x and mask is all True, and no random number is drawn. For x on the
+    GPU both are device arrays, and the mask is the one the host would draw from the same rng.
     """
     op = "dropout"
+    where = placement(op, x=x)
     check_array(op, "x", x)
     p = _check_p(op, p)
     if not isinstance(training, (bool, np.bool_)):
         raise TypeError(f"{op}: training must be a bool, got {training!r}")
     rng = generator(op, rng)
     if not training or p == 0:
+        if where == CUDA:
+            out = empty(x.shape, x.dtype, CUDA)
+            out.copy_to_device(contiguous(x))
+            return out, _mask_to_device(np.ones(x.shape, dtype=bool))
         return np.array(x, order="C"), np.ones(x.shape, dtype=bool)
     # float32 uniforms whatever x's dtype: half the memory of float64, and one mask per seed
     mask = np.asarray(rng.random(x.shape, dtype=np.float32) >= p)  # an array even when x is 0-d
-    out = np.empty(x.shape, dtype=x.dtype)
-    elementwise.masked_scale(flat(x), mask.reshape(-1), x.dtype.type(1 / (1 - p)), out.reshape(-1))
+    if where == CUDA:
+        # The GPU's mask is drawn on the host, by the same generator, and copied over (one byte
+        # per element): GPU and CPU runs give the same masks, reproducible by one seed.
+        mask = _mask_to_device(mask)
+    out = empty(x.shape, x.dtype, where)
+    kernels(where, "elementwise").masked_scale(flat(x), flat(mask), x.dtype.type(1 / (1 - p)), out.reshape(out.size))
     return out, mask
+
+
+def _mask_to_device(mask):
+    from numba import cuda  # numba's own copy: it keeps a 0-d mask 0-d
+    return cuda.to_device(mask)
 
 
 def dropout_backward(grad_out, mask, p=0.5):
@@ -171,14 +186,16 @@ def dropout_backward(grad_out, mask, p=0.5):
     mask from training=False, whose output was x itself).
     """
     op = "dropout_backward"
+    where = placement(op, grad_out=grad_out, mask=mask)
     check_array(op, "grad_out", grad_out)
     p = _check_p(op, p)
-    if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_:
+    array = isinstance(mask, np.ndarray) or where == CUDA
+    if not array or mask.dtype != np.bool_:
         raise TypeError(f"{op}: mask must be a bool numpy.ndarray (dropout's mask), got "
-                        f"{type(mask).__name__ if not isinstance(mask, np.ndarray) else mask.dtype}")
+                        f"{type(mask).__name__ if not array else mask.dtype}")
     if mask.shape != grad_out.shape:
         raise ValueError(f"{op}: mask must have grad_out's shape {grad_out.shape}, got {mask.shape}")
-    out = np.empty(grad_out.shape, dtype=grad_out.dtype)
+    out = empty(grad_out.shape, grad_out.dtype, where)
     scale = grad_out.dtype.type(1 / (1 - p))
-    elementwise.masked_scale(flat(grad_out), flat(mask), scale, out.reshape(-1))
+    kernels(where, "elementwise").masked_scale(flat(grad_out), flat(mask), scale, out.reshape(out.size))
     return out
