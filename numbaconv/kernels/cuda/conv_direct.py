@@ -99,11 +99,13 @@ def _forward_kernel(dtype, KB, staged):
                             ww = ow * sw + kw * dw - pw
                             if 0 <= ww < W:
                                 v = x[n, cin, i, hh, ww]
-                                for q in range(kn):
-                                    acc[q] += w[k0 + q, c, kd, kh, kw] * v
+                                for q in range(KB):  # a constant trip count keeps acc in registers
+                                    if q < kn:
+                                        acc[q] += w[k0 + q, c, kd, kh, kw] * v
         if oh < OH and ow < OW:
-            for q in range(kn):
-                out[n, k0 + q, od, oh, ow] = acc[q] + b[k0 + q]
+            for q in range(KB):
+                if q < kn:
+                    out[n, k0 + q, od, oh, ow] = acc[q] + b[k0 + q]
 
     return forward
 
