@@ -7,8 +7,8 @@ NaN and inf propagate as in PyTorch. Element-wise ops run ``kernels.cpu.elementw
 views; softmax runs ``kernels.cpu.softmax`` on an (outer, dim, inner) view.
 
 GPU arrays run the ``kernels.cuda`` twins and give numba device arrays; the helpers that let
-every functional module treat both devices alike (``side``, ``kernels``, ``contiguous``,
-``flat``, ``empty``) live here.
+every functional module treat both devices alike (``place``, ``side``, ``kernels``,
+``contiguous``, ``flat``, ``empty``) live here.
 """
 
 import importlib
@@ -17,7 +17,7 @@ from numbers import Integral, Real
 
 import numpy as np
 
-from .._device import CPU, CUDA, as_device, is_device_array, placement, to_device
+from .._device import CPU, CUDA, as_device, is_device_array, placement
 from .._geometry import check_array, check_grad_out
 from ..kernels.cpu import elementwise
 
@@ -62,14 +62,20 @@ def kernels(where, name):
     return importlib.import_module(f"{__package__.rpartition('.')[0]}.kernels.{where}.{name}")
 
 
+def place(op, **arrays):
+    """``placement`` of the op's arrays, "cpu" or "cuda"; on "cuda" also a ValueError naming any
+    array that is not C-contiguous, as ``kernels.cuda._launch.device_arrays`` says why."""
+    where = placement(op, **arrays)
+    if where == CUDA:
+        from ..kernels.cuda._launch import device_arrays
+        device_arrays(op, **arrays)
+    return where
+
+
 def contiguous(a):
-    """``a`` C-contiguous, where it lives (a numba device array for a GPU array); a copy only
-    when ``a`` is not contiguous. Numba has no strided device-to-device copy, so a
-    non-contiguous GPU array (rare: a slice) goes through the host once."""
-    if not is_device_array(a):
-        return np.ascontiguousarray(a)
-    d = as_device(a)
-    return d if d.is_c_contiguous() else to_device(np.ascontiguousarray(d.copy_to_host()))
+    """``a`` C-contiguous where it lives: a host copy only when ``a`` is not contiguous; a GPU
+    array (``place`` has checked it is contiguous) as a numba device array, without a copy."""
+    return as_device(a) if is_device_array(a) else np.ascontiguousarray(a)
 
 
 def flat(a):
@@ -89,7 +95,7 @@ def empty(shape, dtype, where):
 
 
 def _forward(op, code, x, a=0.0):
-    where = placement(op, x=x)
+    where = place(op, x=x)
     check_array(op, "x", x)
     out = empty(x.shape, x.dtype, where)
     kernels(where, "elementwise").forward(code, flat(x), x.dtype.type(a), out.reshape(out.size))
@@ -97,7 +103,7 @@ def _forward(op, code, x, a=0.0):
 
 
 def _backward(op, code, grad_out, t, name, a=0.0):
-    where = placement(op, grad_out=grad_out, **{name: t})
+    where = place(op, grad_out=grad_out, **{name: t})
     check_array(op, name, t)
     check_grad_out(op, grad_out, t.shape, t.dtype)
     out = empty(t.shape, t.dtype, where)
@@ -174,7 +180,7 @@ def _scratch(a3, where):
 
 
 def _softmax(op, x, dim, log):
-    where = placement(op, x=x)
+    where = place(op, x=x)
     check_array(op, "x", x)
     dim = check_dim(op, "dim", dim, x.ndim)
     out = empty(x.shape, x.dtype, where)
@@ -185,7 +191,7 @@ def _softmax(op, x, dim, log):
 
 
 def _softmax_backward(op, grad_out, y, dim, log):
-    where = placement(op, grad_out=grad_out, y=y)
+    where = place(op, grad_out=grad_out, y=y)
     check_array(op, "y", y)
     check_grad_out(op, grad_out, y.shape, y.dtype)
     dim = check_dim(op, "dim", dim, y.ndim)

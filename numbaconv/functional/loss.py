@@ -19,10 +19,10 @@ from numbers import Real
 
 import numpy as np
 
-from .._device import CUDA, is_device_array, placement, to_host
+from .._device import CUDA, is_device_array, to_host
 from .._geometry import check_array, check_choice, check_grad_out
 from . import activation
-from .activation import contiguous, empty, flat, kernels
+from .activation import contiguous, empty, flat, kernels, place
 
 __all__ = [
     "cross_entropy", "cross_entropy_backward", "nll_loss", "nll_loss_backward", "mse_loss", "mse_loss_backward",
@@ -63,9 +63,9 @@ def _check_classes(op, name, scores, target):
 
 
 def _place(op, grad_out=None, **arrays):
-    """The op's ``placement``; a real-number grad_out lives nowhere and goes with either device."""
+    """The op's ``place``; a real-number grad_out lives nowhere and goes with either device."""
     real = isinstance(grad_out, Real) and not isinstance(grad_out, (bool, np.bool_))
-    return placement(op, grad_out=None if real else grad_out, **arrays)
+    return place(op, grad_out=None if real else grad_out, **arrays)
 
 
 def _scale(op, grad_out, reduction, shape, count, dtype):

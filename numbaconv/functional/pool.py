@@ -22,8 +22,8 @@ from .._geometry import (
     adaptive_pool_geometry, check_bool, check_divisor_override, check_grad_out, check_indices, check_norm_type,
     pool_geometry,
 )
-from .._device import CUDA, placement
-from .activation import contiguous, empty, kernels
+from .._device import CUDA
+from .activation import contiguous, empty, kernels, place
 from .activation import side as _side
 
 
@@ -107,13 +107,13 @@ def _avg_backward(op, grad_out, x, geom, divisor):
 
 
 def _max_pool(op, ndim, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
-    placement(op, x=x)
+    place(op, x=x)
     geom = pool_geometry(op, x, ndim, kernel_size, stride, padding, dilation, ceil_mode)
     return _max(x, geom, check_bool(op, "return_indices", return_indices))
 
 
 def _max_pool_backward(op, ndim, grad_out, x, kernel_size, stride, padding, dilation, ceil_mode, indices):
-    placement(op, grad_out=grad_out, x=x, indices=indices)
+    place(op, grad_out=grad_out, x=x, indices=indices)
     geom = pool_geometry(op, x, ndim, kernel_size, stride, padding, dilation, ceil_mode)
     return _max_backward(op, grad_out, x, geom, indices)
 
@@ -123,7 +123,7 @@ def _max_pool_backward(op, ndim, grad_out, x, kernel_size, stride, padding, dila
 
 def _avg_geometry(op, ndim, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
                   grad_out=None):
-    placement(op, grad_out=grad_out, x=x)
+    place(op, grad_out=grad_out, x=x)
     geom = pool_geometry(op, x, ndim, kernel_size, stride, padding, 1, ceil_mode)
     count_include_pad = check_bool(op, "count_include_pad", count_include_pad)
     return geom, (count_include_pad, check_divisor_override(op, divisor_override))
@@ -144,7 +144,7 @@ def _avg_pool_backward(op, ndim, grad_out, x, kernel_size, stride, padding, ceil
 
 
 def _lp_geometry(op, ndim, x, norm_type, kernel_size, stride, ceil_mode, grad_out=None):
-    placement(op, grad_out=grad_out, x=x)
+    place(op, grad_out=grad_out, x=x)
     geom = pool_geometry(op, x, ndim, kernel_size, stride, 0, 1, ceil_mode)
     return geom, check_norm_type(op, norm_type)
 
@@ -206,25 +206,25 @@ def _lp_pool_backward_cuda(op, grad_out, x, geom, p):
 
 
 def _adaptive_avg_pool(op, ndim, x, output_size):
-    placement(op, x=x)
+    place(op, x=x)
     geom = adaptive_pool_geometry(op, x, ndim, output_size)
     return _avg(x, geom, _WINDOW_SIZE)
 
 
 def _adaptive_avg_pool_backward(op, ndim, grad_out, x, output_size):
-    placement(op, grad_out=grad_out, x=x)
+    place(op, grad_out=grad_out, x=x)
     geom = adaptive_pool_geometry(op, x, ndim, output_size)
     return _avg_backward(op, grad_out, x, geom, _WINDOW_SIZE)
 
 
 def _adaptive_max_pool(op, ndim, x, output_size, return_indices):
-    placement(op, x=x)
+    place(op, x=x)
     geom = adaptive_pool_geometry(op, x, ndim, output_size)
     return _max(x, geom, check_bool(op, "return_indices", return_indices))
 
 
 def _adaptive_max_pool_backward(op, ndim, grad_out, x, output_size, indices):
-    placement(op, grad_out=grad_out, x=x, indices=indices)
+    place(op, grad_out=grad_out, x=x, indices=indices)
     geom = adaptive_pool_geometry(op, x, ndim, output_size)
     return _max_backward(op, grad_out, x, geom, indices)
 
