@@ -8,6 +8,8 @@ block or warp size divides them), because Numba's CUDA simulator (the default, s
 runs a Python thread per CUDA thread; NUMBA_ENABLE_CUDASIM=0 runs the same tests on a real GPU.
 """
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -15,7 +17,7 @@ from hypothesis import strategies as st
 
 from conftest import DTYPES, assert_close
 from numbaconv import functional as F
-from numbaconv._device import cuda_status, is_device_array, to_device, to_host
+from numbaconv._device import cuda_status, is_device_array, to_host
 
 pytestmark = [
     pytest.mark.cuda,
@@ -324,3 +326,44 @@ def test_dropout(rng, dtype, shape):
     same_on_gpu(F.dropout, x, 0.4, False, 123)
     with pytest.raises(ValueError, match="dropout_backward: all arrays must be on one device.*mask on the host"):
         F.dropout_backward(gpu(x), mask, 0.4)
+
+
+# --------------------------------------------------------------------------- PyTorch CUDA tensors
+
+
+def _torch_cuda():
+    """torch, when it can run on a real GPU next to numba (not on the simulator); else None."""
+    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch if torch.cuda.is_available() else None
+
+
+@pytest.mark.skipif(_torch_cuda() is None, reason="needs PyTorch with CUDA and a real GPU (NUMBA_ENABLE_CUDASIM=0)")
+def test_torch_cuda_tensors_in_and_parity(rng):
+    """PyTorch CUDA tensors go in without a copy (``__cuda_array_interface__``), and the results
+    match PyTorch's own on the GPU."""
+    torch = _torch_cuda()
+    tf = torch.nn.functional
+    x = torch.from_numpy(rng.standard_normal((2, 3, 5, 5)).astype(np.float32)).cuda()
+    target = torch.from_numpy(rng.integers(0, 3, (2, 5, 5))).cuda()
+    mean, var = torch.zeros(3, device="cuda"), torch.ones(3, device="cuda")
+    theirs_mean, theirs_var = mean.clone(), var.clone()
+    pairs = [
+        (F.relu(x), tf.relu(x)),
+        (F.log_softmax(x, 1), tf.log_softmax(x, 1)),
+        (F.max_pool2d(x, 3, 2, 1, ceil_mode=True), tf.max_pool2d(x, 3, 2, 1, ceil_mode=True)),
+        (F.avg_pool2d(x, 2, count_include_pad=False, padding=1), tf.avg_pool2d(x, 2, count_include_pad=False, padding=1)),
+        (F.adaptive_avg_pool2d(x, (2, 3)), tf.adaptive_avg_pool2d(x, (2, 3))),
+        (F.group_norm(x, 3), tf.group_norm(x, 3)),
+        (F.local_response_norm(x, 3), tf.local_response_norm(x, 3)),
+        (F.batch_norm(x, mean, var, training=True), tf.batch_norm(x, theirs_mean, theirs_var, training=True)),
+        (F.cross_entropy(x, target), tf.cross_entropy(x, target)),
+    ]
+    pairs += [(mean, theirs_mean), (var, theirs_var)]  # updated in place, in the tensors' own memory
+    for i, (ours, theirs) in enumerate(pairs):
+        assert_close(to_host(ours) if is_device_array(ours) else ours.cpu().numpy(),
+                     theirs.double().cpu().numpy(), dtype=np.float32, what=f"pair {i}")

@@ -63,13 +63,15 @@ def kernels(where, name):
 
 
 def place(op, **arrays):
-    """``placement`` of the op's arrays, "cpu" or "cuda"; on "cuda" also a ValueError naming any
-    array that is not C-contiguous, as ``kernels.cuda._launch.device_arrays`` says why."""
+    """(where, arrays): the ``placement`` of the op's arrays, "cpu" or "cuda", and the arrays in
+    the order given, as the checks and kernels take them: host arrays unchanged; GPU arrays
+    (CuPy arrays and PyTorch CUDA tensors too) as numba device arrays, without a copy, with a
+    ValueError naming any that is not C-contiguous (``kernels.cuda._launch.device_arrays``)."""
     where = placement(op, **arrays)
-    if where == CUDA:
-        from ..kernels.cuda._launch import device_arrays
-        device_arrays(op, **arrays)
-    return where
+    if where != CUDA:
+        return where, tuple(arrays.values())
+    from ..kernels.cuda._launch import device_arrays
+    return where, device_arrays(op, **arrays)
 
 
 def contiguous(a):
@@ -95,7 +97,7 @@ def empty(shape, dtype, where):
 
 
 def _forward(op, code, x, a=0.0):
-    where = place(op, x=x)
+    where, (x,) = place(op, x=x)
     check_array(op, "x", x)
     out = empty(x.shape, x.dtype, where)
     kernels(where, "elementwise").forward(code, flat(x), x.dtype.type(a), out.reshape(out.size))
@@ -103,7 +105,7 @@ def _forward(op, code, x, a=0.0):
 
 
 def _backward(op, code, grad_out, t, name, a=0.0):
-    where = place(op, grad_out=grad_out, **{name: t})
+    where, (grad_out, t) = place(op, grad_out=grad_out, **{name: t})
     check_array(op, name, t)
     check_grad_out(op, grad_out, t.shape, t.dtype)
     out = empty(t.shape, t.dtype, where)
@@ -180,7 +182,7 @@ def _scratch(a3, where):
 
 
 def _softmax(op, x, dim, log):
-    where = place(op, x=x)
+    where, (x,) = place(op, x=x)
     check_array(op, "x", x)
     dim = check_dim(op, "dim", dim, x.ndim)
     out = empty(x.shape, x.dtype, where)
@@ -191,7 +193,7 @@ def _softmax(op, x, dim, log):
 
 
 def _softmax_backward(op, grad_out, y, dim, log):
-    where = place(op, grad_out=grad_out, y=y)
+    where, (grad_out, y) = place(op, grad_out=grad_out, y=y)
     check_array(op, "y", y)
     check_grad_out(op, grad_out, y.shape, y.dtype)
     dim = check_dim(op, "dim", dim, y.ndim)

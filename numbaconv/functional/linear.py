@@ -151,7 +151,7 @@ def dropout(x, p=0.5, training=True, rng=None):
     GPU both are device arrays, and the mask is the one the host would draw from the same rng.
     """
     op = "dropout"
-    where = place(op, x=x)
+    where, (x,) = place(op, x=x)
     check_array(op, "x", x)
     p = _check_p(op, p)
     if not isinstance(training, (bool, np.bool_)):
@@ -186,7 +186,7 @@ def dropout_backward(grad_out, mask, p=0.5):
     mask from training=False, whose output was x itself).
     """
     op = "dropout_backward"
-    where = place(op, grad_out=grad_out, mask=mask)
+    where, (grad_out, mask) = place(op, grad_out=grad_out, mask=mask)
     check_array(op, "grad_out", grad_out)
     p = _check_p(op, p)
     array = isinstance(mask, np.ndarray) or where == CUDA

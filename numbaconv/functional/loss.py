@@ -63,9 +63,11 @@ def _check_classes(op, name, scores, target):
 
 
 def _place(op, grad_out=None, **arrays):
-    """The op's ``place``; a real-number grad_out lives nowhere and goes with either device."""
+    """(where, grad_out, arrays) as ``place`` gives them; a real-number grad_out lives nowhere
+    and goes with either device."""
     real = isinstance(grad_out, Real) and not isinstance(grad_out, (bool, np.bool_))
-    return place(op, grad_out=None if real else grad_out, **arrays)
+    where, (g, *taken) = place(op, grad_out=None if real else grad_out, **arrays)
+    return where, grad_out if real else g, taken
 
 
 def _scale(op, grad_out, reduction, shape, count, dtype):
@@ -151,7 +153,7 @@ def nll_loss(log_probs, target, reduction="mean"):
     Returns a 0-d array ("mean", "sum") or (N, d1, ...) ("none"), log_probs' dtype.
     """
     op = "nll_loss"
-    where = _place(op, log_probs=log_probs, target=target)
+    where, _, (log_probs, target) = _place(op, log_probs=log_probs, target=target)
     index = _check_classes(op, "log_probs", log_probs, target)
     check_choice(op, "reduction", reduction, REDUCTIONS)
     if where == CUDA:
@@ -166,7 +168,7 @@ def nll_loss_backward(grad_out, log_probs, target, reduction="mean"):
     grad_out: a scalar for "mean" and "sum", (N, d1, ...) for "none". Returns log_probs' shape.
     """
     op = "nll_loss_backward"
-    where = _place(op, grad_out, log_probs=log_probs, target=target)
+    where, grad_out, (log_probs, target) = _place(op, grad_out, log_probs=log_probs, target=target)
     index = _check_classes(op, "log_probs", log_probs, target)
     check_choice(op, "reduction", reduction, REDUCTIONS)
     if where == CUDA:
@@ -188,7 +190,7 @@ def cross_entropy(logits, target, reduction="mean"):
     integers in [0, C). Returns a 0-d array ("mean", "sum") or (N, d1, ...) ("none").
     """
     op = "cross_entropy"
-    where = _place(op, logits=logits, target=target)
+    where, _, (logits, target) = _place(op, logits=logits, target=target)
     index = _check_classes(op, "logits", logits, target)
     check_choice(op, "reduction", reduction, REDUCTIONS)
     if where == CUDA:
@@ -203,7 +205,7 @@ def cross_entropy_backward(grad_out, logits, target, reduction="mean"):
     grad_out: a scalar for "mean" and "sum", (N, d1, ...) for "none". Returns logits' shape.
     """
     op = "cross_entropy_backward"
-    where = _place(op, grad_out, logits=logits, target=target)
+    where, grad_out, (logits, target) = _place(op, grad_out, logits=logits, target=target)
     index = _check_classes(op, "logits", logits, target)
     check_choice(op, "reduction", reduction, REDUCTIONS)
     if where == CUDA:
@@ -232,7 +234,7 @@ def mse_loss(input, target, reduction="mean"):
     Returns a 0-d array ("mean", "sum") or input's shape ("none"), input's dtype.
     """
     op = "mse_loss"
-    where = _place(op, input=input, target=target)
+    where, _, (input, target) = _place(op, input=input, target=target)
     _check_mse(op, input, target)
     check_choice(op, "reduction", reduction, REDUCTIONS)
     if where == CUDA:
@@ -248,7 +250,7 @@ def mse_loss_backward(grad_out, input, target, reduction="mean"):
     """2 * (input - target) * scale: the gradient with respect to input (that of target is its
     negative). grad_out: a scalar for "mean" and "sum", input's shape for "none"."""
     op = "mse_loss_backward"
-    where = _place(op, grad_out, input=input, target=target)
+    where, grad_out, (input, target) = _place(op, grad_out, input=input, target=target)
     _check_mse(op, input, target)
     check_choice(op, "reduction", reduction, REDUCTIONS)
     if where == CUDA:

@@ -279,7 +279,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     running statistics are used (they must be given) and nothing is modified.
     """
     op = "batch_norm"
-    where = place(op, x=x, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
+    where, (x, running_mean, running_var, weight, bias) = place(
+        op, x=x, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     training, eps, view, axes = _batch_norm_args(op, x, running_mean, running_var, weight, bias, training, eps)
     momentum = _check_number(op, "momentum", momentum)
     if training and running_mean is not None and where != CUDA:  # GPU arrays are always writeable
@@ -310,7 +311,8 @@ def batch_norm_backward(grad_out, x, running_mean, running_var, weight=None, bia
     the running statistics as constants. The running statistics are never modified.
     """
     op = "batch_norm_backward"
-    place(op, grad_out=grad_out, x=x, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
+    _, (grad_out, x, running_mean, running_var, weight, bias) = place(
+        op, grad_out=grad_out, x=x, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     training, eps, view, axes = _batch_norm_args(op, x, running_mean, running_var, weight, bias, training, eps)
     needs = check_needs(op, needs)
     check_grad_out(op, grad_out, x.shape, x.dtype)
@@ -347,7 +349,7 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
     (torch.nn.functional.instance_norm without running statistics).
     """
     op = "group_norm"
-    where = place(op, x=x, weight=weight, bias=bias)
+    where, (x, weight, bias) = place(op, x=x, weight=weight, bias=bias)
     eps, view, axes = _group_norm_args(op, x, num_groups, weight, bias, eps)
     if x.size == 0:
         return empty(x.shape, x.dtype, where)
@@ -364,7 +366,7 @@ def group_norm_backward(grad_out, x, num_groups, weight=None, bias=None, eps=1e-
     whose parameter is None. The group statistics are computed again from x.
     """
     op = "group_norm_backward"
-    place(op, grad_out=grad_out, x=x, weight=weight, bias=bias)
+    _, (grad_out, x, weight, bias) = place(op, grad_out=grad_out, x=x, weight=weight, bias=bias)
     eps, view, axes = _group_norm_args(op, x, num_groups, weight, bias, eps)
     needs = check_needs(op, needs)
     check_grad_out(op, grad_out, x.shape, x.dtype)
@@ -389,7 +391,7 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0):
     channels outside [0, C) counting as zeros; shaped like x, in x's dtype, C-contiguous.
     """
     op = "local_response_norm"
-    where = place(op, x=x)
+    where, (x,) = place(op, x=x)
     scalars = _lrn_args(op, x, size, alpha, beta, k)
     out = empty(x.shape, x.dtype, where)
     if x.size:
@@ -405,7 +407,7 @@ def local_response_norm_backward(grad_out, x, size, alpha=1e-4, beta=0.75, k=1.0
     shaped like x, in x's dtype, C-contiguous.
     """
     op = "local_response_norm_backward"
-    where = place(op, grad_out=grad_out, x=x)
+    where, (grad_out, x) = place(op, grad_out=grad_out, x=x)
     scalars = _lrn_args(op, x, size, alpha, beta, k)
     check_grad_out(op, grad_out, x.shape, x.dtype)
     grad_x = empty(x.shape, x.dtype, where)

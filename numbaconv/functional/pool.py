@@ -107,13 +107,13 @@ def _avg_backward(op, grad_out, x, geom, divisor):
 
 
 def _max_pool(op, ndim, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
-    place(op, x=x)
+    _, (x,) = place(op, x=x)
     geom = pool_geometry(op, x, ndim, kernel_size, stride, padding, dilation, ceil_mode)
     return _max(x, geom, check_bool(op, "return_indices", return_indices))
 
 
 def _max_pool_backward(op, ndim, grad_out, x, kernel_size, stride, padding, dilation, ceil_mode, indices):
-    place(op, grad_out=grad_out, x=x, indices=indices)
+    _, (grad_out, x, indices) = place(op, grad_out=grad_out, x=x, indices=indices)
     geom = pool_geometry(op, x, ndim, kernel_size, stride, padding, dilation, ceil_mode)
     return _max_backward(op, grad_out, x, geom, indices)
 
@@ -123,20 +123,22 @@ def _max_pool_backward(op, ndim, grad_out, x, kernel_size, stride, padding, dila
 
 def _avg_geometry(op, ndim, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
                   grad_out=None):
-    place(op, grad_out=grad_out, x=x)
+    """(geometry, divisor rule, x, grad_out): the arrays as ``place`` gives them."""
+    _, (grad_out, x) = place(op, grad_out=grad_out, x=x)
     geom = pool_geometry(op, x, ndim, kernel_size, stride, padding, 1, ceil_mode)
     count_include_pad = check_bool(op, "count_include_pad", count_include_pad)
-    return geom, (count_include_pad, check_divisor_override(op, divisor_override))
+    return geom, (count_include_pad, check_divisor_override(op, divisor_override)), x, grad_out
 
 
 def _avg_pool(op, ndim, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
-    geom, divisor = _avg_geometry(op, ndim, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    geom, divisor, x, _ = _avg_geometry(op, ndim, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                        divisor_override)
     return _avg(x, geom, divisor)
 
 
 def _avg_pool_backward(op, ndim, grad_out, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
-    geom, divisor = _avg_geometry(op, ndim, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
-                                  grad_out)
+    geom, divisor, x, grad_out = _avg_geometry(op, ndim, x, kernel_size, stride, padding, ceil_mode,
+                                               count_include_pad, divisor_override, grad_out)
     return _avg_backward(op, grad_out, x, geom, divisor)
 
 
@@ -144,9 +146,10 @@ def _avg_pool_backward(op, ndim, grad_out, x, kernel_size, stride, padding, ceil
 
 
 def _lp_geometry(op, ndim, x, norm_type, kernel_size, stride, ceil_mode, grad_out=None):
-    place(op, grad_out=grad_out, x=x)
+    """(geometry, p, x, grad_out): the arrays as ``place`` gives them."""
+    _, (grad_out, x) = place(op, grad_out=grad_out, x=x)
     geom = pool_geometry(op, x, ndim, kernel_size, stride, 0, 1, ceil_mode)
-    return geom, check_norm_type(op, norm_type)
+    return geom, check_norm_type(op, norm_type), x, grad_out
 
 
 def _sign(a):
@@ -155,7 +158,7 @@ def _sign(a):
 
 
 def _lp_pool(op, ndim, x, norm_type, kernel_size, stride, ceil_mode):
-    geom, p = _lp_geometry(op, ndim, x, norm_type, kernel_size, stride, ceil_mode)
+    geom, p, x, _ = _lp_geometry(op, ndim, x, norm_type, kernel_size, stride, ceil_mode)
     if _side(x) == CUDA:
         out = _empty(geom, geom.out_size, x.dtype, x)
         if p == math.inf:
@@ -172,7 +175,7 @@ def _lp_pool(op, ndim, x, norm_type, kernel_size, stride, ceil_mode):
 
 
 def _lp_pool_backward(op, ndim, grad_out, x, norm_type, kernel_size, stride, ceil_mode):
-    geom, p = _lp_geometry(op, ndim, x, norm_type, kernel_size, stride, ceil_mode, grad_out)
+    geom, p, x, grad_out = _lp_geometry(op, ndim, x, norm_type, kernel_size, stride, ceil_mode, grad_out)
     if _side(x) == CUDA:
         return _lp_pool_backward_cuda(op, grad_out, x, geom, p)
     if p == math.inf:
@@ -206,25 +209,25 @@ def _lp_pool_backward_cuda(op, grad_out, x, geom, p):
 
 
 def _adaptive_avg_pool(op, ndim, x, output_size):
-    place(op, x=x)
+    _, (x,) = place(op, x=x)
     geom = adaptive_pool_geometry(op, x, ndim, output_size)
     return _avg(x, geom, _WINDOW_SIZE)
 
 
 def _adaptive_avg_pool_backward(op, ndim, grad_out, x, output_size):
-    place(op, grad_out=grad_out, x=x)
+    _, (grad_out, x) = place(op, grad_out=grad_out, x=x)
     geom = adaptive_pool_geometry(op, x, ndim, output_size)
     return _avg_backward(op, grad_out, x, geom, _WINDOW_SIZE)
 
 
 def _adaptive_max_pool(op, ndim, x, output_size, return_indices):
-    place(op, x=x)
+    _, (x,) = place(op, x=x)
     geom = adaptive_pool_geometry(op, x, ndim, output_size)
     return _max(x, geom, check_bool(op, "return_indices", return_indices))
 
 
 def _adaptive_max_pool_backward(op, ndim, grad_out, x, output_size, indices):
-    place(op, grad_out=grad_out, x=x, indices=indices)
+    _, (grad_out, x, indices) = place(op, grad_out=grad_out, x=x, indices=indices)
     geom = adaptive_pool_geometry(op, x, ndim, output_size)
     return _max_backward(op, grad_out, x, geom, indices)
 
