@@ -3,16 +3,12 @@ Runtime; and the loader's refusals (truncated or malformed files, cycles, dangli
 tensors whose data disagree with their shape, unsupported ops and attributes, external data).
 
 Every comparison is against ONNX Runtime on the same bytes, within 1e-4 of the output's scale
-(its largest magnitude). The PyTorch models are built here with random weights and random
-batch-norm statistics (so folding them changes the weights), exported with the TorchScript
-exporter (``dynamo=False``: offline, and fast), with a dynamic batch dimension.
+(its largest magnitude). The PyTorch models (tests/onnx_models.py) have random weights and
+random batch-norm statistics, so folding them changes the weights.
 """
 
-import io
-import os
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
@@ -50,143 +46,35 @@ def assert_matches_ort(data, feeds, model=None):
 # --------------------------------------------------------------------------- models from PyTorch
 
 
-def _torch():
-    return pytest.importorskip("torch")
+def models():
+    """tests/onnx_models.py, or a skip when torch is not importable."""
+    pytest.importorskip("torch")
+    import onnx_models
+
+    return onnx_models
 
 
-def export(module, x, opset=13, fold=True):
-    torch = _torch()
-    module.eval()
-    f = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.from_numpy(x),), f, dynamo=False, opset_version=opset,
-                          do_constant_folding=fold, input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
-    return f.getvalue()
-
-
-def randomize(module, seed=0):
-    """Random batch-norm statistics and affine parameters, so that folding them matters."""
-    torch = _torch()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                n = m.num_features
-                m.running_mean.copy_(torch.rand(n, generator=gen) * 2 - 1)
-                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.bias.copy_(torch.rand(n, generator=gen) - 0.5)
-    return module
-
-
-def lenet():
-    tnn = _torch().nn
-    return tnn.Sequential(tnn.Conv2d(1, 6, 5), tnn.ReLU(), tnn.MaxPool2d(2), tnn.Conv2d(6, 16, 5), tnn.ReLU(),
-                          tnn.MaxPool2d(2), tnn.Flatten(), tnn.Linear(400, 120), tnn.ReLU(), tnn.Linear(120, 84),
-                          tnn.ReLU(), tnn.Linear(84, 10))
-
-
-def vgg_style():
-    tnn = _torch().nn
-
-    def block(c_in, c_out):
-        return [tnn.Conv2d(c_in, c_out, 3, padding=1), tnn.BatchNorm2d(c_out), tnn.ReLU(),
-                tnn.Conv2d(c_out, c_out, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2, 2)]
-
-    return tnn.Sequential(*block(3, 8), *block(8, 16), *block(16, 16), tnn.Flatten(), tnn.Linear(16 * 4 * 4, 32),
-                          tnn.ReLU(), tnn.Dropout(0.5), tnn.Linear(32, 10), tnn.Softmax(dim=1))
-
-
-def mobilenet_block():
-    """A MobileNet-v2 style stem and inverted residual: depthwise 3x3, pointwise 1x1, ReLU6."""
-    torch = _torch()
-    tnn = torch.nn
-
-    class Block(tnn.Module):
-        def __init__(self, c, expand):
-            super().__init__()
-            h = c * expand
-            self.body = tnn.Sequential(
-                tnn.Conv2d(c, h, 1, bias=False), tnn.BatchNorm2d(h), tnn.ReLU6(),
-                tnn.Conv2d(h, h, 3, padding=1, groups=h, bias=False), tnn.BatchNorm2d(h), tnn.ReLU6(),
-                tnn.Conv2d(h, c, 1, bias=False), tnn.BatchNorm2d(c))
-
-        def forward(self, x):
-            return x + self.body(x)
-
-    return tnn.Sequential(
-        tnn.Conv2d(3, 16, 3, stride=2, padding=1, bias=False), tnn.BatchNorm2d(16), tnn.ReLU6(),
-        tnn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), tnn.BatchNorm2d(16), tnn.ReLU6(),
-        tnn.Conv2d(16, 8, 1, bias=False), tnn.BatchNorm2d(8),
-        Block(8, 4), Block(8, 4),
-        tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(8, 10))
-
-
-def conv1d_net():
-    tnn = _torch().nn
-    return tnn.Sequential(
-        tnn.Conv1d(2, 8, 5, stride=2), tnn.BatchNorm1d(8), tnn.ReLU(), tnn.MaxPool1d(2),
-        tnn.Conv1d(8, 16, 3, padding=1, dilation=1), tnn.LeakyReLU(0.1), tnn.AvgPool1d(2),
-        tnn.Conv1d(16, 16, 3, padding=2, dilation=2, groups=4), tnn.Tanh(),
-        tnn.Flatten(), tnn.Linear(16 * 7, 5), tnn.LogSoftmax(dim=1))
-
-
-def conv3d_net():
-    tnn = _torch().nn
-    return tnn.Sequential(
-        tnn.Conv3d(1, 4, 3, padding=1), tnn.BatchNorm3d(4), tnn.ReLU(), tnn.MaxPool3d(2),
-        tnn.Conv3d(4, 8, 3, stride=(1, 2, 1), padding=1), tnn.Sigmoid(), tnn.AvgPool3d(2, ceil_mode=False),
-        tnn.AdaptiveAvgPool3d(1), tnn.Flatten(), tnn.Linear(8, 3))
-
-
-def decoder():
-    """Transposed convolutions (stride, padding, output_padding), a skip concatenation."""
-    torch = _torch()
-    tnn = torch.nn
-
-    class Decoder(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.down = tnn.Conv2d(3, 8, 3, stride=2, padding=1)
-            self.up = tnn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1)
-            self.out = tnn.ConvTranspose2d(7, 2, 2, stride=1, dilation=2)
-
-        def forward(self, x):
-            y = torch.relu(self.up(torch.relu(self.down(x))))
-            return torch.sigmoid(self.out(torch.cat([y, x], dim=1)))
-
-    return Decoder()
-
-
-def torch_resnet18():
-    sys.path.insert(0, os.path.dirname(__file__))
-    import torch_ref
-
-    return torch_ref.resnet18(num_classes=10)[0]
-
-
-TORCH_MODELS = {
-    "lenet5": (lenet, (3, 1, 32, 32)),
-    "vgg_style": (vgg_style, (2, 3, 32, 32)),
-    "mobilenet_block": (mobilenet_block, (2, 3, 32, 32)),
-    "conv1d": (conv1d_net, (3, 2, 64)),
-    "conv3d": (conv3d_net, (2, 1, 8, 12, 8)),
-    "decoder": (decoder, (2, 3, 10, 12)),
-    "resnet18_32x32": (torch_resnet18, (2, 3, 32, 32)),
+TORCH_MODELS = {  # name: (builder in onnx_models, input shape)
+    "lenet5": ("lenet", (3, 1, 32, 32)),
+    "vgg_style": ("vgg_style", (2, 3, 32, 32)),
+    "mobilenet_block": ("mobilenet_block", (2, 3, 32, 32)),
+    "conv1d": ("conv1d_net", (3, 2, 64)),
+    "conv3d": ("conv3d_net", (2, 1, 8, 12, 8)),
+    "decoder": ("decoder", (2, 3, 10, 12)),
+    "resnet18_32x32": ("torch_resnet18", (2, 3, 32, 32)),
 }
 
 
 @pytest.mark.parametrize("fold", [True, False], ids=["exporter-folded", "batchnorm-kept"])
 @pytest.mark.parametrize("name", list(TORCH_MODELS))
 def test_torch_models_match_onnxruntime(name, fold):
-    torch = _torch()
+    m = models()
+    torch = m.torch
     torch.manual_seed(0)
-    make, shape = TORCH_MODELS[name]
-    module = randomize(make())
+    builder, shape = TORCH_MODELS[name]
+    module = m.randomize(getattr(m, builder)())
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
-    data = export(module, x, fold=fold)
+    data = m.export(module, x, fold=fold)
     model = assert_matches_ort(data, {"x": x})
     ops = [n.op for n in model.graph.nodes]
     assert "BatchNormalization" not in ops, "every batch norm follows a convolution and is folded into it"
@@ -200,10 +88,9 @@ def test_torch_models_match_onnxruntime(name, fold):
 
 
 def test_activations_fused_into_convolutions():
-    _torch()
-    module = randomize(mobilenet_block())
+    m = models()
     x = np.zeros((1, 3, 16, 16), np.float32)
-    model = nco.load(export(module, x, fold=False))
+    model = nco.load(m.export(m.randomize(m.mobilenet_block()), x, fold=False))
     convs = [n for n in model.graph.nodes if n.op == "Conv"]
     fused = [n.attrs.get("epilogue") for n in convs]
     assert fused.count((1.0, 0.0, 6.0)) == 6, fused  # every Conv + BN + ReLU6 became one Conv
@@ -211,17 +98,17 @@ def test_activations_fused_into_convolutions():
 
 
 def test_full_size_resnet18_batch_1():
-    torch = _torch()
-    torch.manual_seed(0)
-    module = randomize(torch_resnet18())
+    m = models()
+    m.torch.manual_seed(0)
+    module = m.randomize(m.torch_resnet18())
     x = np.random.default_rng(3).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    assert_matches_ort(export(module, x), {"x": x})
+    assert_matches_ort(m.export(module, x), {"x": x})
 
 
 def test_opset_11_export():
-    _torch()
+    m = models()
     x = np.random.default_rng(4).standard_normal((2, 2, 64)).astype(np.float32)
-    assert_matches_ort(export(randomize(conv1d_net()), x, opset=11), {"x": x})
+    assert_matches_ort(m.export(m.randomize(m.conv1d_net()), x, opset=11), {"x": x})
 
 
 # --------------------------------------------------------------------------- graphs built by hand
