@@ -24,6 +24,7 @@ import naive
 import numbaconv
 from conftest import assert_close, make_array
 from numbaconv import functional as F
+from numbaconv._geometry import conv_geometry
 from numbaconv._device import cuda_status, is_device_array, to_device, to_host
 
 pytestmark = [
@@ -99,8 +100,12 @@ def test_conv(nd, shape, weight_shape, kwargs, bias, dtype):
 
 def test_conv_long_sums_split_the_weight_gradient():
     """More (sample, position) terms than a block's threads: the direct weight gradient sums
-    slices in two kernels."""
-    run_conv(1, (1, 1, 300), (1, 1, 3), dict(padding=1), True, np.float64, algorithms=("direct",))
+    slices of the output rows in two kernels."""
+    from numbaconv.kernels.cuda import conv_direct
+
+    geom = conv_geometry("conv2d", np.ones((1, 1, 20, 20)), np.ones((1, 1, 3, 3)), None, 1, 1, 1, 1, "zeros", 2)
+    assert conv_direct._splits(geom, 9) > 1
+    run_conv(2, (1, 1, 20, 20), (1, 1, 3, 3), dict(padding=1), True, np.float64, algorithms=("direct",))
 
 
 def test_conv_unstaged_direct_forward(monkeypatch):

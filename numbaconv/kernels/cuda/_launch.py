@@ -123,10 +123,32 @@ def block_sum(value, shared):
 def source(a, k, s, d, pad, O):
     """Output index o with o * s + k * d - pad == a, or -1 when there is none."""
     q = a + pad - k * d
-    if q < 0 or q % s:
+    if q < 0:
         return -1
-    o = q // s
-    return o if o < O else -1
+    if s > 1:  # 64-bit division is dozens of instructions: only where the stride needs it
+        if q % s:
+            return -1
+        q //= s
+    return q if q < O else -1
+
+
+@cuda.jit(device=True, inline=True)
+def valid_outputs(offset, stride, n_in, n_out):
+    """Range [lo, hi) of output positions o with 0 <= o * stride + offset < n_in (the twin of
+    kernels/cpu/_window.valid_outputs)."""
+    lo = 0 if offset >= 0 else (-offset + stride - 1) // stride
+    last = n_in - 1 - offset
+    hi = 0 if last < 0 else min(n_out, last // stride + 1)
+    return lo, max(lo, hi)
+
+
+def plane_grid(plane, outer, count):
+    """(grid, threads) of a kernel with a thread per element of ``count`` planes of ``plane``
+    elements, times ``outer``: grid x = plane index * tiles + tile (no 65535 limit), grid y =
+    the outer index; a thread finds its place with one division per dimension, not one per
+    dimension of the whole tensor."""
+    _, threads = line(plane)
+    return (count * ceil_div(plane, threads), outer), threads
 
 
 @cuda.jit

@@ -13,20 +13,20 @@ strides), the same block reads its inputs from global memory instead.
 
 grad_input is a gather: a thread per input element sums ``w * grad_out`` over the output
 positions whose windows read it, so no two threads write one element. grad_weight: a thread per
-weight element and slice of the (sample, output position) range, the slices' sums then added
-by a second kernel (deterministic: no atomics).
+weight element and slice of the output rows (sample, depth, row), each row's valid columns in a
+loop with no bounds to check; the slices' sums are then added by a second kernel
+(deterministic: no atomics).
 
 The direct kernels need no workspace; their entry points take the argument only to share
 im2col's signature.
 """
 
 import functools
-import math
 
 from numba import cuda
 
 from . import _launch
-from ._launch import SHARED_BYTES, THREADS, ceil_div, numba_type, pow2_at_least
+from ._launch import SHARED_BYTES, THREADS, ceil_div, numba_type, pow2_at_least, source, valid_outputs
 
 #: Output channels a forward block computes at most (each thread holds KB sums).
 MAX_KB = 8
@@ -148,23 +148,25 @@ def _grad_input(nb):
         K, Cg, KD, KH, KW = w.shape
         OD, OH, OW = go.shape[2], go.shape[3], go.shape[4]
         Kg = K // groups
-        e = cuda.grid(1)
-        if e >= gx.size:
+        # grid: x = c * tiles + tile of the (H, W) plane, y = n * D + i
+        tiles = (H * W + cuda.blockDim.x - 1) // cuda.blockDim.x
+        c, q = cuda.blockIdx.x // tiles, (cuda.blockIdx.x % tiles) * cuda.blockDim.x + cuda.threadIdx.x
+        if q >= H * W:
             return
-        x_w, h, i = e % W, (e // W) % H, (e // (W * H)) % D
-        c, n = (e // (W * H * D)) % C, e // (W * H * D * C)
+        n, i = cuda.blockIdx.y // D, cuda.blockIdx.y % D
+        h, x_w = q // W, q % W
         k0, cl = (c // Cg) * Kg, c % Cg
         acc = nb(0)
         for kd in range(KD):
-            od = _launch.source(i, kd, stride[0], dilation[0], padding[0], OD)
+            od = source(i, kd, stride[0], dilation[0], padding[0], OD)
             if od < 0:
                 continue
             for kh in range(KH):
-                oh = _launch.source(h, kh, stride[1], dilation[1], padding[1], OH)
+                oh = source(h, kh, stride[1], dilation[1], padding[1], OH)
                 if oh < 0:
                     continue
                 for kw in range(KW):
-                    ow = _launch.source(x_w, kw, stride[2], dilation[2], padding[2], OW)
+                    ow = source(x_w, kw, stride[2], dilation[2], padding[2], OW)
                     if ow < 0:
                         continue
                     for k in range(k0, k0 + Kg):
@@ -176,17 +178,18 @@ def _grad_input(nb):
 
 def grad_input(go, w, gx, geom, workspace=None):
     """gx = the input gradient of conv for output gradient ``go``, written over ``gx``."""
+    N, C, D, H, W = gx.shape
     if gx.size:
-        blocks, threads = _launch.line(gx.size)
-        _grad_input(gx.dtype)[blocks, threads](go, w, gx, geom.stride, geom.dilation, geom.padding, geom.groups)
+        grid, threads = _launch.plane_grid(H * W, N * D, C)
+        _grad_input(gx.dtype)[grid, threads](go, w, gx, geom.stride, geom.dilation, geom.padding, geom.groups)
 
 
 @_launch.per_dtype
 def _grad_weight(nb):
     @cuda.jit
     def grad_weight(go, x, gw, partial, stride, dilation, padding, groups, span):
-        """partial[s, e] = weight element e's sum over terms [s * span, (s + 1) * span) of the
-        (sample, output position) range."""
+        """partial[s, e] = weight element e's sum over the output rows (n, od, oh) numbered
+        [s * span, (s + 1) * span), each row's valid columns in one branch-free loop."""
         N, C, D, H, W = x.shape
         K, Cg, KD, KH, KW = gw.shape
         OD, OH, OW = go.shape[2], go.shape[3], go.shape[4]
@@ -197,16 +200,16 @@ def _grad_weight(nb):
         kw, kh, kd = e % KW, (e // KW) % KH, (e // (KW * KH)) % KD
         cl, k = (e // (KW * KH * KD)) % Cg, e // (KW * KH * KD * Cg)
         c = (k // Kg) * Cg + cl
-        P = OD * OH * OW
+        offd, offh = kd * dilation[0] - padding[0], kh * dilation[1] - padding[1]
+        offw = kw * dilation[2] - padding[2]
+        ow0, ow1 = valid_outputs(offw, stride[2], W, OW)
         acc = nb(0)
-        for r in range(s * span, min(N * P, (s + 1) * span)):
-            n, p = r // P, r % P
-            od, oh, ow = p // (OH * OW), (p // OW) % OH, p % OW
-            i = od * stride[0] + kd * dilation[0] - padding[0]
-            h = oh * stride[1] + kh * dilation[1] - padding[1]
-            xw = ow * stride[2] + kw * dilation[2] - padding[2]
-            if 0 <= i < D and 0 <= h < H and 0 <= xw < W:
-                acc += go[n, k, od, oh, ow] * x[n, c, i, h, xw]
+        for row in range(s * span, min(N * OD * OH, (s + 1) * span)):
+            oh, od, n = row % OH, (row // OH) % OD, row // (OH * OD)
+            i, h = od * stride[0] + offd, oh * stride[1] + offh
+            if 0 <= i < D and 0 <= h < H:
+                for ow in range(ow0, ow1):
+                    acc += go[n, k, od, oh, ow] * x[n, c, i, h, ow * stride[2] + offw]
         partial[s, e] = acc
 
     return grad_weight
@@ -232,15 +235,23 @@ def _sum_rows(nb):
 GRAD_WEIGHT_THREADS = 1 << 17
 
 
+def _splits(geom, size):
+    """Slices of the output rows for a weight of ``size`` elements: each of at least THREADS
+    terms, as many as bring the threads to GRAD_WEIGHT_THREADS."""
+    OD, OH, OW = geom.out_size
+    rows = geom.batch * OD * OH
+    return max(1, min(rows, ceil_div(rows * OW, THREADS), ceil_div(GRAD_WEIGHT_THREADS, size)))
+
+
 def grad_weight(go, x, gw, geom, workspace=None):
     """gw = the weight gradient of conv for output gradient ``go``, written over ``gw``."""
-    terms = geom.batch * math.prod(geom.out_size)
+    rows = geom.batch * geom.out_size[0] * geom.out_size[1]
     size = gw.size
     flat = _launch.flat(gw)
-    splits = max(1, min(ceil_div(terms, THREADS), ceil_div(GRAD_WEIGHT_THREADS, size)))
+    splits = _splits(geom, size)
     partial = flat.reshape(1, size) if splits == 1 else _launch.empty((splits, size), gw.dtype)
     blocks, threads = _launch.line(size)
     _grad_weight(gw.dtype)[(blocks, splits), threads](
-        go, x, gw, partial, geom.stride, geom.dilation, geom.padding, geom.groups, ceil_div(terms, splits))
+        go, x, gw, partial, geom.stride, geom.dilation, geom.padding, geom.groups, ceil_div(rows, splits))
     if splits > 1:
         _sum_rows(gw.dtype)[blocks, threads](partial, flat)

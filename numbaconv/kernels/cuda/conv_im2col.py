@@ -20,6 +20,7 @@ import threading
 from numba import cuda
 
 from . import _launch
+from ._launch import source
 from ..cpu.conv_im2col import _chunk_size, _chunks, _is_pointwise
 from .gemm import gemm
 
@@ -31,52 +32,57 @@ def _tap(t, KH, KW):
 
 @cuda.jit
 def _im2col(x, n0, cols, C, kernel, stride, dilation, padding, out_size):
-    """cols[j, c*taps + t, p] = what tap t of channel c sees at output p of sample n0 + j."""
+    """cols[j, c*taps + t, p] = what tap t of channel c sees at output p of sample n0 + j.
+    Grid: x = (row c*taps + t) * tiles + tile of the (OH, OW) plane, y = j * OD + od."""
     N, _, D, H, W = x.shape
     KD, KH, KW = kernel
     OD, OH, OW = out_size
-    taps, P = KD * KH * KW, OD * OH * OW
-    e = cuda.grid(1)
-    if e >= cols.size:
+    plane = OH * OW
+    tiles = (plane + cuda.blockDim.x - 1) // cuda.blockDim.x
+    r, q = cuda.blockIdx.x // tiles, (cuda.blockIdx.x % tiles) * cuda.blockDim.x + cuda.threadIdx.x
+    if q >= plane:
         return
-    p, r, j = e % P, (e // P) % (C * taps), e // (P * C * taps)
+    j, od = cuda.blockIdx.y // OD, cuda.blockIdx.y % OD
+    taps = KD * KH * KW
     c, t = r // taps, r % taps
     kd, kh, kw = _tap(t, KH, KW)
-    i = (p // (OH * OW)) * stride[0] + kd * dilation[0] - padding[0]
-    h = ((p // OW) % OH) * stride[1] + kh * dilation[1] - padding[1]
-    w = (p % OW) * stride[2] + kw * dilation[2] - padding[2]
+    oh, ow = q // OW, q % OW
+    i = od * stride[0] + kd * dilation[0] - padding[0]
+    h = oh * stride[1] + kh * dilation[1] - padding[1]
+    w = ow * stride[2] + kw * dilation[2] - padding[2]
     if 0 <= i < D and 0 <= h < H and 0 <= w < W:
-        cols[e] = x[n0 + j, c, i, h, w]
+        cols[j, r, od * plane + q] = x[n0 + j, c, i, h, w]
     else:
-        cols[e] = 0
+        cols[j, r, od * plane + q] = 0
 
 
 @_launch.per_dtype
 def _col2im(nb):
     @cuda.jit
     def col2im(cols, n0, gx, C, kernel, stride, dilation, padding, out_size):
-        """gx[n0 + j, c, i, h, w] = the sum of the column entries read from that element."""
+        """gx[n0 + j, c, i, h, w] = the sum of the column entries read from that element.
+        Grid: x = c * tiles + tile of the (H, W) plane, y = j * D + i."""
         N, _, D, H, W = gx.shape
         KD, KH, KW = kernel
         OD, OH, OW = out_size
-        taps, P = KD * KH * KW, OD * OH * OW
-        n = cols.shape[0]
-        e = cuda.grid(1)
-        if e >= n * C * D * H * W:
+        taps = KD * KH * KW
+        tiles = (H * W + cuda.blockDim.x - 1) // cuda.blockDim.x
+        c, q = cuda.blockIdx.x // tiles, (cuda.blockIdx.x % tiles) * cuda.blockDim.x + cuda.threadIdx.x
+        if q >= H * W:
             return
-        w, h, i = e % W, (e // W) % H, (e // (W * H)) % D
-        c, j = (e // (W * H * D)) % C, e // (W * H * D * C)
+        j, i = cuda.blockIdx.y // D, cuda.blockIdx.y % D
+        h, w = q // W, q % W
         acc = nb(0)
         for kd in range(KD):
-            od = _launch.source(i, kd, stride[0], dilation[0], padding[0], OD)
+            od = source(i, kd, stride[0], dilation[0], padding[0], OD)
             if od < 0:
                 continue
             for kh in range(KH):
-                oh = _launch.source(h, kh, stride[1], dilation[1], padding[1], OH)
+                oh = source(h, kh, stride[1], dilation[1], padding[1], OH)
                 if oh < 0:
                     continue
                 for kw in range(KW):
-                    ow = _launch.source(w, kw, stride[2], dilation[2], padding[2], OW)
+                    ow = source(w, kw, stride[2], dilation[2], padding[2], OW)
                     if ow >= 0:
                         acc += cols[j, c * taps + (kd * KH + kh) * KW + kw, (od * OH + oh) * OW + ow]
         gx[n0 + j, c, i, h, w] = acc
@@ -117,8 +123,8 @@ def _columns(x, geom, workspace):
     view = _buffer(geom, size, x.dtype)
     for n0, n1 in _chunks(geom, size):
         cols = view(n1 - n0)
-        blocks, threads = _launch.line(cols.size)
-        _im2col[blocks, threads](x, n0, _launch.flat(cols), *_geometry_args(geom))
+        grid, threads = _launch.plane_grid(geom.out_size[1] * geom.out_size[2], (n1 - n0) * geom.out_size[0], cols.shape[1])
+        _im2col[grid, threads](x, n0, cols, *_geometry_args(geom))
         yield n0, n1, cols.reshape((n1 - n0) * G, rows_g, cols.shape[2])
 
 
@@ -152,8 +158,9 @@ def grad_input(go, w, gx, geom, workspace):
         cols = view(n1 - n0)
         n, rows, P = cols.shape
         gemm(_weight3(w, G), _grouped(go, n0, n1, G), cols.reshape(n * G, rows // G, P), trans_a=True)
-        blocks, threads = _launch.line(n * gx.shape[1] * math.prod(gx.shape[2:]))
-        _col2im(gx.dtype)[blocks, threads](cols, n0, gx, *_geometry_args(geom))
+        D, H, W = gx.shape[2:]
+        grid, threads = _launch.plane_grid(H * W, n * D, gx.shape[1])
+        _col2im(gx.dtype)[grid, threads](cols, n0, gx, *_geometry_args(geom))
 
 
 def grad_weight(go, x, gw, geom, workspace):
