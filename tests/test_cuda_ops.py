@@ -328,6 +328,28 @@ def test_dropout(rng, dtype, shape):
         F.dropout_backward(gpu(x), mask, 0.4)
 
 
+EMPTY = np.zeros((0, 3, 4, 4))
+EMPTY_TARGET = np.zeros((0,), np.int64)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the mean of no loss is 0 / 0, NaN on both devices
+@pytest.mark.parametrize("fn, args", [
+    (F.relu_backward, (EMPTY, EMPTY)),
+    (F.softmax, (EMPTY, 1)),
+    (F.max_pool2d_backward, (EMPTY[:, :, :2, :2], EMPTY, 2)),
+    (F.avg_pool2d_backward, (EMPTY[:, :, :2, :2], EMPTY, 2)),
+    (F.lp_pool2d, (EMPTY, 2, 2)),
+    (F.group_norm_backward, (EMPTY, EMPTY, 3, np.ones(3), np.ones(3))),
+    (F.local_response_norm_backward, (EMPTY, EMPTY, 2)),
+    (F.cross_entropy, (EMPTY[:, :, 0, 0], EMPTY_TARGET)),
+    (F.cross_entropy_backward, (1.0, EMPTY[:, :, 0, 0], EMPTY_TARGET)),
+    (F.mse_loss, (EMPTY, EMPTY, "sum")),
+    (F.dropout_backward, (EMPTY, EMPTY.astype(bool), 0.5)),
+], ids=lambda v: getattr(v, "__name__", ""))
+def test_empty_batch(fn, args):
+    same_on_gpu(fn, *(np.ascontiguousarray(a) if isinstance(a, np.ndarray) else a for a in args))
+
+
 # --------------------------------------------------------------------------- PyTorch CUDA tensors
 
 

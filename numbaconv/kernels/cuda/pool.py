@@ -17,6 +17,7 @@ Sums run in the data's dtype and divisors are float64, as on the CPU.
 """
 
 import functools
+import math
 
 import numpy as np
 from numba import cuda
@@ -238,7 +239,7 @@ def max_backward(go, idx, gx, geom):
     _, count = _on_device(g, "windows")
     fill(_flat(gx), 0)
     go = _planes(go, g.out_size)
-    _max_backward[line(go.size)](go, _planes(idx, g.out_size), gx.reshape(go.shape[0], gx.size // go.shape[0]), count)
+    _max_backward[line(go.size)](go, _planes(idx, g.out_size), gx.reshape(go.shape[0], math.prod(g.in_size)), count)
 
 
 def index_range(idx, geom):
