@@ -319,7 +319,7 @@ def batch_norm_backward(grad_out, x, running_mean, running_var, weight=None, bia
     if x.size == 0:
         return _empty_gradients(x, weight, bias, needs)
     x3, go3 = _planes(x), _planes(grad_out)
-    running_mean, running_var, weight = to_host(running_mean), to_host(running_var), to_host(weight)
+    weight = to_host(weight)
     sums = None
     if training or needs[1] or needs[2]:
         # the batch statistics come from the same read of x as the backward's reductions
@@ -328,7 +328,8 @@ def batch_norm_backward(grad_out, x, running_mean, running_var, weight=None, bia
         mean, m2, count = moments
         invstd = 1.0 / np.sqrt(m2 / count + eps)
     else:
-        mean, invstd, _, count = _batch_statistics(x3, running_mean, running_var, training, eps, view, axes)
+        mean, invstd, _, count = _batch_statistics(x3, to_host(running_mean), to_host(running_var), training, eps,
+                                                   view, axes)
     grads = _normalize_backward(go3, x3, sums, mean, invstd, weight, view, axes, count, training, needs)
     return _gradients(x, grads, weight, bias, needs)
 
