@@ -79,7 +79,10 @@ def test_activation(rng, dtype, forward, backward, kw, saved):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape, dim", [((3, 7), 1), ((2, 5, 3, 3), 1), ((2, 3, 5), -1), ((2, 3, 5), 0), ((), 0)])
+@pytest.mark.parametrize("shape, dim", [
+    ((3, 7), 1), ((2, 5, 3, 3), 1), ((2, 3, 5), -1), ((2, 3, 5), 0), ((), 0),
+    ((3, 45), 1), ((2, 37), -1),  # rows of a warp or more: a block per row
+])
 @pytest.mark.parametrize("log", [False, True])
 def test_softmax(rng, dtype, shape, dim, log):
     forward, backward = (F.log_softmax, F.log_softmax_backward) if log else (F.softmax, F.softmax_backward)
@@ -95,11 +98,12 @@ def test_activations_propagate_nan_and_inf():
         ref, got = fn(x), to_host(fn(gpu(x)))
         np.testing.assert_array_equal(got, ref, err_msg=fn.__name__)
         np.testing.assert_array_equal(np.signbit(got), np.signbit(ref), err_msg=fn.__name__)
-    rows = np.array([[1.0, np.nan, 0.0], [1.0, np.inf, 0.0], [-np.inf, -np.inf, -np.inf], [1.0, 2.0, 3.0]])
-    got, ref = to_host(F.softmax(gpu(rows), 1)), F.softmax(rows, 1)
-    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
-    assert np.isnan(got[:3]).all()
-    assert_close(got[3:], ref[3:])
+    for width in (3, 40):  # a thread per row, a block per row
+        rows = np.random.default_rng(width).standard_normal((4, width))
+        rows[0, 1], rows[1, 1], rows[2] = np.nan, np.inf, -np.inf
+        got, ref = to_host(F.softmax(gpu(rows), 1)), F.softmax(rows, 1)
+        assert np.isnan(got[:3]).all() and np.isnan(ref[:3]).all()
+        assert_close(got[3:], ref[3:])
 
 
 @pytest.mark.parametrize("call", [
