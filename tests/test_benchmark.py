@@ -21,7 +21,7 @@ from numbaconv._geometry import conv_geometry
 from numbaconv.cli import main
 
 ROW_KEYS = {"suite", "shape", "layer", "ndim", "batch", "direction", "algorithm", "chose", "device", "dtype",
-            "flops", "ms", "rounds", "gflops", "peak_pct", "gemm_peak_gflops", "torch_ms", "torch_gflops", "ratio",
+            "flops", "ms", "min_ms", "torch_min_ms", "rounds", "gflops", "peak_pct", "gemm_peak_gflops", "torch_ms", "torch_gflops", "ratio", "min_ratio",
             "peak_bytes", "io_bytes", "workspace_bytes", "bound_bytes", "memory_ratio", "max_error",
             "checked_against", "error"}
 
@@ -77,7 +77,7 @@ def test_run_rows(capfd):
         shape = nb.SHAPES[r["shape"]]
         assert r["error"] is None and r["max_error"] <= 1e-4
         assert r["flops"] == shape.flops(r["direction"])
-        assert r["rounds"] == 3 and r["ms"] > 0
+        assert r["rounds"] == 3 and r["ms"] >= r["min_ms"] > 0
         assert math.isclose(r["gflops"], r["flops"] / r["ms"] / 1e6)
         assert math.isclose(r["peak_pct"], r["gflops"])  # % of 100 GFLOP/s
         assert r["chose"] in ("direct", "im2col", "im2col/direct", "direct/im2col")
@@ -91,6 +91,7 @@ def test_run_rows(capfd):
         if r["torch_ms"] is not None:
             assert r["checked_against"] == "torch"
             assert math.isclose(r["ratio"], r["ms"] / r["torch_ms"])
+            assert math.isclose(r["min_ratio"], r["min_ms"] / r["torch_min_ms"])
     assert capfd.readouterr().err == ""  # progress=False: no bar
 
 
@@ -155,7 +156,7 @@ def test_cli_quick_suite(tmp_path, capfd):
     printed = capfd.readouterr().out
     table = [line for line in printed.splitlines() if line.startswith("| tiny-")]
     assert len(table) == len(nb.SUITES["tiny"]) * 2 * 3  # shapes x directions x (direct, im2col, auto)
-    assert "| shape | layer | direction | algorithm | ms | GFLOP/s | % peak |" in printed
+    assert "| shape | layer | direction | algorithm | ms | min ms | GFLOP/s | % peak | torch ms |" in printed
     assert "geometric mean" in printed and "Targets" in printed
     data = json.loads(out.read_text())
     assert {"machine", "settings", "gemm_peak_gflops", "rows", "summary", "targets"} <= set(data)

@@ -96,9 +96,13 @@ def main(args):
     from .runner import run
 
     if args.compile_times:
+        load = load_average()
         rows = compile_times()
-        lines = ["# numbaconv kernel compile times", "", *report.compile_table(rows)]
-        document = {"machine": machine_info(), "compile_times": rows}
+        machine = {**machine_info(), "load_average": load}
+        lines = ["# numbaconv kernel compile times", "", *report.header(machine, run=False), "",
+                 "First call of each op in a fresh process: with an empty kernel cache (compiles), then with "
+                 "the cache the first process wrote.", "", *report.compile_table(rows)]
+        document = {"machine": machine, "compile_times": rows}
         print("\n".join(lines))
         if args.json:
             with open(args.json, "w") as f:

@@ -2,6 +2,8 @@
 
 import os
 import platform
+import subprocess
+from pathlib import Path
 
 
 def cpu_model():
@@ -39,6 +41,22 @@ def load_average():
         return None
 
 
+def source_version():
+    """The commit of the numbaconv checkout being measured, "+ uncommitted changes" when its
+    package files differ from it; None outside a git checkout."""
+    package = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(package), "rev-parse", "--short=10", "HEAD"],
+                                capture_output=True, text=True, timeout=10)
+        changed = subprocess.run(["git", "-C", str(package), "status", "--porcelain", "--", "."],
+                                 capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if commit.returncode != 0:
+        return None
+    return commit.stdout.strip() + (" + uncommitted changes" if changed.stdout.strip() else "")
+
+
 def machine_info():
     """CPU, cores, load, versions, thread counts and the threading layer, as a dict."""
     import numba
@@ -63,6 +81,7 @@ def machine_info():
         "load_average": load_average(),
         "python": platform.python_version(),
         "numbaconv": numbaconv.__version__,
+        "source": source_version(),
         "numpy": np.__version__,
         "blas": _blas(),
         "numba": numba.__version__,

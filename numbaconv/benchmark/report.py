@@ -24,8 +24,8 @@ def _mib(nbytes):
     return None if nbytes is None else nbytes / 2**20
 
 
-def header(machine, peak_gflops, device="cpu", quick=False):
-    """A few lines that say where and how the figures were measured."""
+def header(machine, peak_gflops=None, device="cpu", quick=False, run=True):
+    """A few lines that say where and how the figures were measured (without ``run``: only where)."""
     m = machine
     cpu = m.get("cpu_model", "unknown") + (f", {m['cpu_vector']}" if m.get("cpu_vector") else "")
     load = m.get("load_average")
@@ -33,13 +33,15 @@ def header(machine, peak_gflops, device="cpu", quick=False):
     lines = [
         f"- Machine: {cpu}, {m.get('cores', '?')} logical cores"
         + (f", load average {load:.2f} when the run started" if load is not None else ""),
-        f"- Python {m.get('python')}, NumPy {m.get('numpy')} ({m.get('blas')}), Numba {m.get('numba')}, "
+        f"- numbaconv {m.get('numbaconv')} ({m.get('source') or 'not a git checkout'}), Python {m.get('python')}, NumPy {m.get('numpy')} ({m.get('blas')}), Numba {m.get('numba')}, "
         f"PyTorch {m.get('torch') or 'not installed'}",
         f"- Threads: Numba {m.get('numba_threads')} ({m.get('threading_layer') or 'layer not started'}: "
         f"{m.get('threading_reason') or '-'}), PyTorch {m.get('torch_threads') or '-'}",
-        f"- Device {device}; GEMM peak {_fmt(peak_gflops, '.1f')} GFLOP/s (float32 matmul, measured at the start); "
-        + ("quick run: 3 timed rounds per case" if quick else "median of 3-50 rounds per case (about 1 s each)"),
     ]
+    if run:
+        lines.append(f"- Device {device}; GEMM peak {_fmt(peak_gflops, '.1f')} GFLOP/s (float32 matmul, measured at "
+                     "the start); " + ("quick run: 3 timed rounds per case" if quick
+                                       else "median of 3-50 rounds per case (about 1 s each)"))
     if busy:
         lines.append(f"- NOTE: the machine was busy (load {load:.1f} on {m['cores']} cores): other processes "
                      "took time slices, threads that wait for each other waited for them too, and these figures "
@@ -50,16 +52,17 @@ def header(machine, peak_gflops, device="cpu", quick=False):
 def table(rows):
     """One Markdown table: a line per shape, direction and algorithm."""
     lines = [
-        "| shape | layer | direction | algorithm | ms | GFLOP/s | % peak | torch ms | time / torch "
-        "| peak MiB | bound MiB |",
-        "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| shape | layer | direction | algorithm | ms | min ms | GFLOP/s | % peak | torch ms | torch min ms "
+        "| time / torch | peak MiB | bound MiB |",
+        "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in rows:
         algorithm = r["algorithm"] if r["chose"] == r["algorithm"] else f"{r['algorithm']} ({r['chose']})"
         ms = "wrong result" if r["error"] else _fmt(r["ms"], ".3f")
         lines.append(
-            f"| {r['shape']} | {r['layer']} | {r['direction']} | {algorithm} | {ms} | {_fmt(r['gflops'], '.1f')} "
-            f"| {_fmt(r['peak_pct'], '.0f')} | {_fmt(r['torch_ms'], '.3f')} | {_fmt(r['ratio'], '.2f')} "
+            f"| {r['shape']} | {r['layer']} | {r['direction']} | {algorithm} | {ms} | {_fmt(r['min_ms'], '.3f')} "
+            f"| {_fmt(r['gflops'], '.1f')} | {_fmt(r['peak_pct'], '.0f')} | {_fmt(r['torch_ms'], '.3f')} "
+            f"| {_fmt(r['torch_min_ms'], '.3f')} | {_fmt(r['ratio'], '.2f')} "
             f"| {_fmt(_mib(r['peak_bytes']), '.2f')} | {_fmt(_mib(r['bound_bytes']), '.2f')} |"
         )
     return lines
@@ -70,17 +73,17 @@ def _geomean(values):
     return math.exp(sum(map(math.log, values)) / len(values)) if values else None
 
 
-def _ratios(rows, algorithm):
+def _ratios(rows, algorithm, field="ratio"):
     """{(shape, direction): ratio} of one algorithm; "best" takes the faster fixed algorithm."""
     found = {}
     for r in rows:
-        if r["ratio"] is None:
+        if r[field] is None:
             continue
         key = (r["shape"], r["direction"])
         if r["algorithm"] == algorithm:
-            found[key] = r["ratio"]
+            found[key] = r[field]
         elif algorithm == "best" and r["algorithm"] in FIXED:
-            found[key] = min(found.get(key, math.inf), r["ratio"])
+            found[key] = min(found.get(key, math.inf), r[field])
     return found
 
 
@@ -92,13 +95,14 @@ def summary(rows):
         algorithms.append("best")
     out = {}
     for a in algorithms:
-        ratios = _ratios(rows, a)
+        ratios, fastest = _ratios(rows, a), _ratios(rows, a, "min_ratio")
         entry = {"directions": {}, "suites": {}}
         for direction in dict.fromkeys(d for _, d in ratios):
             mine = {s: v for (s, d), v in ratios.items() if d == direction}
             worst = max(mine, key=mine.get)
-            entry["directions"][direction] = {"geomean": _geomean(mine.values()), "worst": mine[worst],
-                                              "worst_shape": worst, "cases": len(mine)}
+            entry["directions"][direction] = {
+                "geomean": _geomean(mine.values()), "worst": mine[worst], "worst_shape": worst, "cases": len(mine),
+                "geomean_fastest_rounds": _geomean(v for (s, d), v in fastest.items() if d == direction)}
             for suite in dict.fromkeys(s.split("-")[0] for s in mine):
                 of_suite = {s: v for s, v in mine.items() if s.split("-")[0] == suite}
                 entry["suites"].setdefault(suite, {})[direction] = {
@@ -149,7 +153,8 @@ def summary_lines(rows):
             continue
         for d, v in entry["directions"].items():
             lines.append(f"- {a} {d}: time / PyTorch's, geometric mean {v['geomean']:.2f} over {v['cases']} "
-                         f"shapes, worst {v['worst']:.2f} ({v['worst_shape']})")
+                         f"shapes (of the fastest rounds: {_fmt(v['geomean_fastest_rounds'], '.2f')}), "
+                         f"worst {v['worst']:.2f} ({v['worst_shape']})")
         if "memory" in entry:
             m = entry["memory"]
             lines.append(f"- {a}: peak memory of one call at most {m['worst']:.2f}x (input + output + weight + "

@@ -10,6 +10,7 @@ apart, untimed, with tracemalloc (NumPy reports its allocations to it), in a new
 a workspace the kernels keep per thread is counted as allocated by the call.
 """
 
+import contextlib
 import math
 import statistics
 import sys
@@ -290,13 +291,16 @@ def measure_case(name, shape, direction, algorithms, device, policy, peak_gflops
             "batch": shape.n, "direction": direction, "algorithm": a, "chose": chose, "device": device.name,
             "dtype": "float32", "flops": flop,
             "ms": None if seconds is None else 1e3 * seconds,
+            "min_ms": 1e3 * min(samples[a]) if a in samples else None,
             "rounds": len(samples.get(a, ())),
             "gflops": None if seconds is None else flop / seconds / 1e9,
             "peak_pct": None if seconds is None or not peak_gflops else 100 * flop / seconds / 1e9 / peak_gflops,
             "gemm_peak_gflops": peak_gflops,
             "torch_ms": None if torch_s is None else 1e3 * torch_s,
+            "torch_min_ms": 1e3 * min(samples["torch"]) if "torch" in samples else None,
             "torch_gflops": None if torch_s is None else flop / torch_s / 1e9,
             "ratio": None if seconds is None or torch_s is None else seconds / torch_s,
+            "min_ratio": min(samples[a]) / min(samples["torch"]) if a in samples and "torch" in samples else None,
             "peak_bytes": peak_bytes, "io_bytes": io, "workspace_bytes": workspace, "bound_bytes": bound,
             "memory_ratio": None if peak_bytes is None or not bound else peak_bytes / bound,
             "max_error": errors[a], "checked_against": against,
@@ -349,8 +353,10 @@ def run(suite="resnet18", device="cpu", quick=False, algorithms=("direct", "im2c
     ``layer`` (the shape in words), ``ndim``, ``batch``, ``direction`` ("forward", or "backward"
     = grad input + grad weight), ``algorithm`` and ``chose`` (the kernel it ran: what "auto" or
     "tune" picked), ``flops``, ``ms`` (median), ``rounds``, ``gflops``, ``peak_pct`` (% of
-    ``gemm_peak_gflops``), ``torch_ms``, ``torch_gflops`` and ``ratio`` (numbaconv's time /
-    PyTorch's: below 1 numbaconv is faster; None without PyTorch), ``peak_bytes`` (of one call,
+    ``gemm_peak_gflops``), ``min_ms`` and ``torch_min_ms`` (the fastest round: on a busy
+    machine the least disturbed one), ``torch_ms``, ``torch_gflops`` and ``ratio`` (numbaconv's time /
+    PyTorch's: below 1 numbaconv is faster; None without PyTorch) and ``min_ratio`` (the same of
+    the fastest rounds), ``peak_bytes`` (of one call,
     CPU only), ``io_bytes`` (inputs + outputs + weight), ``workspace_bytes``, ``bound_bytes`` (their
     sum) and ``memory_ratio``, ``max_error`` and ``checked_against``, and ``error`` (None, or why the
     result was wrong; a wrong case is not timed).
@@ -358,9 +364,9 @@ def run(suite="resnet18", device="cpu", quick=False, algorithms=("direct", "im2c
     quick: three timed rounds per candidate instead of filling about a second. torch: compare
     with PyTorch when it is importable (it is given as many threads as Numba). threads: set
     Numba's and PyTorch's thread counts first (a machine shared with other busy processes gives
-    steadier figures with 1: threads that wait for each other there wait for a time slice too;
-    NumPy's BLAS keeps its own count). peak_gflops: the
-    GEMM rate to quote percentages of; measured now with :func:`gemm_peak` when None.
+    steadier figures with 1: threads that wait for each other there wait for a time slice too),
+    and NumPy's BLAS's for the run when threadpoolctl is installed. peak_gflops: the GEMM rate
+    to quote percentages of; measured now with :func:`gemm_peak` when None.
     progress: a bar on standard error (tqdm); None shows it when standard error is a terminal.
     device="cuda" runs on the GPU (``numbaconv.to_device`` arrays, PyTorch's CUDA convolution
     with TF32 off) and raises RuntimeError, saying why, where CUDA is not available.
@@ -384,10 +390,25 @@ def run(suite="resnet18", device="cpu", quick=False, algorithms=("direct", "im2c
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     if target.torch is not None and device == "cpu":
         target.torch.set_num_threads(numba.get_num_threads())
-    if peak_gflops is None:
-        peak_gflops = gemm_peak(device, n=1024 if quick else 2048, repeat=3 if quick else 5)
-    policy = QUICK if quick else FULL
-    bar = _Progress(progress, len(cases) * len(directions), f"bench {suite}")
+    with _blas_threads(threads):
+        if peak_gflops is None:
+            peak_gflops = gemm_peak(device, n=1024 if quick else 2048, repeat=3 if quick else 5)
+        return _run(cases, directions, algorithms, target, QUICK if quick else FULL, peak_gflops, memory,
+                    _Progress(progress, len(cases) * len(directions), f"bench {suite}"))
+
+
+def _blas_threads(threads):
+    """NumPy's BLAS limited to ``threads`` threads meanwhile (threadpoolctl), if asked and possible."""
+    if threads is None:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=threads, user_api="blas")
+
+
+def _run(cases, directions, algorithms, target, policy, peak_gflops, memory, bar):
     rows = []
     try:
         for name, shape in cases.items():
