@@ -52,18 +52,24 @@ def test_conv_epilogue_matches_naive(data):
     name = data.draw(st.sampled_from(sorted(EPILOGUES)), label="epilogue")
     dtype = data.draw(st.sampled_from([np.float32, np.float64]), label="dtype")
     with_bias = data.draw(st.booleans(), label="bias")
+    with_residual = data.draw(st.booleans(), label="residual")
     rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
     x = rng.standard_normal((2, c_in, *size)).astype(dtype)
     w = rng.standard_normal((c_out, c_in // groups, *kernel)).astype(dtype)
     b = rng.standard_normal(c_out).astype(dtype) if with_bias else None
     geom = conv_geometry("conv", x, w, b, stride, padding, 1, groups, "zeros", ndim)
     out = np.empty((2, c_out, *geom.out_size), dtype)
+    r = rng.standard_normal(out.shape).astype(dtype) if with_residual else None
     x5, w5 = x.reshape(2, c_in, *geom.in_size), w.reshape(*w.shape[:2], *geom.kernel)
-    ALGORITHMS[algorithm].forward(x5, w5, b, out, geom, 1 << 20, EPILOGUES[name])
-    got = out.reshape(2, c_out, *geom.spatial(geom.out_size))
-    ref = _activate(naive.conv(x, w, b, stride, padding, 1, groups), EPILOGUES[name])
+    ALGORITHMS[algorithm].forward(x5, w5, b, out, geom, 1 << 20, EPILOGUES[name], r)
+    shape = (2, c_out, *geom.spatial(geom.out_size))
+    got = out.reshape(shape)
+    y = naive.conv(x, w, b, stride, padding, 1, groups)
     scale = naive.conv(np.abs(x), np.abs(w), None if b is None else np.abs(b), stride, padding, 1, groups)
-    assert_close(got, ref, np.maximum(scale, 1e-30), what=f"{algorithm} conv{ndim}d + {name}")
+    if with_residual:
+        y, scale = y + r.reshape(shape), scale + np.abs(r.reshape(shape))
+    assert_close(got, _activate(y, EPILOGUES[name]), np.maximum(scale, 1e-30),
+                 what=f"{algorithm} conv{ndim}d + {'residual + ' * with_residual}{name}")
 
 
 @pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
@@ -208,15 +214,36 @@ def test_batch_norm_folds_into_the_convolution():
 
 
 def test_resnet18_graph_after_rewrites():
-    """20 convolutions (each with its batch norm folded in, 17 with the ReLU fused), 8 residual
-    additions with their ReLU in place, a pool, a flatten, a linear."""
+    """20 convolutions, each with its batch norm folded in; the 9 before a ReLU with it fused, the
+    8 before a residual addition with the addition and the ReLU after it fused; then a pool, a
+    flatten, a linear."""
     compiled = nc.compile(models.resnet18(num_classes=10).eval(), (3, 32, 32))
     ops = [n.op for n in compiled.graph.nodes]
     convs = [n for n in compiled.graph.nodes if n.op == "Conv"]
-    assert len(convs) == 20 and sum("epilogue" in n.attrs for n in convs) == 9
-    assert ops.count("Add") == 8 and ops.count("Relu") == 8 and "BatchNormalization" not in ops
-    in_place = [node.op for node, _, _, _, _, flag in compiled._steps if flag]
-    assert in_place.count("Add") == 8 and in_place.count("Relu") == 8
+    assert len(convs) == 20 and sum(n.attrs.get("epilogue") == (1.0, 0.0, np.inf) for n in convs) == 17
+    assert sum(len(n.inputs) == 4 for n in convs) == 8
+    assert ops == ["Conv", "MaxPool", *["Conv"] * 19, "GlobalAveragePool", "Flatten", "Linear"], ops
+
+
+def test_residual_fusion_falls_back_when_the_shortcut_broadcasts():
+    """Add(conv, r) with an r that broadcasts: the same result as the Add written out."""
+    nc.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    from numbaconv.inference import Graph, InferenceModel, Node, TensorInfo
+
+    for r_shape in [(2, 4, 5, 5), (1, 4, 1, 1), (4, 5, 5)]:
+        r = np.random.default_rng(1).standard_normal(r_shape).astype(np.float32)
+        nodes = [Node("Conv", ["x", "w", "b"], ["c"], dict(pads=[1, 1, 1, 1]), "conv"),
+                 Node("Add", ["c", "r"], ["s"], {}, "add"), Node("LeakyRelu", ["s"], ["y"], dict(alpha=0.2), "act")]
+        constants = {"w": conv.weight.data.copy(), "b": conv.bias.data.copy(), "r": r}
+        graph = Graph(nodes, [TensorInfo("x", (2, 3, 5, 5), np.dtype(np.float32))], [TensorInfo("y", None, None)],
+                      constants)
+        model = InferenceModel(graph)
+        assert [n.op for n in model.graph.nodes] == ["Conv"]
+        x = np.random.default_rng(2).standard_normal((2, 3, 5, 5)).astype(np.float32)
+        s = conv(x) + r
+        ref = np.where(s < 0, 0.2 * s, s).astype(np.float64)
+        assert_close(model(x), ref, np.full(ref.shape, np.abs(ref).max()), what=f"residual {r_shape}")
 
 
 # --------------------------------------------------------------------------- memory plan

@@ -530,3 +530,75 @@ def test_predict_cli_errors(tmp_path, lenet_bytes, capsys):
     (tmp_path / "junk.onnx").write_bytes(b"junk")
     assert numbaconv.cli.main(["predict", str(tmp_path / "junk.onnx"), str(tmp_path / "bad.npy")]) == 2
     assert "not a valid ONNX model" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- bad attribute values
+
+
+def _bad(op, x_shape, inits=(), extra=(), **attrs):
+    """Loading a one-node model with a bad attribute: refused at load time (GraphError, a
+    ValueError, whatever the op raised, so that the message names the node)."""
+    return lambda: nco.load(_single(op, x_shape, None, inits=inits, extra_inputs=extra, **attrs)[0])
+
+
+_W = [init("w", rand(4, 2, 3, 3))]
+CASES = [
+    ("conv strides 0", _bad("Conv", [1, 2, 5, 5], _W, ["w"], strides=[0, 1]), ValueError, "stride"),
+    ("conv group 0", _bad("Conv", [1, 2, 5, 5], _W, ["w"], group=0), ValueError, "groups"),
+    ("conv group mismatch", _bad("Conv", [1, 2, 5, 5], _W, ["w"], group=3), ValueError, "groups"),
+    ("conv kernel too large", _bad("Conv", [1, 2, 2, 2], _W, ["w"]), ValueError, "larger than"),
+    ("conv dilation -1", _bad("Conv", [1, 2, 5, 5], _W, ["w"], dilations=[-1, 1]), ValueError, "dilation"),
+    ("conv pads negative", _bad("Conv", [1, 2, 5, 5], _W, ["w"], pads=[-1, 0, 0, 0]), ValueError, "pads"),
+    ("conv pads length", _bad("Conv", [1, 2, 5, 5], _W, ["w"], pads=[1, 1]), ValueError, "pads"),
+    ("conv auto_pad", _bad("Conv", [1, 2, 5, 5], _W, ["w"], auto_pad="BOTH"), ValueError, "auto_pad"),
+    ("conv weight dtype", _bad("Conv", [1, 2, 5, 5], [init("w", rand(4, 2, 3, 3).astype(np.float64))], ["w"]),
+     ValueError, "dtype"),
+    ("conv kernel_shape", _bad("Conv", [1, 2, 5, 5], _W, ["w"], kernel_shape=[2, 2]), ValueError, "kernel_shape"),
+    ("conv 1-d weight on 2-d input", _bad("Conv", [1, 2, 5, 5], [init("w", rand(4, 2, 3))], ["w"]), ValueError, "W"),
+    ("conv bias length", _bad("Conv", [1, 2, 5, 5], _W + [init("b", rand(3))], ["w", "b"]), ValueError, "bias"),
+    ("conv rank 2 input", _bad("Conv", [2, 5], [init("w", rand(4, 2))], ["w"]), ValueError, "spatial"),
+    ("conv_transpose output_padding", _bad("ConvTranspose", [1, 4, 5, 5], [init("w", rand(4, 2, 3, 3))], ["w"],
+                                           output_padding=[4, 4]), ValueError, "output_padding"),
+    ("conv_transpose pads", _bad("ConvTranspose", [1, 4, 2, 2], [init("w", rand(4, 2, 1, 1))], ["w"],
+                                 pads=[1, 1, 1, 1]), ValueError, "pads"),
+    ("max_pool kernel 0", _bad("MaxPool", [1, 2, 5, 5], kernel_shape=[0, 2]), ValueError, "kernel"),
+    ("max_pool kernel too large", _bad("MaxPool", [1, 2, 3, 3], kernel_shape=[5, 5]), ValueError, "kernel"),
+    ("max_pool missing kernel", _bad("MaxPool", [1, 2, 3, 3]), ValueError, "kernel_shape"),
+    ("avg_pool stride 0", _bad("AveragePool", [1, 2, 5, 5], kernel_shape=[2, 2], strides=[0, 1]), ValueError, "stride"),
+    ("avg_pool asymmetric exclusive", _bad("AveragePool", [1, 2, 5, 5], kernel_shape=[2, 2], pads=[1, 0, 0, 0]),
+     ValueError, "count_include_pad"),
+    ("lp_pool p 0", _bad("LpPool", [1, 2, 5, 5], kernel_shape=[2, 2], p=0), ValueError, "norm_type"),
+    ("lrn size 0", _bad("LRN", [1, 2, 5, 5], size=0), ValueError, "size"),
+    ("softmax axis", _bad("Softmax", [2, 3], axis=5), ValueError, "axis"),
+    ("transpose perm", _bad("Transpose", [2, 3], perm=[0, 0]), ValueError, "perm"),
+    ("flatten axis", _bad("Flatten", [2, 3], axis=9), ValueError, "axis"),
+    ("reshape count", _bad("Reshape", [2, 3], [init("s", np.array([4, 2], np.int64))], ["s"]), ValueError, "reshape"),
+    ("squeeze size", _bad("Squeeze", [2, 3], [init("a", np.array([0], np.int64))], ["a"]), ValueError, "size 1"),
+    ("unsqueeze axis", _bad("Unsqueeze", [2, 3], [init("a", np.array([7], np.int64))], ["a"]), ValueError, "axes"),
+    ("pad negative", _bad("Pad", [2, 3], [init("p", np.array([0, -1, 0, 0], np.int64))], ["p"]), ValueError, "pads"),
+    ("pad mode", _bad("Pad", [2, 3], [init("p", np.array([0, 1, 0, 0], np.int64))], ["p"], mode="mirror"),
+     ValueError, "mode"),
+    ("gemm shapes", _bad("Gemm", [2, 3], [init("w", rand(4, 5))], ["w"]), ValueError, "weight must have shape"),
+    ("matmul shapes", _bad("MatMul", [2, 3], [init("w", rand(4, 5))], ["w"]), ValueError, "matmul"),
+    ("add broadcast", _bad("Add", [2, 3], [init("w", rand(4))], ["w"]), ValueError, "broadcast"),
+    ("concat axis", _bad("Concat", [2, 3], axis=4), ValueError, "axis"),
+    ("batchnorm lengths", _bad("BatchNormalization", [1, 3, 4], [init(n, rand(2)) for n in "sbmv"], list("sbmv")),
+     ValueError, "shape"),
+    ("batchnorm training", _bad("BatchNormalization", [1, 2, 4], [init(n, rand(2)) for n in "sbmv"], list("sbmv"),
+                                training_mode=1), ValueError, "training_mode"),
+    ("clip bounds", _bad("Clip", [2, 3], [init("lo", rand(2))], ["lo"]), ValueError, "broadcast"),
+    ("conv five inputs", _bad("Conv", [1, 2, 5, 5], _W, ["w", "", "w", "w"]), ValueError, "inputs"),
+]
+
+
+@pytest.mark.parametrize("name, call, exception, match", CASES, ids=[c[0] for c in CASES])
+def test_bad_attribute_values_are_refused(name, call, exception, match):
+    with pytest.raises(exception, match=match):
+        call()
+
+
+def test_bad_attribute_values_never_crash():
+    """The same cases in a fresh interpreter: a crash in compiled code fails this test."""
+    from conftest import assert_battery_survives
+
+    assert_battery_survives("test_onnx")

@@ -86,10 +86,19 @@ def _pad_explicitly(x, begin, end, value):
 # --------------------------------------------------------------------------- convolution
 
 
-def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None,
-         epilogue=IDENTITY):
-    """Convolution; ``epilogue`` = (slope, lo, hi), an activation fused into the kernel (see
-    kernels/cpu/conv_direct.py), set when the graph is optimized."""
+def _activate(y, epilogue):
+    """The kernels' epilogue (kernels/cpu/conv_direct.activate) in NumPy, in place."""
+    slope, lo, hi = (y.dtype.type(v) for v in epilogue)
+    if slope != 1:
+        np.multiply(y, slope, out=y, where=y < 0)
+    return np.clip(y, lo, hi, out=y)
+
+
+def conv(x, w, b=None, residual=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
+         strides=None, epilogue=IDENTITY):
+    """Convolution. Set when the graph is optimized: ``residual``, an array added to the output
+    (a residual block's shortcut) and ``epilogue`` = (slope, lo, hi), an activation applied after
+    it, both inside the kernel's last pass (see kernels/cpu/conv_direct.py)."""
     op = "Conv"
     n = _spatial(op, x)
     check_array(op, "W", w, dtype=x.dtype, ndim=n + 2)
@@ -106,8 +115,13 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     # the kernels see 5-D arrays: 1-D and 2-D convolutions gain singleton spatial dimensions
     x5 = np.ascontiguousarray(x).reshape(geom.batch, geom.in_channels, *geom.in_size)
     w5 = np.ascontiguousarray(w).reshape(*w.shape[:2], *geom.kernel)
-    forward(x5, w5, b, out, geom, config.WORKSPACE_BYTES, epilogue)
-    return out.reshape(out.shape[0], out.shape[1], *geom.spatial(geom.out_size))
+    shape = (out.shape[0], out.shape[1], *geom.spatial(geom.out_size))
+    if residual is not None and residual.shape != shape:  # broadcasting: the Add as written, then the epilogue
+        forward(x5, w5, b, out, geom, config.WORKSPACE_BYTES)
+        with _quiet():
+            return _activate(np.add(out.reshape(shape), residual), epilogue)
+    forward(x5, w5, b, out, geom, config.WORKSPACE_BYTES, epilogue, residual)
+    return out.reshape(shape)
 
 
 def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
@@ -459,9 +473,10 @@ INTERNAL = {
 #: Ops that may write their result over their first input when nothing else reads it.
 IN_PLACE = {"Relu", "LeakyRelu", "Elu", "Sigmoid", "Tanh", "Clip", "Add", "Sub", "Mul", "Div"}
 
-#: How many inputs each op takes: (least, most); None: any number.
+#: How many inputs each op takes: (least, most); None: any number. (A Conv's fourth, the
+#: residual, is the optimizer's; the ONNX reader allows three.)
 ARITY = {
-    "Conv": (2, 3), "ConvTranspose": (2, 3), "BatchNormalization": (5, 5), "Clip": (1, 3), "Gemm": (2, 3),
+    "Conv": (2, 4), "ConvTranspose": (2, 3), "BatchNormalization": (5, 5), "Clip": (1, 3), "Gemm": (2, 3),
     "MatMul": (2, 2), "Add": (2, 2), "Sub": (2, 2), "Mul": (2, 2), "Div": (2, 2), "Concat": (1, None),
     "Reshape": (2, 2), "Squeeze": (1, 2), "Unsqueeze": (2, 2), "Pad": (2, 4), "Dropout": (1, 3), "Linear": (2, 3),
 }

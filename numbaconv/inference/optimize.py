@@ -8,8 +8,10 @@ In order:
 3. batch normalization folds into the (transposed) convolution before it: with
    s = scale / sqrt(var + eps), ``W' = W * s`` per output channel and ``b' = (b - mean) * s + bias``
    (computed in float64);
-4. a ReLU, ReLU6 / Clip with constant bounds, or leaky ReLU after a convolution becomes the
-   convolution's epilogue, applied by the kernel where it adds the bias;
+4. an Add of a convolution's output and another value (a residual block's shortcut) becomes the
+   convolution's residual input, and then a ReLU, ReLU6 / Clip with constant bounds, or leaky
+   ReLU after a convolution becomes its epilogue: the kernel adds the bias and the residual and
+   applies the activation in one pass;
 5. weights are laid out once as the kernels read them: convolution weights C-contiguous, a
    Gemm with constant B and C becomes a Linear whose weight already holds alpha and B's
    transposition, and whose bias holds beta * C.
@@ -21,7 +23,7 @@ produces the second one's output name, so the graph's outputs keep their names.
 
 import numpy as np
 
-from .graph import Node
+from .graph import Node, _topological
 from .ops import INTERNAL, OPS, OpError
 
 
@@ -29,6 +31,7 @@ def optimize(graph):
     fold_constants(graph)
     remove_identities(graph)
     fold_batch_norm(graph)
+    fuse_residuals(graph)
     fuse_activations(graph)
     pack_weights(graph)
     return graph
@@ -129,6 +132,30 @@ def fold_batch_norm(graph):
 
     _merge_pairs(graph, {"Conv", "ConvTranspose"}, {"BatchNormalization"}, merge)
     _drop_unused_constants(graph)
+
+
+def fuse_residuals(graph):
+    """Add(conv, shortcut) becomes the convolution's residual input, added in the kernel's last
+    pass, before an activation fused after it (a residual block's conv2 + bn2 + add + relu)."""
+    outputs = _graph_outputs(graph)
+    producers = {name: node for node in graph.nodes for name in node.outputs}
+    consumers = graph.consumers()
+    for add in list(graph.nodes):
+        if add.op != "Add" or add.inputs[0] == add.inputs[1]:
+            continue
+        for i in (0, 1):
+            conv = producers.get(add.inputs[i])
+            if (conv is None or conv.op != "Conv" or len(conv.inputs) > 3 or "epilogue" in conv.attrs
+                    or add.inputs[i] in outputs or len(consumers.get(add.inputs[i], ())) != 1):
+                continue
+            bias = conv.inputs[2] if len(conv.inputs) > 2 else ""
+            conv.inputs = [conv.inputs[0], conv.inputs[1], bias, add.inputs[1 - i]]
+            conv.outputs = [add.outputs[0]]
+            producers[add.outputs[0]] = conv
+            graph.nodes.remove(add)
+            break
+    # the shortcut is now read by the convolution: it must run after whatever produces it
+    graph.nodes = _topological(graph)
 
 
 def _epilogue(node, constants):

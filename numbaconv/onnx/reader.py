@@ -160,6 +160,8 @@ def _node(n, opset, constants, index):
     if op not in OPS:
         raise GraphError(f"node {name!r}: unsupported op {op!r} (numbaconv runs {', '.join(SUPPORTED_OPS)})")
     inputs = list(n.input)
+    if op == "Conv" and len(inputs) > 3:  # (the graph's Conv takes a fourth, the optimizer's residual)
+        raise GraphError(f"node {name!r} (Conv): takes 2 to 3 inputs, got {len(inputs)}")
     if op in ("Squeeze", "Unsqueeze") and opset < 13 and "axes" in attrs:  # later opsets: an input
         constants[f"{name}/axes"] = np.array(attrs.pop("axes"), dtype=np.int64)
         inputs = inputs[:1] + [f"{name}/axes"]

@@ -26,7 +26,8 @@ The forward pass takes an optional epilogue, ``(slope, lo, hi)``: each output, o
 bias are complete, becomes ``clip(v if v >= 0 else slope * v, lo, hi)`` while it is still in
 cache. That one formula is the identity (1, -inf, inf), ReLU (1, 0, inf), ReLU6 (1, 0, 6) and
 leaky ReLU (slope, -inf, inf), so an inference graph fuses a convolution's activation into it
-instead of reading the whole output again.
+instead of reading the whole output again. A residual input (the shortcut of a residual block,
+added before the activation) goes through ``epilogue_pass``.
 """
 
 import numpy as np
@@ -53,6 +54,33 @@ def activate(v, slope, lo, hi):
 @njit(inline="always", cache=True)
 def is_identity(slope, lo, hi):
     return slope == 1 and lo == -np.inf and hi == np.inf
+
+
+@njit(cache=True)
+def epilogue_pass(out3, b, residual3, slope, lo, hi):
+    """out3[n, k, :] = activate(out3[n, k, :] + b[k] + residual3[n, k, :]), in one pass over out3
+    (residual3 of size 0: none). Serial, as im2col's copy kernels are (see conv_im2col.py): it
+    runs between GEMMs."""
+    N, K, P = out3.shape
+    with_residual = residual3.size > 0
+    for n in range(N):
+        for k in range(K):
+            bk = b[k]
+            if with_residual:
+                for p in range(P):
+                    out3[n, k, U(p)] = activate(out3[n, k, U(p)] + bk + residual3[n, k, U(p)], slope, lo, hi)
+            else:
+                for p in range(P):
+                    out3[n, k, U(p)] = activate(out3[n, k, U(p)] + bk, slope, lo, hi)
+
+
+def run_epilogue(out, b, epilogue, residual):
+    """``epilogue_pass`` on 5-D ``out``, with b None meaning no bias and residual None none."""
+    out3 = out.reshape(out.shape[0], out.shape[1], -1)
+    b = np.zeros(out.shape[1], dtype=out.dtype) if b is None else b
+    r3 = (np.empty((0, 0, 0), out.dtype) if residual is None
+          else np.ascontiguousarray(residual).reshape(out3.shape))
+    epilogue_pass(out3, b, r3, *(out.dtype.type(v) for v in epilogue))
 
 
 @parallel_kernel
@@ -277,8 +305,15 @@ def _on_grid(go, geom):
     return gog.reshape(*go.shape[:2], -1)[:, :, :q_end].copy()
 
 
-def forward(x, w, b, out, geom, workspace=None, epilogue=IDENTITY):
-    """out = epilogue(conv(x, w) + b) (b may be None), written over ``out``."""
+def forward(x, w, b, out, geom, workspace=None, epilogue=IDENTITY, residual=None):
+    """out = epilogue(conv(x, w) + b + residual) (b, residual may be None), written over ``out``.
+
+    A residual (an array of out's shape) is added after the loops, in one pass with the
+    epilogue: the loops would have to read it inside their innermost accumulation otherwise."""
+    if residual is not None:
+        forward(x, w, None, out, geom)
+        run_epilogue(out, b, epilogue, residual)
+        return
     if b is None:
         b = np.zeros(w.shape[0], dtype=w.dtype)
     slope, lo, hi = (x.dtype.type(v) for v in epilogue)

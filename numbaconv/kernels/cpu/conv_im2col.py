@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit
 
 from ._window import FASTMATH, U, tap_offsets, valid_outputs
-from .conv_direct import IDENTITY, activate
+from .conv_direct import IDENTITY, run_epilogue
 
 
 @njit(cache=True)
@@ -79,18 +79,6 @@ def _col2im(cols, n0, gx, kernel, stride, dilation, padding, out_size):
                     i, jj, base = od * sd + offd, oh * sh + offh, (od * OH + oh) * OW
                     for ow in range(ow0, ow1):
                         gx[n0 + j, c, i, jj, U(ow * sw + offw)] += cols[j, r, U(base + ow)]
-
-
-@njit(cache=True)
-def _bias_epilogue(out3, b, slope, lo, hi):
-    """out3[n, k, :] = activate(out3[n, k, :] + b[k]): the GEMM's output read and written once
-    more, for bias and activation together (see conv_direct's epilogue)."""
-    N, K, P = out3.shape
-    for n in range(N):
-        for k in range(K):
-            bk = b[k]
-            for p in range(P):
-                out3[n, k, U(p)] = activate(out3[n, k, U(p)] + bk, slope, lo, hi)
 
 
 def _is_pointwise(geom):
@@ -167,14 +155,16 @@ def _grouped(a, groups):
 
 
 @_quiet
-def forward(x, w, b, out, geom, workspace, epilogue=IDENTITY):
+def forward(x, w, b, out, geom, workspace, epilogue=IDENTITY, residual=None):
+    """out = epilogue(conv(x, w) + b + residual) (b, residual may be None): the GEMMs, then one
+    pass over their output for the bias, the residual and the activation together
+    (conv_direct.epilogue_pass)."""
     w3 = w.reshape(geom.groups, w.shape[0] // geom.groups, -1)
     out4 = _grouped(out, geom.groups)
     for n0, n1, cols in _columns(x, geom, workspace):
         np.matmul(w3, cols, out=out4[n0:n1])
-    if epilogue != IDENTITY:
-        b = np.zeros(w.shape[0], dtype=out.dtype) if b is None else b
-        _bias_epilogue(out.reshape(out.shape[0], out.shape[1], -1), b, *(out.dtype.type(v) for v in epilogue))
+    if epilogue != IDENTITY or residual is not None:
+        run_epilogue(out, b, epilogue, residual)
     elif b is not None:
         out += b.reshape(-1, 1, 1, 1)
 
