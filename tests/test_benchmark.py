@@ -132,6 +132,13 @@ def test_bad_options_are_refused_before_anything_runs(capsys):
     assert "--suite must be one of" in err and "resnet18" in err and "'resnet19'" in err
     assert main(["bench", "--device", "tpu"]) == 2
     assert "--device must be cpu or cuda, got 'tpu'" in capsys.readouterr().err
+    assert main(["bench", "--algorithms", "direct,fft"]) == 2
+    assert "--algorithms must be a comma-separated selection of auto, tune, direct, im2col, got 'direct,fft'" \
+        in capsys.readouterr().err
+    assert main(["bench", "--directions", "sideways"]) == 2
+    assert "--directions must be" in capsys.readouterr().err
+    assert main(["bench", "--threads", "0"]) == 2
+    assert "--threads must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, capsys, tmp_path):

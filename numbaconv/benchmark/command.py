@@ -11,7 +11,7 @@ import json
 import subprocess
 import sys
 
-from .shapes import SUITES
+from .shapes import DIRECTIONS, SUITES
 
 #: The child: import in the chosen order, then run this command in-process.
 CHILD = """
@@ -70,6 +70,15 @@ def _check(args):
         return f"--device must be cpu or cuda, got {args.device!r}"
     if args.suite not in SUITES:
         return f"--suite must be one of {', '.join(SUITES)}, got {args.suite!r}"
+    from ..functional.conv import ALGORITHM_CHOICES
+
+    for option, value, choices in (("--algorithms", args.algorithms, ALGORITHM_CHOICES),
+                                   ("--directions", args.directions, DIRECTIONS)):
+        given = [v.strip() for v in value.split(",") if v.strip()]
+        if not given or any(v not in choices for v in given):
+            return f"{option} must be a comma-separated selection of {', '.join(choices)}, got {value!r}"
+    if args.threads is not None and args.threads < 1:
+        return f"--threads must be at least 1, got {args.threads}"
     if args.plot and not args.compile_times:
         try:
             import matplotlib  # noqa: F401
