@@ -117,6 +117,14 @@ def test_conv_unstaged_direct_forward(monkeypatch):
              algorithms=("direct",))
 
 
+def test_conv_direct_forward_stages_channels_in_groups(monkeypatch):
+    """Input channels staged two at a time: three channels are a full group and a short one."""
+    from numbaconv.kernels.cuda import conv_direct
+
+    monkeypatch.setattr(conv_direct, "MAX_CB", 2)
+    run_conv(2, (1, 3, 4, 5), (2, 3, 2, 3), dict(padding=(1, 0)), True, np.float64, algorithms=("direct",))
+
+
 def test_conv_im2col_in_chunks(monkeypatch):
     """A workspace smaller than one sample's columns: one chunk per sample, and the weight
     gradient accumulated over the chunks."""

@@ -3,13 +3,14 @@
 The twin of ``kernels/cpu/conv_direct.py``; arrays are 5-D and C-contiguous: x (N, C, D, H, W),
 w (K, C/groups, KD, KH, KW), out (N, K, OD, OH, OW).
 
-Forward: a block computes a TH x TW tile of one output plane row block for KB output channels
-of one group (a register array of KB sums per thread). For each input channel and depth tap it
-stages in shared memory the input patch the tile reads, (TH - 1) * stride + (KH - 1) * dilation
-+ 1 rows by the same in W, with zeros in the padding, and the KB x KH x KW weights; every staged
-input value is then read by up to KH * KW threads and feeds KB multiply-adds, and the weights are
-read as broadcasts. When the patch does not fit in shared memory (very large dilations or
-strides), the same block reads its inputs from global memory instead.
+Forward: a block computes a TH x TW tile of one output plane for KB output channels of one
+group (a register array of KB sums per thread). For each group of up to CB input channels and
+each depth tap it stages in shared memory the input patches the tile reads, (TH - 1) * stride +
+(KH - 1) * dilation + 1 rows by the same in W, with zeros in the padding, and their KB x KH x KW
+weights; every staged input value is then read by up to KH * KW threads and feeds KB
+multiply-adds, the weights are read as broadcasts, and a pair of barriers serves CB channels.
+When one patch does not fit in shared memory (very large dilations or strides), the same block
+reads its inputs from global memory instead.
 
 grad_input is a gather: a thread per input element sums ``w * grad_out`` over the output
 positions whose windows read it, so no two threads write one element. grad_weight: a thread per
@@ -31,13 +32,18 @@ from ._launch import SHARED_BYTES, THREADS, ceil_div, numba_type, pow2_at_least,
 #: Output channels a forward block computes at most (each thread holds KB sums).
 MAX_KB = 8
 
+#: Input channels a forward block stages at once at most, and the shared memory they may take:
+#: more channels per pair of barriers, while several blocks still fit on one SM.
+MAX_CB = 8
+STAGE_BYTES = SHARED_BYTES // 3
+
 
 @functools.cache
 def _forward_kernel(dtype, KB, staged):
     nb = numba_type(dtype)
 
     @cuda.jit
-    def forward(x, w, b, out, stride, dilation, padding, groups, tiles_w, tiles, patch_h, patch_w):
+    def forward(x, w, b, out, stride, dilation, padding, groups, tiles_w, tiles, patch_h, patch_w, CB):
         N, C, D, H, W = x.shape
         K, Cg, KD, KH, KW = w.shape
         OD, OH, OW = out.shape[2], out.shape[3], out.shape[4]
@@ -63,45 +69,52 @@ def _forward_kernel(dtype, KB, staged):
         acc = cuda.local.array(KB, nb)
         for q in range(KB):
             acc[q] = 0
-        for c in range(Cg):
-            cin = g * Cg + c
+        wofs = CB * wbase  # the staged weights follow the CB patches
+        wsize = KB * taps2
+        for c0 in range(0, Cg, CB):
+            cb = min(CB, Cg - c0)  # input channels staged together (the last group may be short)
             for kd in range(KD):
                 i = od * sd + kd * dd - pd
                 if i < 0 or i >= D:  # the same for the whole block: no thread skips a barrier alone
                     continue
                 if staged:
-                    cuda.syncthreads()  # every thread is done with the previous patch
-                    for e in range(tid, wbase, nthreads):
-                        hh, ww = h0 + e // patch_w, w0 + e % patch_w
+                    cuda.syncthreads()  # every thread is done with the previous patches
+                    for e in range(tid, cb * wbase, nthreads):
+                        cc, pe = e // wbase, e % wbase
+                        hh, ww = h0 + pe // patch_w, w0 + pe % patch_w
                         v = nb(0)
                         if 0 <= hh < H and 0 <= ww < W:
-                            v = x[n, cin, i, hh, ww]
+                            v = x[n, g * Cg + c0 + cc, i, hh, ww]
                         shared[e] = v
-                    for e in range(tid, KB * taps2, nthreads):
-                        q, t = e // taps2, e % taps2
+                    for e in range(tid, cb * wsize, nthreads):
+                        cc, we = e // wsize, e % wsize
+                        q, t = we // taps2, we % taps2
                         v = nb(0)
                         if q < kn:
-                            v = w[k0 + q, c, kd, t // KW, t % KW]
-                        shared[wbase + e] = v
+                            v = w[k0 + q, c0 + cc, kd, t // KW, t % KW]
+                        shared[wofs + e] = v
                     cuda.syncthreads()
-                    for kh in range(KH):
-                        row = (ty * sh + kh * dh) * patch_w + tx * sw
-                        for kw in range(KW):
-                            v = shared[row + kw * dw]
-                            for q in range(KB):
-                                acc[q] += shared[wbase + q * taps2 + kh * KW + kw] * v
+                    for cc in range(cb):
+                        for kh in range(KH):
+                            row = cc * wbase + (ty * sh + kh * dh) * patch_w + tx * sw
+                            wrow = wofs + cc * wsize + kh * KW
+                            for kw in range(KW):
+                                v = shared[row + kw * dw]
+                                for q in range(KB):
+                                    acc[q] += shared[wrow + q * taps2 + kw] * v
                 elif oh < OH and ow < OW:
-                    for kh in range(KH):
-                        hh = oh * sh + kh * dh - ph
-                        if hh < 0 or hh >= H:
-                            continue
-                        for kw in range(KW):
-                            ww = ow * sw + kw * dw - pw
-                            if 0 <= ww < W:
-                                v = x[n, cin, i, hh, ww]
-                                for q in range(KB):  # a constant trip count keeps acc in registers
-                                    if q < kn:
-                                        acc[q] += w[k0 + q, c, kd, kh, kw] * v
+                    for cc in range(cb):
+                        for kh in range(KH):
+                            hh = oh * sh + kh * dh - ph
+                            if hh < 0 or hh >= H:
+                                continue
+                            for kw in range(KW):
+                                ww = ow * sw + kw * dw - pw
+                                if 0 <= ww < W:
+                                    v = x[n, g * Cg + c0 + cc, i, hh, ww]
+                                    for q in range(KB):  # a constant trip count keeps acc in registers
+                                        if q < kn:
+                                            acc[q] += w[k0 + q, c0 + cc, kd, kh, kw] * v
         if oh < OH and ow < OW:
             for q in range(KB):
                 if q < kn:
@@ -129,15 +142,17 @@ def forward(x, w, b, out, geom, workspace=None):
     KH, KW = geom.kernel[1:]
     patch_h = (TH - 1) * geom.stride[1] + (KH - 1) * geom.dilation[1] + 1
     patch_w = (TW - 1) * geom.stride[2] + (KW - 1) * geom.dilation[2] + 1
-    shared = (patch_h * patch_w + KB * KH * KW) * x.dtype.itemsize
-    staged = shared <= SHARED_BYTES
+    per_channel = (patch_h * patch_w + KB * KH * KW) * x.dtype.itemsize
+    staged = per_channel <= SHARED_BYTES
+    CB = max(1, min(geom.in_channels // geom.groups, MAX_CB, STAGE_BYTES // per_channel)) if staged else 1
+    shared = CB * per_channel
     tiles_w = ceil_div(OW, TW)
     tiles = ceil_div(OH, TH) * tiles_w
     grid = (N * OD * tiles, geom.groups * ceil_div(Kg, KB))
     kernel = _forward_kernel(x.dtype, KB, staged)
     kernel[grid, (TW, TH), 0, shared if staged else 0](
         x, w, _launch.as_device(b), out, geom.stride, geom.dilation, geom.padding, geom.groups,
-        tiles_w, tiles, patch_h, patch_w)
+        tiles_w, tiles, patch_h, patch_w, CB)
 
 
 @_launch.per_dtype
