@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import DTYPES, assert_close
+from conftest import DTYPES, assert_close, numerical_grad
 from numbaconv import functional as F
 from numbaconv._device import cuda_status, is_device_array, to_host
 
@@ -352,6 +352,25 @@ EMPTY_TARGET = np.zeros((0,), np.int64)
 ], ids=lambda v: getattr(v, "__name__", ""))
 def test_empty_batch(fn, args):
     same_on_gpu(fn, *(np.ascontiguousarray(a) if isinstance(a, np.ndarray) else a for a in args))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("forward, backward", [
+    (lambda x: F.lp_pool2d(x, 2, 2, 1), lambda g, x: F.lp_pool2d_backward(g, x, 2, 2, 1)),
+    (lambda x: F.lp_pool2d(x, float("inf"), (2, 3)), lambda g, x: F.lp_pool2d_backward(g, x, float("inf"), (2, 3))),
+    (lambda x: F.batch_norm(x, None, None, training=True), lambda g, x: F.batch_norm_backward(g, x, None, None,
+                                                                                              training=True)[0]),
+], ids=["lp_pool", "lp_pool_inf", "batch_norm"])
+def test_gpu_backward_matches_finite_differences(rng, forward, backward):
+    """The GPU's own composition (lp pooling's kernels, batch norm's device path) against central
+    differences of the GPU forward, in float64."""
+    x = rng.standard_normal((1, 2, 2, 3))  # few elements: two GPU forwards each
+    y = to_host(forward(gpu(x)))
+    g = rng.standard_normal(y.shape)
+    numeric = numerical_grad(lambda: float((to_host(forward(gpu(x))) * g).sum()), x)
+    err = np.max(np.abs(to_host(backward(gpu(g), gpu(x))) - numeric))
+    S = float(np.sum(np.abs(g) * np.abs(y)))  # the loss's scale, as in test_gradcheck
+    assert err <= 1e-8 * S, f"max |analytic - numerical| = {err:.3g} > {1e-8 * S:.3g}"
 
 
 # --------------------------------------------------------------------------- PyTorch CUDA tensors
