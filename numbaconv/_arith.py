@@ -66,6 +66,6 @@ def assign(target, value):
     if is_device_array(target):
         if is_device_array(value):
             value = as_device(value).copy_to_host()
-        as_device(target).copy_to_device(np.ascontiguousarray(value, dtype=target.dtype))
+        as_device(target).copy_to_device(np.asarray(value, dtype=target.dtype, order="C"))
     else:
         target[...] = value

@@ -92,7 +92,7 @@ def to_device(x):
     if is_device_array(x):
         return as_device(x)
     cuda = require_cuda("to_device")
-    return cuda.to_device(np.ascontiguousarray(x))
+    return cuda.to_device(np.asarray(x, order="C"))  # ascontiguousarray would make a 0-d array 1-d
 
 
 def to_host(x):
