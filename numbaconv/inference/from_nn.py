@@ -11,7 +11,7 @@ not change the compiled one. A layer with no inference form here raises TypeErro
 import numpy as np
 
 from .. import models, nn
-from .graph import Graph, TensorInfo
+from .graph import Graph, Node, TensorInfo
 from .model import InferenceModel
 
 
@@ -24,8 +24,6 @@ class _Builder:
         return name
 
     def node(self, op, inputs, name, **attrs):
-        from .graph import Node
-
         out = f"{name}:{op}" if name else f"#{len(self.nodes)}:{op}"
         self.nodes.append(Node(op, list(inputs), [out], attrs, name))
         return out
