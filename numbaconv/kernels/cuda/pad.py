@@ -7,6 +7,8 @@ source per position (the index map itself); its adjoint reads, for each input po
 padded position the map sends there, so no two threads write one element.
 """
 
+import functools
+
 import numpy as np
 from numba import cuda
 
@@ -32,16 +34,28 @@ def _gather(nb):
     return gather
 
 
-def _along(x, axis, length, starts, sources):
-    """x with dimension ``axis`` replaced by ``length`` positions gathered from ``sources``."""
+@functools.lru_cache(maxsize=256)
+def _maps(n, before, after, mode, adjoint):
+    """(starts, sources) on the device for one dimension of size n padded by (before, after):
+    built and copied once per size (a training loop pads the same sizes at every step), to the
+    GPU current at the first call: a process that switches GPUs needs ``_maps.cache_clear()``."""
+    index = pad_index(n, before, after, mode)
+    if adjoint:
+        sources = np.argsort(index, kind="stable")  # padded positions grouped by their source
+        starts = np.concatenate(([0], np.cumsum(np.bincount(index, minlength=n))))
+    else:
+        sources, starts = index, np.arange(len(index) + 1)
+    return cuda.to_device(starts.astype(np.int64)), cuda.to_device(sources.astype(np.int64))
+
+
+def _along(x, axis, length, maps):
+    """x with dimension ``axis`` replaced by ``length`` positions gathered along ``maps``."""
     shape = tuple(x.shape)
     outer, inner = int(np.prod(shape[:axis])), int(np.prod(shape[axis + 1:]))
     out = _launch.empty((*shape[:axis], length, *shape[axis + 1:]), x.dtype)
     if out.size:
         blocks, threads = _launch.line(out.size)
-        _gather(x.dtype)[blocks, threads](
-            x.reshape(outer, shape[axis], inner), out.reshape(outer, length, inner),
-            cuda.to_device(starts.astype(np.int64)), cuda.to_device(sources.astype(np.int64)))
+        _gather(x.dtype)[blocks, threads](x.reshape(outer, shape[axis], inner), out.reshape(outer, length, inner), *maps)
     return out
 
 
@@ -49,8 +63,8 @@ def pad(x, pads, mode):
     """Pad the spatial dims of (N, C, *spatial) device array ``x`` by ``pads`` = ((before, after), ...)."""
     for axis, (before, after) in enumerate(pads, start=2):
         if before or after:
-            index = pad_index(x.shape[axis], before, after, mode)
-            x = _along(x, axis, len(index), np.arange(len(index) + 1), index)
+            n = x.shape[axis]
+            x = _along(x, axis, n + before + after, _maps(n, before, after, mode, False))
     return x
 
 
@@ -59,8 +73,5 @@ def pad_adjoint(g, pads, mode):
     for axis, (before, after) in reversed(list(enumerate(pads, start=2))):
         if before or after:
             n = g.shape[axis] - before - after
-            index = pad_index(n, before, after, mode)
-            order = np.argsort(index, kind="stable")  # padded positions grouped by their source
-            starts = np.concatenate(([0], np.cumsum(np.bincount(index, minlength=n))))
-            g = _along(g, axis, n, starts, order)
+            g = _along(g, axis, n, _maps(n, before, after, mode, True))
     return g
