@@ -171,12 +171,16 @@ def test_conv_transpose(nd, shape, weight_shape, kwargs, bias, dtype):
     scales = naive.conv_transpose_backward(_abs(go), _abs(x), _abs(w), **kwargs)
     cpu, cpu_grads = fn(x, w, b, **kwargs), backward(go, x, w, **kwargs)
     dx, dw, db, dgo = (None if a is None else to_device(a) for a in (x, w, b, go))
+    before = _snapshot((dx, dw, db, dgo))
     for algorithm in ALGORITHMS:
         what = f"conv_transpose{nd}d {kwargs} algorithm={algorithm}"
         check_gpu(fn(dx, dw, db, algorithm=algorithm, **kwargs), ref, scale, cpu, dtype, what)
         grads = backward(dgo, dx, dw, algorithm=algorithm, **kwargs)
         for name, got, r, s, c in zip(("grad_x", "grad_weight", "grad_bias"), grads, refs, scales, cpu_grads):
             check_gpu(got, r, s, c, dtype, f"{what} {name}")
+    for a, copy in zip((dx, dw, db, dgo), before):
+        if a is not None:
+            np.testing.assert_array_equal(to_host(a), copy, err_msg="a device input was modified")
 
 
 def test_needs_turns_gradients_off():
