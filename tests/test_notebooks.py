@@ -41,8 +41,9 @@ def _code(nb):
     return [cell for cell in nb.cells if cell.cell_type == "code"]
 
 
-def test_the_five_notebooks_are_there():
-    assert [p.name for p in NOTEBOOKS] == EXPECTED
+def test_the_course_notebooks_are_there():
+    missing = set(EXPECTED) - {p.name for p in NOTEBOOKS}
+    assert not missing, f"missing from notebooks/: {sorted(missing)}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -70,5 +71,3 @@ def test_notebook_runs_top_to_bottom(path):
     client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
     client.execute()  # raises CellExecutionError, with the cell and its traceback, on any error
-    errors = [out for cell in _code(nb) for out in cell.outputs if out.output_type == "error"]
-    assert not errors
