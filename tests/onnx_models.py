@@ -1,6 +1,8 @@
 """PyTorch models for the ONNX tests and the inference benchmarks, built with random weights and
 random batch-norm statistics (so that folding them changes the weights), and their export with
-the TorchScript exporter (``dynamo=False``: offline, and fast), with a dynamic batch dimension.
+the TorchScript exporter (``dynamo=False``: offline, and fast) or PyTorch's default one (through
+torch.export and onnxscript, which writes ReduceMean for global pooling and opset 18 and later),
+with a dynamic batch dimension.
 
 Imported only where torch is importable.
 """
@@ -22,6 +24,17 @@ def export(module, x, opset=13, fold=True):
                           do_constant_folding=fold, input_names=["x"], output_names=["y"],
                           dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
     return f.getvalue()
+
+
+def export_dynamo(module, x):
+    """The export through torch.export and onnxscript (PyTorch's default exporter), batch dynamic."""
+    module.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, (torch.from_numpy(x),), dynamo=True, input_names=["x"],
+                                    output_names=["y"], dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+                                    verbose=False)
+    return program.model_proto.SerializeToString()
 
 
 def randomize(module, seed=0):

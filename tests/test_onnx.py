@@ -105,6 +105,16 @@ def test_full_size_resnet18_batch_1():
     assert_matches_ort(m.export(module, x), {"x": x})
 
 
+@pytest.mark.parametrize("builder, shape", [("mobilenet_block", (2, 3, 16, 16)), ("conv3d_net", (2, 1, 8, 12, 8))])
+def test_default_exporter(builder, shape):
+    m = models()
+    m.torch.manual_seed(0)
+    x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    data = m.export_dynamo(m.randomize(getattr(m, builder)()), x)
+    model = assert_matches_ort(data, {"x": x})
+    assert_matches_ort(data, {"x": x[:1]}, model)
+
+
 def test_opset_11_export():
     m = models()
     x = np.random.default_rng(4).standard_normal((2, 2, 64)).astype(np.float32)
@@ -275,6 +285,21 @@ def _case_elementwise():
              helper.make_node("Dropout", ["f"], ["g"]),
              helper.make_node("Identity", ["g"], ["y"])]
     return make(nodes, [vi("x", [2, 5, 6])], [vi("y", None)]), {"x": rand(2, 5, 6)}
+
+
+def _case_reduce_opset13():
+    nodes = [helper.make_node("ReduceMean", ["x"], ["a"], axes=[2, 3]),
+             helper.make_node("ReduceMax", ["x"], ["b"], axes=[1, -1], keepdims=0),
+             helper.make_node("ReduceMean", ["x"], ["c"])]
+    return make(nodes, [vi("x", [2, 3, 4, 5])], [vi("a", None), vi("b", None), vi("c", None)]), {"x": rand(2, 3, 4, 5)}
+
+
+def _case_reduce_opset18():
+    nodes = [helper.make_node("ReduceMean", ["x", "axes"], ["a"]),
+             helper.make_node("ReduceMax", ["x", "axes"], ["b"], keepdims=0)]
+    axes = init("axes", np.array([2, 3, 4], np.int64))
+    return (make(nodes, [vi("x", [2, 3, 4, 5, 2])], [vi("a", None), vi("b", None)], [axes], opset=18),
+            {"x": rand(2, 3, 4, 5, 2)})
 
 
 def _case_batchnorm_alone():

@@ -220,6 +220,28 @@ def global_max_pool(x):
     return getattr(F, f"adaptive_max_pool{n}d")(x, 1)
 
 
+def _reduce(op, x, axes, keepdims, noop_with_empty_axes, reducer):
+    check_array(op, "data", x)
+    if axes is None or np.asarray(axes).size == 0:
+        if noop_with_empty_axes:
+            return x
+        axes = range(x.ndim)
+    axes = _axes(op, axes, x.ndim)
+    if axes == list(range(2, x.ndim)) and keepdims and 1 <= x.ndim - 2 <= 3:  # global pooling: the pool kernels
+        return (global_average_pool if reducer is np.mean else global_max_pool)(x)
+    with _quiet():
+        return np.ascontiguousarray(reducer(x, axis=tuple(axes), keepdims=bool(keepdims)))
+
+
+def reduce_mean(x, axes=None, *, keepdims=1, noop_with_empty_axes=0):
+    """Mean over ``axes`` (what PyTorch's dynamo exporter writes for a global average pool)."""
+    return _reduce("ReduceMean", x, axes, keepdims, noop_with_empty_axes, np.mean)
+
+
+def reduce_max(x, axes=None, *, keepdims=1, noop_with_empty_axes=0):
+    return _reduce("ReduceMax", x, axes, keepdims, noop_with_empty_axes, np.max)
+
+
 # --------------------------------------------------------------------------- normalization
 
 
@@ -436,6 +458,8 @@ OPS = {
     "LpPool": (lp_pool, dict(_POOL, ceil_mode=0, dilations=None, p=2)),
     "GlobalAveragePool": (global_average_pool, {}),
     "GlobalMaxPool": (global_max_pool, {}),
+    "ReduceMean": (reduce_mean, dict(keepdims=1, noop_with_empty_axes=0)),
+    "ReduceMax": (reduce_max, dict(keepdims=1, noop_with_empty_axes=0)),
     "BatchNormalization": (batch_normalization, dict(epsilon=1e-5, momentum=0.9, training_mode=0)),
     "LRN": (lrn, dict(alpha=1e-4, beta=0.75, bias=1.0, size=REQUIRED)),
     "Relu": (relu, {}),
@@ -478,5 +502,5 @@ IN_PLACE = {"Relu", "LeakyRelu", "Elu", "Sigmoid", "Tanh", "Clip", "Add", "Sub",
 ARITY = {
     "Conv": (2, 4), "ConvTranspose": (2, 3), "BatchNormalization": (5, 5), "Clip": (1, 3), "Gemm": (2, 3),
     "MatMul": (2, 2), "Add": (2, 2), "Sub": (2, 2), "Mul": (2, 2), "Div": (2, 2), "Concat": (1, None),
-    "Reshape": (2, 2), "Squeeze": (1, 2), "Unsqueeze": (2, 2), "Pad": (2, 4), "Dropout": (1, 3), "Linear": (2, 3),
+    "Reshape": (2, 2), "Squeeze": (1, 2), "ReduceMean": (1, 2), "ReduceMax": (1, 2), "Unsqueeze": (2, 2), "Pad": (2, 4), "Dropout": (1, 3), "Linear": (2, 3),
 }

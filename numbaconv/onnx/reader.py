@@ -162,7 +162,8 @@ def _node(n, opset, constants, index):
     inputs = list(n.input)
     if op == "Conv" and len(inputs) > 3:  # (the graph's Conv takes a fourth, the optimizer's residual)
         raise GraphError(f"node {name!r} (Conv): takes 2 to 3 inputs, got {len(inputs)}")
-    if op in ("Squeeze", "Unsqueeze") and opset < 13 and "axes" in attrs:  # later opsets: an input
+    axes_became_input = {"Squeeze": 13, "Unsqueeze": 13, "ReduceMean": 18, "ReduceMax": 18}
+    if opset < axes_became_input.get(op, 0) and "axes" in attrs:  # later opsets: an input
         constants[f"{name}/axes"] = np.array(attrs.pop("axes"), dtype=np.int64)
         inputs = inputs[:1] + [f"{name}/axes"]
     if op in ("Softmax", "LogSoftmax") and opset < 13:  # earlier opsets flatten to 2-D at axis (default 1)
