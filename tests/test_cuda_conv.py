@@ -211,17 +211,34 @@ def test_gemm_every_tile(tile_index, trans_a, trans_b, dtype):
     assert_close(to_host(c), ref, np.matmul(np.abs(A).astype(np.float64), np.abs(B).astype(np.float64)), dtype, "gemm")
 
 
-def test_gemm_shared_operand_reduce_accumulate():
+@pytest.mark.parametrize("split", [1, 2])
+def test_gemm_shared_operand_reduce_accumulate(split):
     """The modular batch index: a (2, ...) a shared by a (6, ...) batch, summed over 3 rounds
-    into the 2 matrices of c, added to what c held."""
+    into the 2 matrices of c, added to what c held; in one slice or split over two (split-K)."""
     from numbaconv.kernels.cuda.gemm import gemm
 
     rng = np.random.default_rng(3)
     a, b, c0 = (make_array(rng, s, np.float64) for s in ((2, 5, 3), (6, 3, 7), (2, 5, 7)))
     c = to_device(c0)
-    gemm(to_device(a), to_device(b), c, reduce=3, accumulate=True)
+    gemm(to_device(a), to_device(b), c, reduce=3, accumulate=True, split=split)
     ref = c0 + sum(a[(r * 2 + np.arange(2)) % 2] @ b[r * 2 + np.arange(2)] for r in range(3))
     assert_close(to_host(c), ref, what="gemm reduce")
+
+
+def test_gemm_long_sum_splits_k(monkeypatch):
+    """One block's worth of output and a long K: the sum is split over slices of blocks."""
+    from numbaconv.kernels.cuda import gemm as module
+
+    rng = np.random.default_rng(7)
+    a, b = make_array(rng, (5, 203), np.float32), make_array(rng, (7, 203), np.float32)
+    slices = []
+    add = module.sum_rows
+    monkeypatch.setattr(module, "sum_rows", lambda partial, *args: slices.append(partial.shape[0]) or add(partial, *args))
+    c = to_device(np.zeros((5, 7), np.float32))
+    module.gemm(to_device(a), to_device(b), c, trans_b=True)
+    assert slices and slices[0] > 1, "the sum was not split"
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    assert_close(to_host(c), a64 @ b64.T, np.abs(a64) @ np.abs(b64).T, np.float32, "split-K gemm")
 
 
 @pytest.mark.parametrize("batch, M, N, expected", [(1, 3, 35, 3), (64, 64, 3136, 1), (1, 2048, 2048, 0), (1, 40, 40, 3)])

@@ -195,3 +195,27 @@ def channel_sum(g):
         _channel_sum(g.dtype)[K, reduction_threads(N * plane)](flat(g), total, N, K, plane)
     return total
 
+
+@per_dtype
+def _sum_rows(nb):
+    @cuda.jit
+    def sum_rows(partial, out, accumulate):
+        e = cuda.grid(1)
+        if e < out.size:
+            acc = nb(0)
+            for s in range(partial.shape[0]):
+                acc += partial[s, e]
+            if accumulate:
+                out[e] += acc
+            else:
+                out[e] = acc
+
+    return sum_rows
+
+
+def sum_rows(partial, out, accumulate=False):
+    """out (=, or += with ``accumulate``) the sum of the rows of ``partial`` (S, out.size): how
+    kernels that split a long sum over S slices of threads add the slices up, in a fixed order
+    (no atomics, so the result does not depend on thread timing)."""
+    blocks, threads = line(out.size)
+    _sum_rows(out.dtype)[blocks, threads](partial, flat(out), bool(accumulate))

@@ -230,20 +230,6 @@ def _grad_weight(nb):
     return grad_weight
 
 
-@_launch.per_dtype
-def _sum_rows(nb):
-    @cuda.jit
-    def sum_rows(partial, out):
-        e = cuda.grid(1)
-        if e < out.size:
-            acc = nb(0)
-            for s in range(partial.shape[0]):
-                acc += partial[s, e]
-            out[e] = acc
-
-    return sum_rows
-
-
 #: Threads the weight gradient aims for: a thread per (weight element, slice of the batch and
 #: output positions), slices added up by a second kernel. Enough to fill a large GPU when the
 #: weight is small (a network's first layers) and the sums long.
@@ -269,4 +255,4 @@ def grad_weight(go, x, gw, geom, workspace=None):
     _grad_weight(gw.dtype)[(blocks, splits), threads](
         go, x, gw, partial, geom.stride, geom.dilation, geom.padding, geom.groups, ceil_div(rows, splits))
     if splits > 1:
-        _sum_rows(gw.dtype)[blocks, threads](partial, flat)
+        _launch.sum_rows(partial, flat)
