@@ -12,6 +12,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -627,3 +629,53 @@ def test_bad_attribute_values_never_crash():
     from conftest import assert_battery_survives
 
     assert_battery_survives("test_onnx")
+
+
+# --------------------------------------------------------------------------- attribute space, drawn
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_conv_attributes_match_onnxruntime(data):
+    nd = data.draw(st.integers(1, 3), label="ndim")
+    groups = data.draw(st.sampled_from([1, 2]), label="groups")
+    c_in, c_out = 2 * groups, groups * data.draw(st.integers(1, 3))
+    kernel = [data.draw(st.integers(1, 3)) for _ in range(nd)]
+    dil = [data.draw(st.integers(1, 2)) for _ in range(nd)]
+    size = [data.draw(st.integers((k - 1) * d + 1, (k - 1) * d + 5)) for k, d in zip(kernel, dil)]
+    attrs = dict(strides=[data.draw(st.integers(1, 3)) for _ in range(nd)], dilations=dil, group=groups)
+    if data.draw(st.booleans(), label="auto_pad"):
+        attrs["auto_pad"] = data.draw(st.sampled_from(["SAME_UPPER", "SAME_LOWER", "VALID"]))
+        if attrs["auto_pad"] != "VALID":
+            attrs["dilations"] = [1] * nd  # ONNX Runtime refuses dilation with SAME padding
+    else:
+        attrs["pads"] = [data.draw(st.integers(0, 2)) for _ in range(2 * nd)]
+    inits = [init("w", rand(c_out, c_in // groups, *kernel))]
+    if data.draw(st.booleans(), label="bias"):
+        inits.append(init("b", rand(c_out)))
+    node = helper.make_node("Conv", ["x", *(t.name for t in inits)], ["y"], **attrs)
+    x = rand(2, c_in, *size)
+    assert_matches_ort(make([node], [vi("x", list(x.shape))], [vi("y", None)], inits), {"x": x})
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_pool_attributes_match_onnxruntime(data):
+    op = data.draw(st.sampled_from(["MaxPool", "AveragePool", "LpPool"]), label="op")
+    nd = data.draw(st.integers(1, 3), label="ndim")
+    kernel = [data.draw(st.integers(1, 3)) for _ in range(nd)]
+    size = [data.draw(st.integers(k, k + 5)) for k in kernel]
+    attrs = dict(kernel_shape=kernel, strides=[data.draw(st.integers(1, 3)) for _ in range(nd)])
+    # pads within half the window: beyond that a window can read padding only
+    attrs["pads"] = [data.draw(st.integers(0, k // 2)) for k in kernel * 2]
+    if op == "MaxPool":
+        attrs["ceil_mode"] = data.draw(st.integers(0, 1))
+    if op == "AveragePool":
+        attrs["count_include_pad"] = data.draw(st.integers(0, 1))
+        if attrs["count_include_pad"] == 0:
+            attrs["pads"] = attrs["pads"][:nd] * 2  # numbaconv needs count_include_pad=1 for asymmetric pads
+    if op == "LpPool":
+        attrs["p"] = data.draw(st.integers(1, 3))
+    node = helper.make_node(op, ["x"], ["y"], **attrs)
+    x = rand(2, 3, *size)
+    assert_matches_ort(make([node], [vi("x", list(x.shape))], [vi("y", None)], opset=13), {"x": x})
