@@ -79,6 +79,25 @@ def placement(op, **arrays):
     return kinds.pop() if kinds else CPU
 
 
+def side(a):
+    """Where ``a`` lives, CPU or CUDA (an op's ``placement`` has checked that its arrays agree)."""
+    return CUDA if is_device_array(a) else CPU
+
+
+def place(op, **arrays):
+    """(where, arrays): the ``placement`` of the op's arrays, CPU or CUDA, and the arrays in the
+    order given, as the checks and kernels take them: host arrays unchanged; GPU arrays (CuPy
+    arrays and PyTorch CUDA tensors too) as numba device arrays, without a copy, with a
+    ValueError naming any that is not C-contiguous (``kernels.cuda._launch.device_arrays``).
+    Every public op starts with this one call."""
+    where = placement(op, **arrays)
+    if where != CUDA:
+        return where, tuple(arrays.values())
+    from .kernels.cuda._launch import device_arrays
+
+    return where, device_arrays(op, **arrays)
+
+
 def as_device(a):
     """A numba device array for a GPU array, without a copy."""
     cuda = _cuda()

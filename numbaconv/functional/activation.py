@@ -17,7 +17,7 @@ from numbers import Integral, Real
 
 import numpy as np
 
-from .._device import CPU, CUDA, as_device, is_device_array, placement
+from .._device import CUDA, as_device, is_device_array, place
 from .._geometry import check_array, check_grad_out
 from ..kernels.cpu import elementwise
 
@@ -51,27 +51,10 @@ def check_dim(op, name, dim, ndim):
 # --------------------------------------------------------------------------- both devices
 
 
-def side(a):
-    """Where ``a`` lives, "cpu" or "cuda" (an op's ``placement`` has checked that its arrays agree)."""
-    return CUDA if is_device_array(a) else CPU
-
-
 def kernels(where, name):
     """The kernel module ``kernels.cpu.<name>``, or its twin ``kernels.cuda.<name>`` when ``where``
     is "cuda" (imported only then: numba.cuda is an optional dependency)."""
     return importlib.import_module(f"{__package__.rpartition('.')[0]}.kernels.{where}.{name}")
-
-
-def place(op, **arrays):
-    """(where, arrays): the ``placement`` of the op's arrays, "cpu" or "cuda", and the arrays in
-    the order given, as the checks and kernels take them: host arrays unchanged; GPU arrays
-    (CuPy arrays and PyTorch CUDA tensors too) as numba device arrays, without a copy, with a
-    ValueError naming any that is not C-contiguous (``kernels.cuda._launch.device_arrays``)."""
-    where = placement(op, **arrays)
-    if where != CUDA:
-        return where, tuple(arrays.values())
-    from ..kernels.cuda._launch import device_arrays
-    return where, device_arrays(op, **arrays)
 
 
 def contiguous(a):

@@ -11,7 +11,7 @@ from collections import namedtuple
 import numpy as np
 
 from .. import config
-from .._device import CUDA, placement
+from .._device import CUDA, place
 from .._geometry import (
     check_choice, check_grad_out, check_needs, conv_geometry, conv_transpose_geometry,
 )
@@ -91,11 +91,11 @@ def _add_bias(out, bias):
 
 
 #: The array operations of the flow below, for one device: the same flow runs on the host and on
-#: the GPU. ``take`` turns the call's arrays into what the kernels of that device read.
-_Flow = namedtuple("_Flow", "take contiguous empty pad pad_adjoint bias_sum add_bias kernel")
+#: the GPU.
+_Flow = namedtuple("_Flow", "contiguous empty pad pad_adjoint bias_sum add_bias kernel")
 
 _HOST = _Flow(
-    take=lambda op, **arrays: tuple(arrays.values()), contiguous=np.ascontiguousarray, empty=np.empty,
+    contiguous=np.ascontiguousarray, empty=np.empty,
     pad=pad, pad_adjoint=lambda g, pads, mode: np.ascontiguousarray(pad_adjoint(g, pads, mode)),
     bias_sum=_bias_sum, add_bias=_add_bias,
     kernel=lambda op, algorithm, geom, direction: _kernel(op, algorithm, geom, direction),
@@ -116,11 +116,11 @@ def _cuda_kernel(op, algorithm, geom, direction):
 @functools.cache
 def _cuda_flow():
     """The flow's operations on the GPU; kernels.cuda (and numba.cuda) imported on first use.
-    Device arrays in, numba device arrays out; the inputs must be C-contiguous (checked by take)."""
+    Device arrays in, numba device arrays out; the inputs are C-contiguous (checked by ``place``)."""
     from ..kernels.cuda import _launch, pad as cuda_pad
 
     return _Flow(
-        take=_launch.device_arrays, contiguous=lambda a: a, empty=_launch.empty, pad=cuda_pad.pad,
+        contiguous=lambda a: a, empty=_launch.empty, pad=cuda_pad.pad,
         pad_adjoint=cuda_pad.pad_adjoint, bias_sum=_launch.channel_sum, add_bias=_launch.add_bias, kernel=_cuda_kernel,
     )
 
@@ -129,8 +129,8 @@ def _flow(op, **arrays):
     """(flow, arrays): the operations of the device the (non-None) arrays are on, one placement
     check for the call (a mix of host and GPU arrays is a ValueError naming each), and the
     arrays as that device's kernels take them, in the order given."""
-    f = _cuda_flow() if placement(op, **arrays) == CUDA else _HOST
-    return f, f.take(op, **arrays)
+    where, arrays = place(op, **arrays)
+    return (_cuda_flow() if where == CUDA else _HOST), arrays
 
 
 def _conv(op, ndim, x, weight, bias, stride, padding, dilation, groups, padding_mode, algorithm):

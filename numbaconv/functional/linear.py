@@ -11,10 +11,10 @@ import math
 
 import numpy as np
 
-from .._device import CUDA, placement
+from .._device import CUDA, place
 from .._geometry import check_array, check_grad_out, check_needs
 from .._random import generator
-from .activation import check_dim, check_real, contiguous, empty, flat, kernels, place
+from .activation import check_dim, check_real, contiguous, empty, flat, kernels
 
 __all__ = ["linear", "linear_backward", "flatten", "dropout", "dropout_backward"]
 
@@ -40,17 +40,6 @@ def _rows(a):
     return a.reshape(math.prod(a.shape[:-1]), a.shape[a.ndim - 1])
 
 
-def _device(op, **arrays):
-    """(on_gpu, arrays): one placement check for the call (a mix of host and GPU arrays is a
-    ValueError naming each), and GPU arrays as C-contiguous numba device arrays (ValueError if
-    strided) so that the checks below read numpy dtypes and shapes."""
-    if placement(op, **arrays) != CUDA:
-        return False, tuple(arrays.values())
-    from ..kernels.cuda._launch import device_arrays
-
-    return True, device_arrays(op, **arrays)
-
-
 def _quiet():
     """NaN and inf propagate silently through matmul and sums, as in PyTorch."""
     return np.errstate(invalid="ignore", over="ignore", divide="ignore")
@@ -63,13 +52,13 @@ def linear(x, weight, bias=None):
     Returns (..., out_features), x's dtype, C-contiguous.
     """
     op = "linear"
-    on_gpu, (x, weight, bias) = _device(op, x=x, weight=weight, bias=bias)
+    where, (x, weight, bias) = place(op, x=x, weight=weight, bias=bias)
     _check_linear(op, x, weight)
     if bias is not None:
         check_array(op, "bias", bias, dtype=x.dtype)
         if bias.shape != (weight.shape[0],):
             raise ValueError(f"{op}: bias must have shape ({weight.shape[0]},), got {bias.shape}")
-    if on_gpu:
+    if where == CUDA:
         from ..kernels.cuda import linear as kernels
 
         return kernels.forward(_rows(x), weight, bias).reshape(*x.shape[:-1], weight.shape[0])
@@ -87,13 +76,13 @@ def linear_backward(grad_out, x, weight, needs=(True, True, True)):
     shaped like x, weight and (out_features,), None for each gradient ``needs`` turns off.
     """
     op = "linear_backward"
-    on_gpu, (grad_out, x, weight) = _device(op, grad_out=grad_out, x=x, weight=weight)
+    where, (grad_out, x, weight) = place(op, grad_out=grad_out, x=x, weight=weight)
     _check_linear(op, x, weight)
     needs = check_needs(op, needs)
     check_grad_out(op, grad_out, (*x.shape[:-1], weight.shape[0]), x.dtype)
     go = _rows(grad_out)
     grad_x = grad_weight = grad_bias = None
-    if on_gpu:
+    if where == CUDA:
         from ..kernels.cuda import linear as kernels
 
         return (kernels.grad_input(go, weight).reshape(*x.shape) if needs[0] else None,
@@ -120,7 +109,7 @@ def flatten(x, start_dim=1, end_dim=-1):
     x becomes shape (1,).
     """
     op = "flatten"
-    _, (x,) = _device(op, x=x)
+    _, (x,) = place(op, x=x)
     check_array(op, "x", x)
     start = check_dim(op, "start_dim", start_dim, x.ndim)
     end = check_dim(op, "end_dim", end_dim, x.ndim)

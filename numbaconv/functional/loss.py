@@ -22,7 +22,8 @@ import numpy as np
 from .._device import CUDA, is_device_array, to_host
 from .._geometry import check_array, check_choice, check_grad_out
 from . import activation
-from .activation import contiguous, empty, flat, kernels, place
+from .._device import place
+from .activation import contiguous, empty, flat, kernels
 
 __all__ = [
     "cross_entropy", "cross_entropy_backward", "nll_loss", "nll_loss_backward", "mse_loss", "mse_loss_backward",

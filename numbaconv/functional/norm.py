@@ -25,7 +25,8 @@ import numpy as np
 
 from .._device import CUDA, as_device, to_device, to_host
 from .._geometry import check_array, check_grad_out, check_needs
-from .activation import contiguous, empty, place, side
+from .._device import place, side
+from .activation import contiguous, empty
 from .activation import kernels as _kernels
 
 

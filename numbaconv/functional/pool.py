@@ -23,8 +23,9 @@ from .._geometry import (
     pool_geometry,
 )
 from .._device import CUDA
-from .activation import contiguous, empty, kernels, place
-from .activation import side as _side
+from .._device import place
+from .._device import side as _side
+from .activation import contiguous, empty, kernels
 
 
 def _pool(a):
