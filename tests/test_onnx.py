@@ -503,6 +503,20 @@ def test_shapes_are_checked_at_load_time():
         nco.load(data)
 
 
+def test_enormous_shapes_are_refused_or_deferred():
+    """A file cannot make loading allocate without bound: a pad to 4e20 elements (more than any
+    address space, so it fails alike everywhere) is refused; an enormous declared input is
+    checked at call time instead of at load time."""
+    data = make([helper.make_node("Pad", ["x", "p"], ["y"], name="huge")], [vi("x", [1, 1])], [vi("y", None)],
+                [init("p", np.array([0, 0, 10**10, 10**10], np.int64))])
+    with pytest.raises(ValueError, match="node 'huge' \\(Pad\\)|memory"):
+        nco.load(data)
+    model = nco.load(make([helper.make_node("Relu", ["x"], ["y"])], [vi("x", ["N", 10**5, 10**5])], [vi("y", None)]))
+    assert model.outputs[0].shape is None
+    with pytest.raises(ValueError, match="must have shape \\(N, 100000, 100000\\)"):
+        model(np.zeros((1, 2, 2), np.float32))
+
+
 def test_declared_output_shape_is_checked():
     data = make([helper.make_node("Relu", ["x"], ["y"])], [vi("x", ["N", 3])], [vi("y", ["N", 4])])
     with pytest.raises(GraphError, match="declared with shape"):

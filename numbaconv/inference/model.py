@@ -21,6 +21,11 @@ from .graph import GraphError, TensorInfo, check
 from .ops import IN_PLACE, INTERNAL, OPS
 from .optimize import optimize
 
+#: The load-time run is skipped for inputs larger than this (elements of a batch of one), so a
+#: file declaring enormous inputs cannot make loading allocate them; such models are checked
+#: on each call instead.
+CHECK_MAX_ELEMENTS = 1 << 26
+
 #: Ops whose output may be a view of their first input.
 VIEW_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"}
 
@@ -150,11 +155,17 @@ class InferenceModel:
         for info in self.inputs:
             if info.shape is None or any(d is None for d in info.shape[1:]):
                 return  # sizes known only at run time: shapes are checked on each call instead
-            feeds[info.name] = np.zeros((info.shape[0] or 1, *info.shape[1:]) if info.shape else (), dtype=info.dtype)
+            shape = (info.shape[0] or 1, *info.shape[1:]) if info.shape else ()
+            if np.prod(shape, dtype=np.float64) > CHECK_MAX_ELEMENTS:
+                return
+            feeds[info.name] = np.zeros(shape, dtype=info.dtype)
         try:
             results = self.run(feeds)
         except (ValueError, TypeError) as e:
             raise GraphError(f"the model cannot run on inputs of the declared shapes: {e}") from e
+        except MemoryError:
+            raise GraphError("the model cannot run on inputs of the declared shapes: it needs more memory than "
+                             "this machine has (a node makes an enormous array)") from None
         batch_free = any(info.shape and info.shape[0] is None for info in self.inputs)
         outputs = []
         for info in self.outputs:

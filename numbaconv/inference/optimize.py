@@ -52,6 +52,8 @@ def fold_constants(graph):
                 value = _run(node, inputs)
             except (ValueError, TypeError) as e:
                 raise OpError(f"{node.describe()}: {e}") from None
+            except MemoryError:
+                raise OpError(f"{node.describe()}: its constant result does not fit in memory") from None
             graph.constants[node.outputs[0]] = np.array(value)
         else:
             kept.append(node)
