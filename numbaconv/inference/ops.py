@@ -168,12 +168,25 @@ def _pool_args(op, x, auto_pad, kernel_shape, pads, strides, dilations=None):
     return n, kernel, strides, dilations, begin, end
 
 
+def _ceil_crop(y, size, kernel, strides, dilations, begin, end):
+    """With ceil_mode, a window that starts in the padding after the input is dropped (ONNX
+    Runtime's rule and PyTorch's); padding applied explicitly makes that padding input, so the
+    windows past the true output size are cut off again."""
+    out = []
+    for i, k, s, d, b, e in zip(size, kernel, strides, dilations, begin, end):
+        o = -(-(i + b + e - (k - 1) * d - 1) // s) + 1
+        out.append(o - 1 if (o - 1) * s >= i + b else o)
+    return np.ascontiguousarray(y[(..., *(slice(0, o) for o in out))])
+
+
 def max_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=REQUIRED, pads=None,
              storage_order=0, strides=None):
     n, kernel, strides, dilations, begin, end = _pool_args("MaxPool", x, auto_pad, kernel_shape, pads, strides, dilations)
-    if begin != end or any(2 * p > k for p, k in zip(begin, kernel)):
-        x, begin = _pad_explicitly(x, begin, end, -np.inf), (0,) * n
-    return getattr(F, f"max_pool{n}d")(x, kernel, strides, begin, dilations, bool(ceil_mode))
+    if begin == end and all(2 * p <= k for p, k in zip(begin, kernel)):
+        return getattr(F, f"max_pool{n}d")(x, kernel, strides, begin, dilations, bool(ceil_mode))
+    y = getattr(F, f"max_pool{n}d")(_pad_explicitly(x, begin, end, -np.inf), kernel, strides, 0, dilations,
+                                    bool(ceil_mode))
+    return _ceil_crop(y, x.shape[2:], kernel, strides, dilations, begin, end) if ceil_mode else y
 
 
 def average_pool(x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dilations=None, kernel_shape=REQUIRED,
@@ -185,7 +198,8 @@ def average_pool(x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dila
     if begin != end or any(2 * p > k for p, k in zip(begin, kernel)):
         if not count_include_pad:
             raise OpError(f"{op}: asymmetric or large attribute pads {list(begin + end)} need count_include_pad=1")
-        x, begin = _pad_explicitly(x, begin, end, 0), (0,) * n
+        y = getattr(F, f"avg_pool{n}d")(_pad_explicitly(x, begin, end, 0), kernel, strides, 0, bool(ceil_mode), True)
+        return _ceil_crop(y, x.shape[2:], kernel, strides, dilations, begin, end) if ceil_mode else y
     return getattr(F, f"avg_pool{n}d")(x, kernel, strides, begin, bool(ceil_mode), bool(count_include_pad))
 
 
