@@ -693,3 +693,28 @@ def test_pool_attributes_match_onnxruntime(data):
     node = helper.make_node(op, ["x"], ["y"], **attrs)
     x = rand(2, 3, *size)
     assert_matches_ort(make([node], [vi("x", list(x.shape))], [vi("y", None)], opset=13), {"x": x})
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_conv_transpose_attributes_match_onnxruntime(data):
+    nd = data.draw(st.integers(1, 3), label="ndim")
+    groups = data.draw(st.sampled_from([1, 2]), label="groups")
+    c_in, c_out = 2 * groups, groups * data.draw(st.integers(1, 2))
+    kernel = [data.draw(st.integers(1, 3)) for _ in range(nd)]
+    strides = [data.draw(st.integers(1, 3)) for _ in range(nd)]
+    dil = [data.draw(st.integers(1, 2)) for _ in range(nd)]
+    size = [data.draw(st.integers(1, 4)) for _ in range(nd)]
+    attrs = dict(strides=strides, dilations=dil, group=groups,
+                 output_padding=[data.draw(st.integers(0, s - 1)) for s in strides])  # ONNX Runtime: < stride
+    full = [(i - 1) * s + (k - 1) * d + 1 + e for i, s, k, d, e in zip(size, strides, kernel, dil, attrs["output_padding"])]
+    if data.draw(st.booleans(), label="output_shape"):
+        attrs["output_shape"] = [data.draw(st.integers(max(1, f - 3), f)) for f in full]
+    else:
+        attrs["pads"] = [data.draw(st.integers(0, min(2, (f - 1) // 2))) for f in full * 2]
+    inits = [init("w", rand(c_in, c_out // groups, *kernel))]
+    if data.draw(st.booleans(), label="bias"):
+        inits.append(init("b", rand(c_out)))
+    node = helper.make_node("ConvTranspose", ["x", *(t.name for t in inits)], ["y"], **attrs)
+    x = rand(2, c_in, *size)
+    assert_matches_ort(make([node], [vi("x", list(x.shape))], [vi("y", None)], inits), {"x": x})
