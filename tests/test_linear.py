@@ -53,6 +53,24 @@ def test_linear_matches_naive(case, needs):
     check_unmodified()
 
 
+@pytest.mark.parametrize("route", ["numba", "blas"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_small_kernel_and_blas_agree_with_naive(monkeypatch, route, dtype):
+    """Both routes of the CPU product: the one-thread kernels (small products) and BLAS (large
+    ones), forced by the threshold. 7 rows: a 4-row block and a 3-row rest; 37 features: the
+    4-step loop over them and a rest of 1."""
+    from numbaconv.kernels.cpu import linear as small_gemm
+
+    monkeypatch.setattr(small_gemm, "SMALL_MACS", 1 << 40 if route == "numba" else -1)
+    rng = np.random.default_rng(7)
+    x, w = make_array(rng, (7, 37), dtype, "fortran"), make_array(rng, (13, 37), dtype)
+    b, grad_out = make_array(rng, (13,), dtype), make_array(rng, (7, 13), dtype)
+    check(numbaconv.linear(x, w, b), naive.linear(x, w, b), naive.linear(_abs(x), _abs(w), _abs(b)), dtype, route)
+    scales = naive.linear_backward(_abs(grad_out), _abs(x), _abs(w))
+    for g, ref, scale in zip(numbaconv.linear_backward(grad_out, x, w), naive.linear_backward(grad_out, x, w), scales):
+        check(g, ref, scale, dtype, f"{route} backward")
+
+
 @pytest.mark.parametrize("x_shape", [(5,), (3, 5), (2, 3, 5)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_linear_backward_matches_finite_differences(x_shape, bias):

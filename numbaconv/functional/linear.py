@@ -1,8 +1,8 @@
 """Linear layer, flatten and dropout, with ``torch.nn.functional``'s names and semantics.
 
 float32 or float64; results keep the dtype; inputs are never modified. ``linear`` is NumPy's
-matmul (the BLAS NumPy was built with, already optimal: no kernel of ours would beat it);
-dropout's scaling runs ``kernels.cpu.elementwise.masked_scale`` (its CUDA twin on GPU arrays,
+matmul (BLAS) for large products and ``kernels.cpu.linear`` (one thread) for small ones, whose
+BLAS threads cost more than they save (see that module); dropout's scaling runs ``kernels.cpu.elementwise.masked_scale`` (its CUDA twin on GPU arrays,
 with the mask drawn on the host). On GPU arrays, linear runs
 ``kernels.cuda.linear`` (numbaconv's tiled GEMM) and flatten is a reshape of the device array.
 """
@@ -14,6 +14,7 @@ import numpy as np
 from .._device import CUDA, place
 from .._geometry import check_array, check_grad_out, check_needs
 from .._random import generator
+from ..kernels.cpu import linear as small_gemm
 from .activation import check_dim, check_real, contiguous, empty, flat, kernels
 
 __all__ = ["linear", "linear_backward", "flatten", "dropout", "dropout_backward"]
@@ -62,10 +63,14 @@ def linear(x, weight, bias=None):
         from ..kernels.cuda import linear as kernels
 
         return kernels.forward(_rows(x), weight, bias).reshape(*x.shape[:-1], weight.shape[0])
-    with _quiet():
-        y = np.matmul(_rows(x), weight.T)  # BLAS GEMM; weight.T is a transposed view, not a copy
-        if bias is not None:
-            y += bias
+    rows = _rows(x)
+    if small_gemm.is_small(rows.shape[0], weight.shape[0], weight.shape[1]):
+        y = small_gemm.forward(rows, weight, bias)
+    else:
+        with _quiet():
+            y = np.matmul(rows, weight.T)  # BLAS GEMM; weight.T is a transposed view, not a copy
+            if bias is not None:
+                y += bias
     return y.reshape(*x.shape[:-1], weight.shape[0])
 
 
@@ -88,11 +93,12 @@ def linear_backward(grad_out, x, weight, needs=(True, True, True)):
         return (kernels.grad_input(go, weight).reshape(*x.shape) if needs[0] else None,
                 kernels.grad_weight(go, _rows(x)) if needs[1] else None,
                 kernels.grad_bias(go) if needs[2] else None)
+    small = small_gemm.is_small(go.shape[0], weight.shape[0], weight.shape[1])
     with _quiet():
         if needs[0]:
-            grad_x = np.matmul(go, weight).reshape(x.shape)
+            grad_x = (small_gemm.grad_input(go, weight) if small else np.matmul(go, weight)).reshape(x.shape)
         if needs[1]:
-            grad_weight = np.matmul(go.T, _rows(x))
+            grad_weight = small_gemm.grad_weight(go, _rows(x)) if small else np.matmul(go.T, _rows(x))
         if needs[2]:
             grad_bias = go.sum(axis=0, dtype=x.dtype)
     return grad_x, grad_weight, grad_bias
