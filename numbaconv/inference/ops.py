@@ -147,8 +147,7 @@ def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, 
         begin = tuple(t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in total)
         end = tuple(t - bg for t, bg in zip(total, begin))
     else:
-        begin, end = _pads(op, "NOTSET" if auto_pad == "NOTSET" else auto_pad, pads, x.shape[2:], kernel, strides,
-                           dilations)
+        begin, end = _pads(op, auto_pad, pads, x.shape[2:], kernel, strides, dilations)
     y = getattr(F, f"conv_transpose{n}d")(x, w, b, strides, 0, extra, group, dilations)
     if any(begin) or any(end):
         if any(bg + e >= f for bg, e, f in zip(begin, end, full)):
