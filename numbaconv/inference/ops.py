@@ -94,6 +94,24 @@ def _activate(y, epilogue):
     return np.clip(y, lo, hi, out=y)
 
 
+#: Checked geometries and the algorithm for them, by everything the checks read: a served model
+#: repeats the same few shapes, and checking them again costs more than a small kernel.
+_CONV_PLANS = {}
+
+
+def _conv_plan(op, x, w, b, strides, begin, dilations, group, n):
+    key = (x.shape, x.dtype, w.shape, w.dtype, None if b is None else (b.shape, b.dtype), strides, begin,
+           dilations, group)
+    plan = _CONV_PLANS.get(key)
+    if plan is None:
+        geom = conv_geometry(op, x, w, b, strides, begin, dilations, group, "zeros", n)
+        plan = geom, ALGORITHMS[choose_algorithm(geom, "forward")].forward
+        if len(_CONV_PLANS) > 4096:  # a bound, for processes that see ever new shapes
+            _CONV_PLANS.clear()
+        _CONV_PLANS[key] = plan
+    return plan
+
+
 def conv(x, w, b=None, residual=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
          strides=None, epilogue=IDENTITY):
     """Convolution. Set when the graph is optimized: ``residual``, an array added to the output
@@ -109,9 +127,8 @@ def conv(x, w, b=None, residual=None, *, auto_pad="NOTSET", dilations=None, grou
     begin, end = _pads(op, auto_pad, pads, x.shape[2:], kernel, strides, dilations)
     if begin != end:
         x, begin = _pad_explicitly(x, begin, end, 0), (0,) * n
-    geom = conv_geometry(op, x, w, b, strides, begin, dilations, group, "zeros", n)
+    geom, forward = _conv_plan(op, x, w, b, strides, begin, dilations, group, n)
     out = np.empty((geom.batch, geom.out_channels, *geom.out_size), dtype=x.dtype)
-    forward = ALGORITHMS[choose_algorithm(geom, "forward")].forward
     # the kernels see 5-D arrays: 1-D and 2-D convolutions gain singleton spatial dimensions
     x5 = np.ascontiguousarray(x).reshape(geom.batch, geom.in_channels, *geom.in_size)
     w5 = np.ascontiguousarray(w).reshape(*w.shape[:2], *geom.kernel)
