@@ -44,7 +44,11 @@ _EXTERNAL = 1  # TensorProto.EXTERNAL
 
 
 def _parse(data):
-    import onnx  # the protobuf parser, imported only when a model is read
+    try:
+        import onnx  # the protobuf parser, imported only when a model is read
+    except ImportError:
+        raise ImportError("numbaconv.onnx.load needs the onnx package to parse the file: "
+                          "python -m pip install 'numbaconv[onnx]'") from None
 
     model = onnx.ModelProto()
     try:
