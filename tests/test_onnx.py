@@ -248,6 +248,13 @@ def _case_arithmetic():
     return make(nodes, [vi("x", [2, 3, 4])], [vi("y", None)], [d, init("w", rand(4, 6))]), {"x": rand(2, 3, 4)}
 
 
+def _case_integer_div():
+    """Integer Div rounds toward zero (shape arithmetic in exported graphs)."""
+    nodes = [helper.make_node("Div", ["n", "d"], ["q"]), helper.make_node("Reshape", ["x", "q"], ["y"])]
+    inits = [init("n", np.array([-4, 7], np.int64)), init("d", np.array([3, 2], np.int64))]  # [-1, 3]; floor: [-2, 3]
+    return make(nodes, [vi("x", [2, 3, 2])], [vi("y", None)], inits), {"x": rand(2, 3, 2)}
+
+
 def _case_gemm_transposed():
     node = helper.make_node("Gemm", ["a", "b", "c"], ["y"], alpha=0.5, beta=2.0, transA=1, transB=1)
     return (make([node], [vi("a", [4, 3])], [vi("y", None)], [init("b", rand(5, 4)), init("c", rand(3, 5))]),

@@ -387,7 +387,17 @@ def _binary(ufunc):
     return run
 
 
-add, sub, mul, div = (_binary(u) for u in (np.add, np.subtract, np.multiply, np.true_divide))
+add, sub, mul = (_binary(u) for u in (np.add, np.subtract, np.multiply))
+
+
+def div(a, b, *, out=None):
+    """a / b; for integers (shape arithmetic) rounded toward zero, as ONNX's Div."""
+    a, b = np.asarray(a), np.asarray(b)
+    if np.issubdtype(np.result_type(a, b), np.integer):
+        q = np.floor_divide(a, b)
+        return np.where((q < 0) & (q * b != a), q + 1, q)
+    with _quiet():
+        return np.true_divide(a, b, out=out)
 
 
 # --------------------------------------------------------------------------- shapes
