@@ -255,6 +255,14 @@ def _case_integer_div():
     return make(nodes, [vi("x", [2, 3, 2])], [vi("y", None)], inits), {"x": rand(2, 3, 2)}
 
 
+def _case_cast_gather():
+    nodes = [helper.make_node("Cast", ["x"], ["i"], to=TensorProto.INT64),
+             helper.make_node("Cast", ["i"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Gather", ["f", "idx"], ["y"], axis=-1)]
+    idx = init("idx", np.array([[2, 0], [-1, 1]], np.int64))
+    return make(nodes, [vi("x", [2, 3, 4])], [vi("y", None)], [idx]), {"x": 3 * rand(2, 3, 4)}
+
+
 def _case_gemm_transposed():
     node = helper.make_node("Gemm", ["a", "b", "c"], ["y"], alpha=0.5, beta=2.0, transA=1, transB=1)
     return (make([node], [vi("a", [4, 3])], [vi("y", None)], [init("b", rand(5, 4)), init("c", rand(3, 5))]),
@@ -725,3 +733,27 @@ def test_conv_transpose_attributes_match_onnxruntime(data):
     node = helper.make_node("ConvTranspose", ["x", *(t.name for t in inits)], ["y"], **attrs)
     x = rand(2, c_in, *size)
     assert_matches_ort(make([node], [vi("x", list(x.shape))], [vi("y", None)], inits), {"x": x})
+
+
+def test_shape_arithmetic_of_view_with_dynamic_batch():
+    """``x.view(x.size(0), -1)`` exports as Shape, Gather, Unsqueeze, Concat, Reshape."""
+    m = models()
+    torch = m.torch
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.fc = torch.nn.Linear(4 * 6 * 6, 5)
+
+        def forward(self, x):
+            y = torch.relu(self.conv(x))
+            return self.fc(y.view(y.size(0), -1)).float()
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(6).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    data = m.export(Net(), x, opset=11)
+    ops = {n.op_type for n in onnx.load_from_string(data).graph.node}
+    assert {"Shape", "Gather", "Reshape"} <= ops, ops
+    model = assert_matches_ort(data, {"x": x})
+    assert_matches_ort(data, {"x": x[:1]}, model)

@@ -475,6 +475,35 @@ def pad(x, pads, value=None, axes=None, *, mode="constant"):
     return np.pad(x, widths, constant_values=fill)
 
 
+def shape(x, *, start=0, end=None):
+    """The input's shape as an int64 vector (``x.view(x.size(0), -1)`` in an exported graph)."""
+    return np.array(x.shape[start:end], dtype=np.int64)
+
+
+def gather(x, indices, *, axis=0):
+    axis = axis + x.ndim if axis < 0 else axis
+    if not 0 <= axis < max(x.ndim, 1):
+        raise OpError(f"Gather: attribute axis must be in [{-x.ndim}, {x.ndim - 1}], got {axis}")
+    indices = np.asarray(indices)
+    if not np.issubdtype(indices.dtype, np.integer):
+        raise OpError(f"Gather: indices must be integers, got {indices.dtype}")
+    try:
+        return np.take(x, indices, axis=axis)
+    except IndexError as e:
+        raise OpError(f"Gather: {e}") from None
+
+
+#: Cast's ``to``: TensorProto data types numbaconv computes with.
+CAST_TYPES = {1: np.float32, 11: np.float64, 7: np.int64, 6: np.int32, 9: np.bool_}
+
+
+def cast(x, *, to=REQUIRED, saturate=1):
+    if to not in CAST_TYPES:
+        raise OpError(f"Cast: attribute to={to} is not a data type numbaconv computes with "
+                      "(FLOAT, DOUBLE, INT64, INT32, BOOL)")
+    return np.asarray(x).astype(CAST_TYPES[to])
+
+
 def identity(x, *rest):
     """Identity, and Dropout at inference (its ratio and training_mode inputs ignored)."""
     return x
@@ -524,6 +553,9 @@ OPS = {
     "Unsqueeze": (unsqueeze, {}),
     "Pad": (pad, dict(mode="constant")),
     "Dropout": (dropout, dict(seed=0)),
+    "Shape": (shape, dict(start=0, end=None)),
+    "Gather": (gather, dict(axis=0)),
+    "Cast": (cast, dict(to=REQUIRED, saturate=1)),
     "Identity": (identity, {}),
 }
 
@@ -542,5 +574,6 @@ IN_PLACE = {"Relu", "LeakyRelu", "Elu", "Sigmoid", "Tanh", "Clip", "Add", "Sub",
 ARITY = {
     "Conv": (2, 4), "ConvTranspose": (2, 3), "BatchNormalization": (5, 5), "Clip": (1, 3), "Gemm": (2, 3),
     "MatMul": (2, 2), "Add": (2, 2), "Sub": (2, 2), "Mul": (2, 2), "Div": (2, 2), "Concat": (1, None),
-    "Reshape": (2, 2), "Squeeze": (1, 2), "ReduceMean": (1, 2), "ReduceMax": (1, 2), "Unsqueeze": (2, 2), "Pad": (2, 4), "Dropout": (1, 3), "Linear": (2, 3),
+    "Reshape": (2, 2), "Squeeze": (1, 2), "Unsqueeze": (2, 2), "Pad": (2, 4), "Dropout": (1, 3), "Linear": (2, 3),
+    "ReduceMean": (1, 2), "ReduceMax": (1, 2), "Gather": (2, 2),
 }
