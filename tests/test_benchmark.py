@@ -106,6 +106,8 @@ def test_run_rejects_bad_arguments():
         nb.run(suite="tiny", directions=())
     with pytest.raises(ValueError, match="threads"):
         nb.run(suite="tiny", threads=0)
+    with pytest.raises(ValueError, match="shapes must be .*'tiny-2d-b1'.*got \\('lenet-c1-b1',\\)"):
+        nb.run(suite="tiny", shapes=("lenet-c1-b1",))
     with pytest.raises(ValueError, match="gemm_peak: device"):
         nb.gemm_peak("tpu")
 
@@ -124,6 +126,20 @@ def test_cuda_unavailable_is_a_clear_error(monkeypatch, capsys):
         nb.run(suite="tiny", device="cuda", quick=True)
     assert main(["bench", "--device", "cuda", "--suite", "tiny", "--quick"]) == 2
     assert "--device cuda: CUDA is not available: no CUDA driver or GPU found" in capsys.readouterr().err
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _device.cuda_status()[0], reason=f"CUDA: {_device.cuda_status()[1]}")
+def test_run_on_the_gpu():
+    """The CUDA path end to end: device arrays in, synchronized timings, results checked (against
+    PyTorch's CUDA convolution when there is one, else the first algorithm; the simulator's
+    PyTorch is CPU-only) and no host memory figures."""
+    rows = nb.run(suite="tiny", device="cuda", quick=True, algorithms=("direct", "auto"), directions=("forward",),
+                  shapes=("tiny-2d-s2-b1",), progress=False, peak_gflops=1.0)
+    assert [r["algorithm"] for r in rows] == ["direct", "auto"]
+    for r in rows:
+        assert r["device"] == "cuda" and r["error"] is None and r["max_error"] <= 1e-4 and r["ms"] > 0
+        assert r["peak_bytes"] is None and r["bound_bytes"] is None
 
 
 def test_bad_options_are_refused_before_anything_runs(capsys):

@@ -283,7 +283,8 @@ def measure_case(name, shape, direction, algorithms, device, policy, peak_gflops
     for a in algorithms:
         chose = _chosen(a, geom, direction) if device.name == "cpu" else a
         seconds = statistics.median(samples[a]) if a in samples else None
-        workspace = max(_workspace_bound(geom, k, 4) for k in chose.split("/")) if chose != "?" else None
+        known = device.name == "cpu" and "?" not in chose.split("/")  # the GPU's workspace is its own
+        workspace = max(_workspace_bound(geom, k, 4) for k in chose.split("/")) if known else None
         peak_bytes = _peak_bytes(calls[a]) if memory and device.name == "cpu" and a not in wrong else None
         bound = io + workspace if workspace is not None else None
         rows.append({
@@ -346,7 +347,8 @@ def _check_choices(name, values, choices):
 
 
 def run(suite="resnet18", device="cpu", quick=False, algorithms=("direct", "im2col", "auto"),
-        directions=_shapes.DIRECTIONS, torch=True, memory=True, progress=None, peak_gflops=None, threads=None):
+        directions=_shapes.DIRECTIONS, torch=True, memory=True, progress=None, peak_gflops=None, threads=None,
+        shapes=None):
     """Benchmark the convolutions of ``suite`` (a name of ``numbaconv.benchmark.SUITES``).
 
     Returns a list of dicts, one per shape, direction and algorithm, with: ``shape``, ``suite``,
@@ -361,6 +363,7 @@ def run(suite="resnet18", device="cpu", quick=False, algorithms=("direct", "im2c
     sum) and ``memory_ratio``, ``max_error`` and ``checked_against``, and ``error`` (None, or why the
     result was wrong; a wrong case is not timed).
 
+    shapes: only these shape names of the suite (all when None).
     quick: three timed rounds per candidate instead of filling about a second. torch: compare
     with PyTorch when it is importable (it is given as many threads as Numba). threads: set
     Numba's and PyTorch's thread counts first (a machine shared with other busy processes gives
@@ -376,6 +379,9 @@ def run(suite="resnet18", device="cpu", quick=False, algorithms=("direct", "im2c
     it first.
     """
     cases = _shapes.suite(suite)
+    if shapes is not None:
+        names = _check_choices("shapes", shapes, tuple(cases))
+        cases = {name: cases[name] for name in names}
     if device not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(map(repr, DEVICES))}, got {device!r}")
     algorithms = _check_choices("algorithms", algorithms, ALGORITHM_CHOICES)
