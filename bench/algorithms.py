@@ -1,8 +1,8 @@
 """Which algorithm wins where: the measurements behind ``algorithm="auto"``.
 
-For each shape below, times the direct loops and im2col on each direction (forward, grad input,
-grad weight) in one process, float32, median of repeated calls after a warm-up, and prints one
-row per shape with the winner of each direction. ``numbaconv.functional.conv.choose_algorithm``
+For each shape of the "rules" suite (``numbaconv.benchmark.shapes``), times the direct loops
+and im2col on each direction (forward, grad input, grad weight) in one process, float32, median
+of repeated calls after a warm-up, and prints one row per shape with the winner of each direction. ``numbaconv.functional.conv.choose_algorithm``
 states the rule these rows support; rerun this after changing a kernel.
 
     python bench/algorithms.py [--repeat 7]
@@ -20,29 +20,10 @@ import numpy as np  # noqa: E402
 
 import numbaconv  # noqa: E402
 from numbaconv._geometry import conv_geometry  # noqa: E402
+from numbaconv.benchmark.shapes import suite  # noqa: E402
 from numbaconv.functional.conv import choose_algorithm  # noqa: E402
 
-# name: (N, C, H=W, K, kernel, stride, padding, groups)
-SHAPES = {
-    "lenet-c1": (64, 1, 32, 6, 5, 1, 0, 1),
-    "lenet-c2": (64, 6, 14, 16, 5, 1, 0, 1),
-    "lenet-c2 b1": (1, 6, 14, 16, 5, 1, 0, 1),
-    "cifar 3->16 5x5": (64, 3, 32, 16, 5, 1, 2, 1),
-    "cifar 16->20 5x5": (64, 16, 16, 20, 5, 1, 2, 1),
-    "small 16->16": (8, 16, 32, 16, 3, 1, 1, 1),
-    "small 32->32": (8, 32, 32, 32, 3, 1, 1, 1),
-    "resnet l1": (8, 64, 56, 64, 3, 1, 1, 1),
-    "resnet l1 b1": (1, 64, 56, 64, 3, 1, 1, 1),
-    "resnet l3": (8, 256, 14, 256, 3, 1, 1, 1),
-    "vgg": (1, 128, 112, 128, 3, 1, 1, 1),
-    "stride2 64->128": (8, 64, 56, 128, 3, 2, 1, 1),
-    "alexnet c1": (8, 3, 227, 96, 11, 4, 0, 1),
-    "depthwise 3x3": (8, 64, 56, 64, 3, 1, 1, 64),
-    "depthwise 3x3 s2": (8, 32, 112, 32, 3, 2, 1, 32),
-    "groups C/g=4": (8, 64, 28, 64, 3, 1, 1, 16),
-    "groups C/g=8": (8, 64, 28, 64, 3, 1, 1, 8),
-    "groups C/g=16": (8, 64, 28, 64, 3, 1, 1, 4),
-}
+SHAPES = {name.removeprefix("rules-"): shape for name, shape in suite("rules").items()}
 DIRECTIONS = ("forward", "grad_input", "grad_weight")
 
 
@@ -57,10 +38,10 @@ def _median_ms(fn, repeat):
 
 
 def _calls(shape, algorithm):
-    N, C, H, K, k, s, p, g = shape
+    s, p, g = shape.stride, shape.padding, shape.groups
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((N, C, H, H), dtype=np.float32)
-    w = rng.standard_normal((K, C // g, k, k), dtype=np.float32)
+    x = rng.standard_normal(shape.x_shape, dtype=np.float32)
+    w = rng.standard_normal(shape.weight_shape, dtype=np.float32)
     kw = dict(stride=s, padding=p, groups=g, algorithm=algorithm)
     go = rng.standard_normal(numbaconv.conv2d(x, w, **kw).shape, dtype=np.float32)
     return {

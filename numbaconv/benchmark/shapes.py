@@ -2,8 +2,9 @@
 
 Each suite is a network (or a family of layers) at batch 1 and at a larger batch; a shape's
 name says both, e.g. ``resnet18-l2-down-b8``. ``SHAPES`` holds every shape of every suite;
-``SUITES[name]`` the names of one suite; ``"all"`` is every suite but ``"tiny"`` (a handful of
-small shapes, seconds to run, for smoke tests).
+``SUITES[name]`` the names of one suite; ``"all"`` is every network suite, leaving out ``"tiny"``
+(a handful of small shapes, seconds to run, for smoke tests) and ``"rules"`` (the shapes
+``bench/algorithms.py`` measures for ``choose_algorithm``'s rules).
 """
 
 import math
@@ -164,6 +165,29 @@ _NETWORKS = {
     }),
 }
 
+# The shapes behind choose_algorithm's rules (bench/algorithms.py): where direct and im2col trade
+# places, by channels per group, stride and batch. name: (N, C, H=W, K, kernel, stride, padding, groups)
+_RULES = {
+    "lenet-c1": (64, 1, 32, 6, 5, 1, 0, 1),
+    "lenet-c2": (64, 6, 14, 16, 5, 1, 0, 1),
+    "lenet-c2-b1": (1, 6, 14, 16, 5, 1, 0, 1),
+    "cifar-3-16-5x5": (64, 3, 32, 16, 5, 1, 2, 1),
+    "cifar-16-20-5x5": (64, 16, 16, 20, 5, 1, 2, 1),
+    "small-16-16": (8, 16, 32, 16, 3, 1, 1, 1),
+    "small-32-32": (8, 32, 32, 32, 3, 1, 1, 1),
+    "resnet-l1": (8, 64, 56, 64, 3, 1, 1, 1),
+    "resnet-l1-b1": (1, 64, 56, 64, 3, 1, 1, 1),
+    "resnet-l3": (8, 256, 14, 256, 3, 1, 1, 1),
+    "vgg": (1, 128, 112, 128, 3, 1, 1, 1),
+    "stride2-64-128": (8, 64, 56, 128, 3, 2, 1, 1),
+    "alexnet-c1": (8, 3, 227, 96, 11, 4, 0, 1),
+    "depthwise-3x3": (8, 64, 56, 64, 3, 1, 1, 64),
+    "depthwise-3x3-s2": (8, 32, 112, 32, 3, 2, 1, 32),
+    "groups-cg4": (8, 64, 28, 64, 3, 1, 1, 16),
+    "groups-cg8": (8, 64, 28, 64, 3, 1, 1, 8),
+    "groups-cg16": (8, 64, 28, 64, 3, 1, 1, 4),
+}
+
 SUITES = {}
 SHAPES = {}
 for _net, (_batches, _layer_table) in _NETWORKS.items():
@@ -171,6 +195,10 @@ for _net, (_batches, _layer_table) in _NETWORKS.items():
     SUITES[_net] = tuple(_shapes)
     SHAPES.update(_shapes)
 SUITES["all"] = tuple(name for net, names in SUITES.items() if net != "tiny" for name in names)
+_shapes = {f"rules-{name}": ConvShape(n, c, (h, h), k, kernel, s, p, g)
+           for name, (n, c, h, k, kernel, s, p, g) in _RULES.items()}
+SUITES["rules"] = tuple(_shapes)
+SHAPES.update(_shapes)
 
 
 def suite(name):
