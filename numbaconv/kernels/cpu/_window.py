@@ -1,8 +1,8 @@
 """What every CPU kernel shares: how it is compiled, and the index arithmetic of windows."""
 
 import functools
+import types
 
-import numba
 import numpy as np
 from numba import njit
 
@@ -15,33 +15,38 @@ U = np.uint64
 
 
 def parallel_kernel(py_func):
-    """``@njit(parallel=True, cache=True, fastmath=FASTMATH)``, run on the calling thread alone
-    when its largest array has fewer than ``config.PARALLEL_MIN_ELEMENTS`` elements.
+    """``@njit(parallel=True, cache=True, fastmath=FASTMATH)``, run as a serial twin on the calling
+    thread when its largest array has fewer than ``config.PARALLEL_MIN_ELEMENTS`` elements.
 
     Waking Numba's sleeping worker threads costs about 70 us (measured, 2 cores, passive OpenMP
     wait): more than a small kernel takes on one thread (softmax over (64, 1000): 170 us
-    parallel against 21 us in PyTorch). ``numba.set_num_threads`` is per calling thread, so
-    other threads' calls are not affected.
+    parallel against 21 us in PyTorch). Setting the parallel kernel's thread count to one is
+    not enough: the workqueue layer still hands the work to a worker thread and waits for it
+    (log_softmax over (64, 10): 53 us, against 4 us serial; milliseconds when other processes
+    hold the cores). So small calls run the same function compiled with ``parallel=False``
+    (``prange`` is then ``range``), under a name of its own so that the two do not share cache
+    entries; it is compiled, or loaded from the cache, at its first call.
     """
     compiled = njit(parallel=True, cache=True, fastmath=FASTMATH)(py_func)
+    serial = []  # the serial twin, made at the first small call
 
-    def call(args):
-        largest = max((a.size for a in args if isinstance(a, np.ndarray)), default=0)
-        if largest >= config.PARALLEL_MIN_ELEMENTS:
-            return compiled(*args)
-        threads = numba.get_num_threads()
-        numba.set_num_threads(1)
-        try:
-            return compiled(*args)
-        finally:
-            numba.set_num_threads(threads)
+    def serial_twin():
+        if not serial:
+            twin = types.FunctionType(py_func.__code__, py_func.__globals__, py_func.__name__ + "_serial",
+                                      py_func.__defaults__, py_func.__closure__)
+            twin.__qualname__ = py_func.__qualname__ + "_serial"
+            serial.append(njit(cache=True, fastmath=FASTMATH)(twin))
+        return serial[0]
 
     @functools.wraps(py_func)
     def run(*args):
+        largest = max((a.size for a in args if isinstance(a, np.ndarray)), default=0)
+        if largest < config.PARALLEL_MIN_ELEMENTS:
+            return serial_twin()(*args)
         if _threads.serialize:  # a threading layer that aborts when entered twice at once
             with _threads.lock:
-                return call(args)
-        return call(args)
+                return compiled(*args)
+        return compiled(*args)
 
     run.compiled = compiled
     return run
