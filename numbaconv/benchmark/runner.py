@@ -175,14 +175,18 @@ def _peak_bytes(fn):
     found = {}
 
     def measure():
-        tracemalloc.start()
+        already = tracemalloc.is_tracing()  # e.g. python -X tracemalloc: leave it tracing
+        if not already:
+            tracemalloc.start()
         try:
+            tracemalloc.reset_peak()
             before = tracemalloc.get_traced_memory()[0]
             result = fn()
             found["peak"] = tracemalloc.get_traced_memory()[1] - before
             del result
         finally:
-            tracemalloc.stop()
+            if not already:
+                tracemalloc.stop()
 
     thread = threading.Thread(target=measure)
     thread.start()
