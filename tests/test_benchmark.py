@@ -183,7 +183,9 @@ def test_cli_quick_suite(tmp_path, capfd):
     assert "geometric mean" in printed and "Targets" in printed
     data = json.loads(out.read_text())
     assert {"machine", "settings", "gemm_peak_gflops", "rows", "summary", "targets"} <= set(data)
-    assert data["settings"] == {"suite": "tiny", "device": "cpu", "quick": True}
+    assert data["settings"] == {"suite": "tiny", "device": "cpu", "quick": True, "threads": None, "import_order": "torch",
+                                "algorithms": "direct,im2col,auto", "directions": "forward,backward"}
+    assert printed.startswith("# numbaconv bench --suite tiny --device cpu --quick --algorithms direct,im2col,auto")
     assert data["gemm_peak_gflops"] > 0 and data["machine"]["cores"] >= 1
     assert len(data["rows"]) == len(table)
     for row in data["rows"]:

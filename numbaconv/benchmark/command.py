@@ -49,7 +49,7 @@ def add_arguments(p):
 def _argv(args):
     """The command line of ``args`` again, for the child process."""
     argv = ["--device", args.device, "--suite", args.suite, "--algorithms", args.algorithms,
-            "--directions", args.directions]
+            "--directions", args.directions, "--import-order", args.import_order]
     for flag in ("quick", "compile_times", "no_torch", "no_progress"):
         if getattr(args, flag):
             argv.append("--" + flag.replace("_", "-"))
@@ -127,12 +127,15 @@ def main(args):
         return _fail(str(exc))
     machine = {**machine_info(), "load_average": load}
     peak = rows[0]["gemm_peak_gflops"] if rows else None
-    lines = [f"# numbaconv bench --suite {args.suite} --device {args.device}", "",
+    settings = {"suite": args.suite, "device": args.device, "quick": args.quick, "threads": args.threads,
+                "algorithms": args.algorithms, "directions": args.directions, "import_order": args.import_order}
+    title = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items() if v not in (None, False))
+    lines = [f"# numbaconv bench {title.replace('--quick True', '--quick')}", "",
              *report.header(machine, peak, args.device, args.quick), "", *report.table(rows), "",
              *report.summary_lines(rows)]
     print("\n".join(lines))
     if args.json:
-        document = {"machine": machine, "settings": {"suite": args.suite, "device": args.device, "quick": args.quick},
+        document = {"machine": machine, "settings": settings,
                     "gemm_peak_gflops": peak, "rows": rows, "summary": report.summary(rows),
                     "targets": [dict(zip(("target", "measured", "limit", "met"), t)) for t in report.targets(rows)]}
         with open(args.json, "w") as f:
