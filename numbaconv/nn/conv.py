@@ -5,6 +5,7 @@ from numbers import Integral
 from .. import functional as F
 from .._geometry import PADDING_MODES, check_choice, int_tuple
 from .._random import generator
+from ..functional.conv import ALGORITHM_CHOICES
 from . import init
 from .module import Module, Parameter, check_device, check_dtype
 
@@ -48,7 +49,7 @@ class _ConvBase(Module):
         self.padding_mode = check_choice(op, "padding_mode", padding_mode, PADDING_MODES)
         if self._transposed and padding_mode != "zeros":
             raise ValueError(f"{op}: only padding_mode='zeros' is supported, got {padding_mode!r}")
-        self.algorithm = check_choice(op, "algorithm", algorithm, ("auto", "direct", "im2col"))
+        self.algorithm = check_choice(op, "algorithm", algorithm, ALGORITHM_CHOICES)
         if not isinstance(bias, (bool, int)):
             raise TypeError(f"{op}: bias must be a bool, got {bias!r}")
         rng = generator(op, rng)
@@ -139,7 +140,7 @@ class _ConvTransposeNd(_ConvBase):
 
 _CONV_DOC = """{n}-D convolution layer, as torch.nn.Conv{n}d: weight (out_channels, in_channels / groups,
     *kernel_size) and bias (out_channels,), initialized as PyTorch does. Input (N, in_channels,
-    {s}). Keyword-only extras: algorithm ("auto", "direct", "im2col") and rng (a Generator or
+    {s}). Keyword-only extras: algorithm ("auto", "direct", "im2col", "tune") and rng (a Generator or
     seed for the initial weights; default numbaconv's generator, see numbaconv.manual_seed)."""
 
 _CONV_TRANSPOSE_DOC = """{n}-D transposed convolution layer, as torch.nn.ConvTranspose{n}d: weight (in_channels,
