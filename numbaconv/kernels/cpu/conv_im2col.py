@@ -125,12 +125,15 @@ def _buffer(geom, size, dtype):
 
 
 def _columns(x, geom, workspace):
-    """Yield (n0, n1, cols) per chunk, cols of shape (n, G, C/G * taps, P)."""
-    N, G = geom.batch, geom.groups
-    if _is_pointwise(geom):
-        yield 0, N, _grouped(x, G)
-        return
+    """Yield (n0, n1, cols) per chunk, cols of shape (n, G, C/G * taps, P). A pointwise
+    convolution's columns are views of x, chunked all the same: grad_weight's per-sample
+    products grow with the chunk, and the workspace bound is what keeps them in check."""
+    G = geom.groups
     size = _chunk_size(geom, x.itemsize, workspace)
+    if _is_pointwise(geom):
+        for n0, n1 in _chunks(geom, size):
+            yield n0, n1, _grouped(x[n0:n1], G)
+        return
     view = _buffer(geom, size, x.dtype)
     for n0, n1 in _chunks(geom, size):
         cols = view(n1 - n0)
