@@ -35,7 +35,7 @@ def _block(b, n):
     return lo, min(n, lo + BLOCK)
 
 
-@parallel_kernel
+@parallel_kernel(streaming=True)
 def forward(op, x, a, out):
     """out = op(x); x may be the forward's input only (every op here is a function of x)."""
     n = x.size
@@ -62,7 +62,7 @@ def forward(op, x, a, out):
                 out[U(i)] = math.tanh(x[U(i)])
 
 
-@parallel_kernel
+@parallel_kernel(streaming=True)
 def backward(op, go, t, a, out):
     """out = grad_out * op'(...): ``t`` is the forward's input x for relu, leaky_relu and elu,
     its output y for sigmoid and tanh (whose derivatives are functions of y, as in PyTorch)."""
@@ -92,7 +92,7 @@ def backward(op, go, t, a, out):
                 out[U(i)] = go[U(i)] * (one - y * y)
 
 
-@parallel_kernel
+@parallel_kernel(streaming=True)
 def masked_scale(a, mask, scale, out):
     """out = a * scale where mask, a * 0 elsewhere (so NaN and inf propagate, as in PyTorch).
 

@@ -40,7 +40,7 @@ def _plane_mean(x, n, c):
     return total / x.shape[2]
 
 
-@parallel_kernel
+@parallel_kernel(streaming=True)
 def plane_moments(x, mean, m2):
     """mean[n, c] and m2[n, c] = sum((x[n, c, :] - mean[n, c]) ** 2), for S >= 1."""
     N, C, S = x.shape
@@ -55,7 +55,7 @@ def plane_moments(x, mean, m2):
         m2[n, c] = deviations
 
 
-@parallel_kernel
+@parallel_kernel(streaming=True)
 def plane_affine(x, center, scale, shift, out):
     """out[n, c, :] = (x[n, c, :] - center[n, c]) * scale[n, c] + shift[n, c]."""
     N, C, S = x.shape
@@ -66,7 +66,7 @@ def plane_affine(x, center, scale, shift, out):
             out[n, c, U(s)] = (x[n, c, U(s)] - m) * a + b
 
 
-@parallel_kernel
+@parallel_kernel(streaming=True)
 def plane_sums(go, x, mean, m2, sum_go, dot):
     """The backward's reductions and the statistics of x, in one read of the data per plane:
     mean[n, c] and m2[n, c] as ``plane_moments``, sum_go[n, c] = sum(go[n, c, :]) and
@@ -95,7 +95,7 @@ def plane_sums(go, x, mean, m2, sum_go, dot):
         dot[n, c] = product
 
 
-@parallel_kernel
+@parallel_kernel(streaming=True)
 def plane_grad_input(go, x, center, p, q, r, gx):
     """gx[n, c, :] = go[n, c, :] * p[n, c] + (x[n, c, :] - center[n, c]) * q[n, c] + r[n, c]."""
     N, C, S = x.shape

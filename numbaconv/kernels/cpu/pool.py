@@ -27,7 +27,7 @@ from numba import prange
 from ._window import U, parallel_kernel
 
 
-@parallel_kernel
+@parallel_kernel(streaming=True)
 def _max_forward(x, out, idx, base, count, taps, step, size, with_indices):
     """out = the max of each window, idx = its flat position in the plane (if ``with_indices``).
 
@@ -68,7 +68,7 @@ def _max_forward(x, out, idx, base, count, taps, step, size, with_indices):
                             idx[p, U(o)] = pos if take else idx[p, U(o)]
 
 
-@parallel_kernel
+@parallel_kernel(streaming=True)
 def _max_backward(go, idx, gx, nonempty):
     """gx (P, plane) = every output gradient added at the position its max was read from.
 
@@ -85,7 +85,7 @@ def _max_backward(go, idx, gx, nonempty):
                 gx[p, U(idx[p, U(o)])] += go[p, U(o)]
 
 
-@parallel_kernel
+@parallel_kernel(streaming=True)
 def _avg_forward(x, out, first, count, divisor):
     """out = the sum of each window divided by the product of its three divisor factors.
 
@@ -112,7 +112,7 @@ def _avg_forward(x, out, first, count, divisor):
                 out[p, od, oh, U(ow)] = acc / (divisor[0, od] * divisor[1, oh] * divisor[2, ow])
 
 
-@parallel_kernel
+@parallel_kernel(streaming=True)
 def _avg_backward(go, gx, first, count, divisor):
     """gx = each output gradient, divided as the forward divided, spread over its window.
 
