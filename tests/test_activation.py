@@ -301,3 +301,18 @@ def test_bad_input_raises_naming_the_argument(call, exception, match):
 
 def test_battery_in_a_subprocess():
     assert_battery_survives("test_activation")
+
+
+@pytest.mark.parametrize("route", ["serial", "parallel"])
+@pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh"])
+def test_both_kernel_routes_match_naive(monkeypatch, route, name):
+    """Each kernel runs as its serial twin below a size and in parallel above it; tests use small
+    arrays, so both routes are forced here, through the threshold."""
+    monkeypatch.setattr(numbaconv.config, "PARALLEL_MIN_ELEMENTS", 1 << 40 if route == "serial" else 0)
+    rng = np.random.default_rng(5)
+    x, g = make_array(rng, (3, 4, 5), np.float32), make_array(rng, (3, 4, 5), np.float32)
+    y = getattr(numbaconv, name)(x)
+    check(y, getattr(naive, name)(x), None, np.float32, f"{route} {name}")
+    t = x if name == "relu" else y  # sigmoid and tanh backward take the forward's output
+    ref = getattr(naive, f"{name}_backward")(g, x)
+    check(getattr(numbaconv, f"{name}_backward")(g, t), ref, None, np.float32, f"{route} {name}_backward")

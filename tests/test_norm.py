@@ -628,3 +628,19 @@ def test_bad_input_raises_naming_the_argument(call, exception, match):
 
 def test_battery_in_a_subprocess():
     assert_battery_survives("test_norm")
+
+
+@pytest.mark.parametrize("route", ["serial", "parallel"])
+@pytest.mark.parametrize("training", [True, False])
+def test_both_kernel_routes_match_naive(monkeypatch, route, training):
+    """Each kernel runs as its serial twin below a size and in parallel above it; tests use small
+    arrays, so both routes are forced here, through the threshold."""
+    monkeypatch.setattr(numbaconv.config, "PARALLEL_MIN_ELEMENTS", 1 << 40 if route == "serial" else 0)
+    rng = np.random.default_rng(11)
+    x, g = make_array(rng, (3, 4, 5, 2), np.float64), make_array(rng, (3, 4, 5, 2), np.float64)
+    mean, var, w, b = rng.standard_normal(4), rng.random(4) + 0.5, rng.standard_normal(4), rng.standard_normal(4)
+    y = numbaconv.batch_norm(x, mean.copy(), var.copy(), w, b, training=training)
+    assert_close(y, naive.batch_norm(x, mean, var, w, b, training=training)[0], what=f"{route} batch_norm")
+    got = numbaconv.batch_norm_backward(g, x, mean, var, w, b, training=training)
+    for a, ref, what in zip(got, naive.batch_norm_backward(g, x, mean, var, w, training=training), ("x", "w", "b")):
+        assert_close(a, ref, what=f"{route} batch_norm_backward grad_{what}")

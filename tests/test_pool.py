@@ -418,3 +418,25 @@ def test_bad_input_raises_naming_the_argument(call, exception, match):
 
 def test_battery_in_a_subprocess():
     assert_battery_survives("test_pool")
+
+
+@pytest.mark.parametrize("route", ["serial", "parallel"])
+def test_both_kernel_routes_match_naive(monkeypatch, route):
+    """Each kernel runs as its serial twin below a size and in parallel above it; tests use small
+    arrays, so both routes are forced here, through the threshold, on padded, dilated windows."""
+    monkeypatch.setattr(numbaconv.config, "PARALLEL_MIN_ELEMENTS", 1 << 40 if route == "serial" else 0)
+    rng = np.random.default_rng(3)
+    x = make_array(rng, (2, 3, 9, 8), np.float64)
+    args = dict(kernel_size=3, stride=2, padding=1)
+    y, idx = numbaconv.max_pool2d(x, dilation=2, return_indices=True, **args)
+    ref, ref_idx = naive.max_pool(x, dilation=2, **args)
+    assert_close(y, ref, what=f"{route} max_pool2d")
+    np.testing.assert_array_equal(idx, ref_idx)
+    g = make_array(rng, y.shape, np.float64)
+    assert_close(numbaconv.max_pool2d_backward(g, x, dilation=2, indices=idx, **args),
+                 naive.max_pool_backward(g, x, dilation=2, **args), what=f"{route} max_pool2d_backward")
+    a = numbaconv.avg_pool2d(x, count_include_pad=False, **args)
+    assert_close(a, naive.avg_pool(x, count_include_pad=False, **args), what=f"{route} avg_pool2d")
+    g = make_array(rng, a.shape, np.float64)
+    assert_close(numbaconv.avg_pool2d_backward(g, x, count_include_pad=False, **args),
+                 naive.avg_pool_backward(g, x, count_include_pad=False, **args), what=f"{route} avg_pool2d_backward")
