@@ -132,6 +132,23 @@ def test_conv_im2col_in_chunks(monkeypatch):
     run_conv(2, (3, 2, 4, 5), (3, 2, 2, 2), dict(padding=1, stride=(2, 1)), True, np.float64, algorithms=("im2col",))
 
 
+def test_conv_launches_split_a_batch_too_large_for_the_grid(monkeypatch):
+    """Launches whose grid y counts samples x depth go in slices of the batch when that count
+    would pass the hardware's limit (65,535; here made 4, so a batch of 3 at depth 2 splits)."""
+    from numbaconv.kernels.cuda import _launch
+
+    monkeypatch.setattr(_launch, "MAX_GRID_Y", 4)
+    plane_grid, outers = _launch.plane_grid, []
+
+    def checked(plane, outer, count):
+        outers.append(outer)
+        return plane_grid(plane, outer, count)
+
+    monkeypatch.setattr(_launch, "plane_grid", checked)
+    run_conv(3, (3, 2, 2, 3, 3), (2, 2, 1, 2, 2), dict(padding=(0, 1, 0)), False, np.float64)
+    assert outers and max(outers) <= 4, outers
+
+
 @st.composite
 def conv_cases(draw):
     nd = draw(st.integers(1, 3))

@@ -142,6 +142,17 @@ def valid_outputs(offset, stride, n_in, n_out):
     return lo, max(lo, hi)
 
 
+#: The largest grid y (and z) of a launch, on every GPU numba-cuda supports.
+MAX_GRID_Y = 65535
+
+
+def batch_slices(batch, depth):
+    """(n0, n1) ranges of samples whose ``plane_grid`` launches, outer = samples x ``depth``,
+    keep grid y within MAX_GRID_Y: one range unless the batch is very large."""
+    step = max(1, MAX_GRID_Y // max(1, depth))
+    return [(n0, min(n0 + step, batch)) for n0 in range(0, batch, step)]
+
+
 def plane_grid(plane, outer, count):
     """(grid, threads) of a kernel with a thread per element of ``count`` planes of ``plane``
     elements, times ``outer``: grid x = plane index * tiles + tile (no 65535 limit), grid y =

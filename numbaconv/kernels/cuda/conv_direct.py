@@ -195,8 +195,10 @@ def grad_input(go, w, gx, geom, workspace=None):
     """gx = the input gradient of conv for output gradient ``go``, written over ``gx``."""
     N, C, D, H, W = gx.shape
     if gx.size:
-        grid, threads = _launch.plane_grid(H * W, N * D, C)
-        _grad_input(gx.dtype)[grid, threads](go, w, gx, geom.stride, geom.dilation, geom.padding, geom.groups)
+        for n0, n1 in _launch.batch_slices(N, D):
+            grid, threads = _launch.plane_grid(H * W, (n1 - n0) * D, C)
+            _grad_input(gx.dtype)[grid, threads](go[n0:n1], w, gx[n0:n1], geom.stride, geom.dilation, geom.padding,
+                                                 geom.groups)
 
 
 @_launch.per_dtype

@@ -112,6 +112,13 @@ def _geometry_args(geom):
     return geom.in_channels, geom.kernel, geom.stride, geom.dilation, geom.padding, geom.out_size
 
 
+def _gpu_chunk_size(geom, itemsize, workspace):
+    """The CPU twin's chunk, capped so that the unfolding launches (grid y = samples x depth)
+    stay within the hardware's grid."""
+    depth = max(geom.in_size[0], geom.out_size[0])
+    return max(1, min(_chunk_size(geom, itemsize, workspace), _launch.MAX_GRID_Y // depth))
+
+
 def _columns(x, geom, workspace):
     """Yield (n0, n1, cols) per chunk, cols viewed (n * G, C/G * taps, P)."""
     G = geom.groups
@@ -119,7 +126,7 @@ def _columns(x, geom, workspace):
     if _is_pointwise(geom):
         yield 0, geom.batch, x.reshape(geom.batch * G, rows_g, math.prod(geom.out_size))
         return
-    size = _chunk_size(geom, x.dtype.itemsize, workspace)
+    size = _gpu_chunk_size(geom, x.dtype.itemsize, workspace)
     view = _buffer(geom, size, x.dtype)
     for n0, n1 in _chunks(geom, size):
         cols = view(n1 - n0)
@@ -152,7 +159,7 @@ def grad_input(go, w, gx, geom, workspace):
     if _is_pointwise(geom):
         gemm(_weight3(w, G), _grouped(go, 0, geom.batch, G), _grouped(gx, 0, geom.batch, G), trans_a=True)
         return
-    size = _chunk_size(geom, go.dtype.itemsize, workspace)
+    size = _gpu_chunk_size(geom, go.dtype.itemsize, workspace)
     view = _buffer(geom, size, go.dtype)
     for n0, n1 in _chunks(geom, size):
         cols = view(n1 - n0)
