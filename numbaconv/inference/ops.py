@@ -112,18 +112,24 @@ def _conv_plan(op, x, w, b, strides, begin, dilations, group, n):
     return plan
 
 
+def _conv_attributes(op, x, w, kernel_shape, strides, dilations):
+    """What Conv and ConvTranspose read alike: (spatial dims, kernel, strides, dilations), the
+    weight checked against x and against the kernel_shape attribute when it is given."""
+    n = _spatial(op, x)
+    check_array(op, "W", w, dtype=x.dtype, ndim=n + 2)
+    kernel = tuple(w.shape[2:])
+    if kernel_shape is not None and tuple(kernel_shape) != kernel:
+        raise OpError(f"{op}: attribute kernel_shape {list(kernel_shape)} disagrees with the weight's shape {w.shape}")
+    return n, kernel, _ints(op, "strides", strides, n, 1), _ints(op, "dilations", dilations, n, 1)
+
+
 def conv(x, w, b=None, residual=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
          strides=None, epilogue=IDENTITY):
     """Convolution. Set when the graph is optimized: ``residual``, an array added to the output
     (a residual block's shortcut) and ``epilogue`` = (slope, lo, hi), an activation applied after
     it, both inside the kernel's last pass (see kernels/cpu/conv_direct.py)."""
     op = "Conv"
-    n = _spatial(op, x)
-    check_array(op, "W", w, dtype=x.dtype, ndim=n + 2)
-    kernel = tuple(w.shape[2:])
-    if kernel_shape is not None and tuple(kernel_shape) != kernel:
-        raise OpError(f"{op}: attribute kernel_shape {list(kernel_shape)} disagrees with the weight's shape {w.shape}")
-    strides, dilations = _ints(op, "strides", strides, n, 1), _ints(op, "dilations", dilations, n, 1)
+    n, kernel, strides, dilations = _conv_attributes(op, x, w, kernel_shape, strides, dilations)
     begin, end = _pads(op, auto_pad, pads, x.shape[2:], kernel, strides, dilations)
     if begin != end:
         x, begin = _pad_explicitly(x, begin, end, 0), (0,) * n
@@ -146,12 +152,7 @@ def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, 
     """Transposed convolution: numbaconv's with no padding, then the padding cut off each side
     (which is what padding means for a transposed convolution, symmetric or not)."""
     op = "ConvTranspose"
-    n = _spatial(op, x)
-    check_array(op, "W", w, dtype=x.dtype, ndim=n + 2)
-    kernel = tuple(w.shape[2:])
-    if kernel_shape is not None and tuple(kernel_shape) != kernel:
-        raise OpError(f"{op}: attribute kernel_shape {list(kernel_shape)} disagrees with the weight's shape {w.shape}")
-    strides, dilations = _ints(op, "strides", strides, n, 1), _ints(op, "dilations", dilations, n, 1)
+    n, kernel, strides, dilations = _conv_attributes(op, x, w, kernel_shape, strides, dilations)
     extra = _ints(op, "output_padding", output_padding, n, 0)
     full = tuple((i - 1) * s + (k - 1) * d + 1 + e for i, s, k, d, e in zip(x.shape[2:], strides, kernel, dilations, extra))
     if output_shape is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
