@@ -53,29 +53,36 @@ def check_gpu(got, ref, scale, cpu, dtype, what):
     assert_close(host, cpu.astype(np.float64), scale, dtype, f"{what} (against the CPU kernels)")
 
 
-def run_conv(nd, shape, weight_shape, kwargs, bias, dtype, algorithms=ALGORITHMS, seed=0):
-    """convNd and convNd_backward on the GPU against the naive reference and the CPU."""
+def run_op(op, nd, shape, weight_shape, kwargs, bias, dtype, algorithms=ALGORITHMS, seed=0):
+    """``op`` ("conv" or "conv_transpose") in nd dimensions, and its backward, on the GPU against
+    the naive reference and the CPU; the device inputs must come back unchanged."""
     rng = np.random.default_rng(seed)
     x, w = make_array(rng, shape, dtype), make_array(rng, weight_shape, dtype)
-    b = make_array(rng, (weight_shape[0],), dtype) if bias else None
-    conv, backward = getattr(numbaconv, f"conv{nd}d"), getattr(numbaconv, f"conv{nd}d_backward")
-    ref, scale = naive.conv(x, w, b, **kwargs), naive.conv(_abs(x), _abs(w), _abs(b), **kwargs)
+    channels = weight_shape[0] if op == "conv" else weight_shape[1] * kwargs.get("groups", 1)
+    b = make_array(rng, (channels,), dtype) if bias else None
+    fn, backward = getattr(numbaconv, f"{op}{nd}d"), getattr(numbaconv, f"{op}{nd}d_backward")
+    reference, reference_backward = getattr(naive, op), getattr(naive, f"{op}_backward")
+    ref, scale = reference(x, w, b, **kwargs), reference(_abs(x), _abs(w), _abs(b), **kwargs)
     go = make_array(rng, ref.shape, dtype)
-    refs = naive.conv_backward(go, x, w, **kwargs)
-    scales = naive.conv_backward(_abs(go), _abs(x), _abs(w), **kwargs)
-    cpu = conv(x, w, b, **kwargs)
-    cpu_grads = backward(go, x, w, **kwargs)
+    refs = reference_backward(go, x, w, **kwargs)
+    scales = reference_backward(_abs(go), _abs(x), _abs(w), **kwargs)
+    cpu, cpu_grads = fn(x, w, b, **kwargs), backward(go, x, w, **kwargs)
     dx, dw, db, dgo = (None if a is None else to_device(a) for a in (x, w, b, go))
     before = _snapshot((dx, dw, db, dgo))
     for algorithm in algorithms:
-        what = f"conv{nd}d {kwargs} algorithm={algorithm}"
-        check_gpu(conv(dx, dw, db, algorithm=algorithm, **kwargs), ref, scale, cpu, dtype, what)
+        what = f"{op}{nd}d {kwargs} algorithm={algorithm}"
+        check_gpu(fn(dx, dw, db, algorithm=algorithm, **kwargs), ref, scale, cpu, dtype, what)
         grads = backward(dgo, dx, dw, algorithm=algorithm, **kwargs)
         for name, got, r, s, c in zip(("grad_x", "grad_weight", "grad_bias"), grads, refs, scales, cpu_grads):
             check_gpu(got, r, s, c, dtype, f"{what} {name}")
     for a, copy in zip((dx, dw, db, dgo), before):
         if a is not None:
             np.testing.assert_array_equal(to_host(a), copy, err_msg="a device input was modified")
+
+
+def run_conv(nd, shape, weight_shape, kwargs, bias, dtype, algorithms=ALGORITHMS, seed=0):
+    """convNd and convNd_backward on the GPU against the naive reference and the CPU."""
+    run_op("conv", nd, shape, weight_shape, kwargs, bias, dtype, algorithms, seed)
 
 
 CONV_CASES = [
@@ -178,26 +185,7 @@ TRANSPOSE_CASES = [
 
 @pytest.mark.parametrize("nd, shape, weight_shape, kwargs, bias, dtype", TRANSPOSE_CASES)
 def test_conv_transpose(nd, shape, weight_shape, kwargs, bias, dtype):
-    rng = np.random.default_rng(1)
-    x, w = make_array(rng, shape, dtype), make_array(rng, weight_shape, dtype)
-    b = make_array(rng, (weight_shape[1] * kwargs.get("groups", 1),), dtype) if bias else None
-    fn, backward = getattr(numbaconv, f"conv_transpose{nd}d"), getattr(numbaconv, f"conv_transpose{nd}d_backward")
-    ref, scale = naive.conv_transpose(x, w, b, **kwargs), naive.conv_transpose(_abs(x), _abs(w), _abs(b), **kwargs)
-    go = make_array(rng, ref.shape, dtype)
-    refs = naive.conv_transpose_backward(go, x, w, **kwargs)
-    scales = naive.conv_transpose_backward(_abs(go), _abs(x), _abs(w), **kwargs)
-    cpu, cpu_grads = fn(x, w, b, **kwargs), backward(go, x, w, **kwargs)
-    dx, dw, db, dgo = (None if a is None else to_device(a) for a in (x, w, b, go))
-    before = _snapshot((dx, dw, db, dgo))
-    for algorithm in ALGORITHMS:
-        what = f"conv_transpose{nd}d {kwargs} algorithm={algorithm}"
-        check_gpu(fn(dx, dw, db, algorithm=algorithm, **kwargs), ref, scale, cpu, dtype, what)
-        grads = backward(dgo, dx, dw, algorithm=algorithm, **kwargs)
-        for name, got, r, s, c in zip(("grad_x", "grad_weight", "grad_bias"), grads, refs, scales, cpu_grads):
-            check_gpu(got, r, s, c, dtype, f"{what} {name}")
-    for a, copy in zip((dx, dw, db, dgo), before):
-        if a is not None:
-            np.testing.assert_array_equal(to_host(a), copy, err_msg="a device input was modified")
+    run_op("conv_transpose", nd, shape, weight_shape, kwargs, bias, dtype, seed=1)
 
 
 def test_needs_turns_gradients_off():
