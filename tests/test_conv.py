@@ -281,6 +281,50 @@ def test_pointwise_kernels(kind, kw, nd, algorithm):
         assert_close(got, want, what=name)
 
 
+#: (nd, kernel, stride, dilation, padding, depth multiplier, size): depthwise geometries beyond
+#: the randomized cases' 3-tap kernels: kernels that are not whole 3x3 blocks (1, 2, 4, 5, 7),
+#: strides and dilations together, a multiplier, and sizes that run the parallel kernels.
+DEPTHWISE = [
+    (2, 3, 1, 1, 1, 1, 12), (2, 5, 1, 1, 2, 1, 9), (2, 7, 1, 1, 3, 1, 8), (2, 4, 2, 1, 1, 2, 11),
+    (2, 2, 3, 2, 0, 1, 13), (2, 1, 1, 1, 1, 1, 6), (2, 5, 2, 2, 4, 2, 15), (1, 7, 1, 1, 3, 2, 40),
+    (1, 4, 3, 2, 2, 1, 33), (3, 3, 1, 1, 1, 1, 6), (3, 4, 2, 1, 1, 2, 7), (2, 3, 2, 1, 1, 1, 40),
+    (2, 3, 1, 1, 1, 1, 40),
+]
+
+
+@pytest.mark.parametrize("nd, k, stride, dilation, padding, m, size", DEPTHWISE,
+                         ids=[f"{nd}d-k{k}-s{s}-d{d}-p{p}-m{m}-{n}" for nd, k, s, d, p, m, n in DEPTHWISE])
+def test_depthwise_kernels(nd, k, stride, dilation, padding, m, size):
+    """groups == C_in runs conv_direct's depthwise loops (kernels/cpu/depthwise.py) for the
+    forward pass, both gradients, and the transposed convolution built on them."""
+    rng = np.random.default_rng(k * 100 + size)
+    c = 24 if size >= 40 else 3  # size 40 at 24 channels: over the parallel threshold
+    x = rng.standard_normal((2, c) + (size,) * nd).astype(np.float32)
+    w = rng.standard_normal((c * m, 1) + (k,) * nd).astype(np.float32)
+    b = rng.standard_normal(c * m).astype(np.float32)
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=c)
+    y = conv_fn(nd)(x, w, b, algorithm="direct", **kw)
+    check(y, naive.conv(x, w, b, **kw), naive.conv(_abs(x), _abs(w), _abs(b), **kw), np.float32, "forward")
+    go = rng.standard_normal(y.shape).astype(np.float32)
+    grads = conv_backward_fn(nd)(go, x, w, algorithm="direct", **kw)
+    refs, scales = naive.conv_backward(go, x, w, **kw), naive.conv_backward(_abs(go), _abs(x), _abs(w), **kw)
+    for name, got, ref, scale in zip(("grad_x", "grad_weight", "grad_bias"), grads, refs, scales):
+        check(got, ref, scale, np.float32, name)
+    # transposed: (C * m) -> C channels in C groups, weight (C * m, 1, *k) read as (C_in, C_out / g, *k)
+    tkw = dict(stride=stride, padding=padding, dilation=dilation, groups=c,
+               output_padding=min(stride, dilation) - 1)
+    if m == 1:
+        t = conv_transpose_fn(nd)(x, w, b[:c], algorithm="direct", **tkw)
+        check(t, naive.conv_transpose(x, w, b[:c], **tkw),
+              naive.conv_transpose(_abs(x), _abs(w), _abs(b[:c]), **tkw), np.float32, "transposed forward")
+        gt = rng.standard_normal(t.shape).astype(np.float32)
+        tgrads = conv_transpose_backward_fn(nd)(gt, x, w, algorithm="direct", **tkw)
+        trefs = naive.conv_transpose_backward(gt, x, w, **tkw)
+        tscales = naive.conv_transpose_backward(_abs(gt), _abs(x), _abs(w), **tkw)
+        for name, got, ref, scale in zip(("grad_x", "grad_weight", "grad_bias"), tgrads, trefs, tscales):
+            check(got, ref, scale, np.float32, "transposed " + name)
+
+
 # --------------------------------------------------------------------------- workspace chunking
 
 

@@ -24,7 +24,7 @@ from .._geometry import check_array, conv_geometry
 from ..functional.conv import choose_algorithm
 from ..kernels.cpu import ALGORITHMS
 from ..kernels.cpu import elementwise
-from ..kernels.cpu.conv_direct import IDENTITY
+from ..kernels.cpu._window import IDENTITY
 
 REQUIRED = object()
 
@@ -87,7 +87,7 @@ def _pad_explicitly(x, begin, end, value):
 
 
 def _activate(y, epilogue):
-    """The kernels' epilogue (kernels/cpu/conv_direct.activate) in NumPy, in place."""
+    """The kernels' epilogue (kernels/cpu/_window.activate) in NumPy, in place."""
     slope, lo, hi = (y.dtype.type(v) for v in epilogue)
     if slope != 1:
         np.multiply(y, slope, out=y, where=y < 0)

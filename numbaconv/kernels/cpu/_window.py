@@ -70,6 +70,28 @@ def parallel_kernel(py_func=None, *, streaming=False):
 FASTMATH = {"contract", "reassoc"}
 
 
+#: The epilogue that changes nothing: ``activate`` with (slope, lo, hi) = IDENTITY is the identity
+#: (conv_direct's docstring says what the epilogue is).
+IDENTITY = (1.0, -np.inf, np.inf)
+
+
+@njit(inline="always", cache=True)
+def activate(v, slope, lo, hi):
+    """clip(leaky(v), lo, hi), NaN kept (every comparison with NaN is false)."""
+    if v < 0:
+        v = v * slope
+    if v < lo:
+        v = lo
+    if v > hi:
+        v = hi
+    return v
+
+
+@njit(inline="always", cache=True)
+def is_identity(slope, lo, hi):
+    return slope == 1 and lo == -np.inf and hi == np.inf
+
+
 @njit(inline="always", cache=True)
 def valid_outputs(offset, stride, n_in, n_out):
     """Range [lo, hi) of output positions o with 0 <= o * stride + offset < n_in.

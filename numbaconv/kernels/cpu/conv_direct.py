@@ -33,28 +33,8 @@ added before the activation) goes through ``epilogue_pass``.
 import numpy as np
 from numba import njit, prange
 
-from ._window import U, parallel_kernel, valid_outputs
-
-#: The epilogue that changes nothing (see the module docstring).
-IDENTITY = (1.0, -np.inf, np.inf)
-
-
-@njit(inline="always", cache=True)
-def activate(v, slope, lo, hi):
-    """clip(leaky(v), lo, hi), NaN kept (every comparison with NaN is false)."""
-    if v < 0:
-        v = v * slope
-    if v < lo:
-        v = lo
-    if v > hi:
-        v = hi
-    return v
-
-
-@njit(inline="always", cache=True)
-def is_identity(slope, lo, hi):
-    return slope == 1 and lo == -np.inf and hi == np.inf
-
+from . import depthwise
+from ._window import IDENTITY, U, activate, is_identity, parallel_kernel, valid_outputs
 
 @njit(cache=True)
 def epilogue_pass(out3, b, residual3, slope, lo, hi):
@@ -314,9 +294,12 @@ def forward(x, w, b, out, geom, workspace=None, epilogue=IDENTITY, residual=None
         forward(x, w, None, out, geom)
         run_epilogue(out, b, epilogue, residual)
         return
+    slope, lo, hi = (x.dtype.type(v) for v in epilogue)
+    if depthwise.is_depthwise(geom):
+        depthwise.forward(x, w, b, out, geom, slope, lo, hi)
+        return
     if b is None:
         b = np.zeros(w.shape[0], dtype=w.dtype)
-    slope, lo, hi = (x.dtype.type(v) for v in epilogue)
     if geom.stride == (1, 1, 1):
         _forward_flat(_padded(x, geom), w, b, out, geom.dilation, slope, lo, hi)
     else:
@@ -325,7 +308,9 @@ def forward(x, w, b, out, geom, workspace=None, epilogue=IDENTITY, residual=None
 
 def grad_input(go, w, gx, geom, workspace=None):
     """gx = the input gradient of conv for output gradient ``go``, written over ``gx``."""
-    if geom.stride == (1, 1, 1):
+    if depthwise.is_depthwise(geom):
+        depthwise.grad_input(go, w, gx, geom)
+    elif geom.stride == (1, 1, 1):
         gxp = np.empty((*gx.shape[:2], *_grid_shape(geom)), dtype=gx.dtype)
         _grad_input_flat(_on_grid(go, geom), w, gxp, geom.dilation)
         inner, outer = _window(gx.shape[2:], geom.padding, gxp.shape[2:])
@@ -337,7 +322,9 @@ def grad_input(go, w, gx, geom, workspace=None):
 
 def grad_weight(go, x, gw, geom, workspace=None):
     """gw = the weight gradient of conv for output gradient ``go``, written over ``gw``."""
-    if geom.stride == (1, 1, 1):
+    if depthwise.is_depthwise(geom):
+        depthwise.grad_weight(go, x, gw, geom)
+    elif geom.stride == (1, 1, 1):
         _grad_weight_flat(_on_grid(go, geom), _padded(x, geom), gw, geom.dilation)
     else:
         _grad_weight(go, x, gw, geom.stride, geom.dilation, geom.padding, geom.groups)

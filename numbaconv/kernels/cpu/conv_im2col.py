@@ -23,8 +23,8 @@ import threading
 import numpy as np
 from numba import njit
 
-from ._window import FASTMATH, U, tap_offsets, valid_outputs
-from .conv_direct import IDENTITY, run_epilogue
+from ._window import FASTMATH, IDENTITY, U, tap_offsets, valid_outputs
+from .conv_direct import run_epilogue
 
 
 @njit(cache=True)
