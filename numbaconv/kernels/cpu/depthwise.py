@@ -171,10 +171,50 @@ def _correlate(src, wt, b, dst, mul, div, up, pad, stride, dilation, slope, lo, 
                             dst[n, o, od, oh, U(ow)] = activate(dst[n, o, od, oh, U(ow)], slope, lo, hi)
 
 
+@njit(inline="always", cache=True)
+def _dots9(gw, k, kd, bh, bw, g, gn, gk, g0, xf, x0, row, sw, dw, n_out):
+    """gw[k, 0, kd, bh:bh+3, bw:bw+3] += the nine dot products of g[gn, gk, g0 + p] (p < n_out)
+    with the input each tap of the block read, xf[x0 + i * row + p * sw + j * dw] (xf the flat
+    buffer, ``row`` the distance of the block's rows). Nine accumulators in one pass: a
+    reduction needs no alias checks, so it vectorizes with runtime offsets; the stride is passed
+    as a constant where it matters, as in ``_accumulate_as``."""
+    z = gw[k, 0, 0, 0, 0] * 0  # a zero of gw's dtype
+    a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = z
+    x1, x2 = x0 + row, x0 + 2 * row
+    for p in range(n_out):
+        v = g[gn, gk, U(g0 + p)]
+        q = p * sw
+        a00 += v * xf[U(x0 + q)]
+        a01 += v * xf[U(x0 + q + dw)]
+        a02 += v * xf[U(x0 + q + 2 * dw)]
+        a10 += v * xf[U(x1 + q)]
+        a11 += v * xf[U(x1 + q + dw)]
+        a12 += v * xf[U(x1 + q + 2 * dw)]
+        a20 += v * xf[U(x2 + q)]
+        a21 += v * xf[U(x2 + q + dw)]
+        a22 += v * xf[U(x2 + q + 2 * dw)]
+    gw[k, 0, kd, bh, bw] += a00
+    gw[k, 0, kd, bh, bw + 1] += a01
+    gw[k, 0, kd, bh, bw + 2] += a02
+    gw[k, 0, kd, bh + 1, bw] += a10
+    gw[k, 0, kd, bh + 1, bw + 1] += a11
+    gw[k, 0, kd, bh + 1, bw + 2] += a12
+    gw[k, 0, kd, bh + 2, bw] += a20
+    gw[k, 0, kd, bh + 2, bw + 1] += a21
+    gw[k, 0, kd, bh + 2, bw + 2] += a22
+
+
 @parallel_kernel
-def _weight(go, x, gw, m, padding, stride, dilation, chunks):
+def _weight(go, go3, x, gw, m, padding, stride, dilation, chunks):
     """gw[k, 0] (KD, KH3, KW3, zero-padded blocks) = the sum over samples and outputs of
-    grad_out times the input each tap read: nine dot products per pass over a row."""
+    grad_out (``go``, and go3 the same as (N, K, OD*OH*OW)) times the input each tap read, nine
+    taps per pass.
+
+    At unit stride each plane's sums run as single long dot products over the buffer's flat
+    grid (as conv_direct's ``_flat`` loops do): grad_out is placed on the grid of the padded
+    input, zeros in the columns and rows past the output, so tap t of output q reads input
+    q + offset(t). Along rows of 7 to 28 outputs most of the work would go to scalar remainders,
+    and every row would end in nine horizontal sums. At larger strides the sums run along rows."""
     N, K = go.shape[:2]
     OD, OH, OW = go.shape[2:]
     KD, KH3, KW3 = gw.shape[2:]
@@ -183,10 +223,19 @@ def _weight(go, x, gw, m, padding, stride, dilation, chunks):
     ext = ((OD - 1) * sd + (KD - 1) * dd + 1, (OH - 1) * sh + (KH3 - 1) * dh + 1,
            (OW - 1) * sw + (KW3 - 1) * dw + 1)
     ones = (1, 1, 1)
+    zeros = (0, 0, 0)
     ranges = _fill_ranges(ext, x.shape[2:], ones, padding)
+    flat = sd == 1 and sh == 1 and sw == 1
+    grid = (OD, ext[1], ext[2])  # (allocated at any stride, used at unit stride)
+    go_ranges = _fill_ranges(grid, go.shape[2:], ones, zeros)
+    plane = ext[1] * ext[2]
+    n_flat = ((OD - 1) * ext[1] + OH - 1) * ext[2] + OW  # the grid positions up to the last output
     chunks = min(K, chunks)
     for chunk in prange(chunks):
         buf = np.zeros(ext, dtype=x.dtype)
+        gbuf = np.zeros(grid, dtype=go3.dtype)
+        xf = buf.reshape(ext[0] * ext[1] * ext[2])  # the same memory, flat
+        gf = gbuf.reshape(1, 1, OD * ext[1] * ext[2])
         for k in range(chunk * K // chunks, (chunk + 1) * K // chunks):
             for kd in range(KD):
                 for kh in range(KH3):
@@ -194,38 +243,25 @@ def _weight(go, x, gw, m, padding, stride, dilation, chunks):
                         gw[k, 0, kd, kh, kw] = 0
             for n in range(N):
                 _fill(buf, x, n, k // m, ranges, ones, padding)
+                if flat:
+                    _fill(gbuf, go, n, k, go_ranges, ones, zeros)
+                    for kd in range(KD):
+                        for bh in range(0, KH3, 3):
+                            for bw in range(0, KW3, 3):
+                                x0 = kd * dd * plane + bh * dh * ext[2] + bw * dw
+                                _dots9(gw, k, kd, bh, bw, gf, 0, 0, 0, xf, x0, dh * ext[2], 1, dw, n_flat)
+                    continue
                 for od in range(OD):
                     for oh in range(OH):
+                        g0 = (od * OH + oh) * OW
                         for kd in range(KD):
-                            a = od * sd + kd * dd
                             for bh in range(0, KH3, 3):
-                                r0 = oh * sh + bh * dh
-                                r1, r2 = r0 + dh, r0 + 2 * dh
                                 for bw in range(0, KW3, 3):
-                                    z = gw[k, 0, 0, 0, 0] * 0  # a zero of gw's dtype
-                                    a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = z
-                                    for ow in range(OW):
-                                        g = go[n, k, od, oh, U(ow)]
-                                        q = ow * sw + bw * dw
-                                        q1, q2 = q + dw, q + 2 * dw
-                                        a00 += g * buf[a, r0, U(q)]
-                                        a01 += g * buf[a, r0, U(q1)]
-                                        a02 += g * buf[a, r0, U(q2)]
-                                        a10 += g * buf[a, r1, U(q)]
-                                        a11 += g * buf[a, r1, U(q1)]
-                                        a12 += g * buf[a, r1, U(q2)]
-                                        a20 += g * buf[a, r2, U(q)]
-                                        a21 += g * buf[a, r2, U(q1)]
-                                        a22 += g * buf[a, r2, U(q2)]
-                                    gw[k, 0, kd, bh, bw] += a00
-                                    gw[k, 0, kd, bh, bw + 1] += a01
-                                    gw[k, 0, kd, bh, bw + 2] += a02
-                                    gw[k, 0, kd, bh + 1, bw] += a10
-                                    gw[k, 0, kd, bh + 1, bw + 1] += a11
-                                    gw[k, 0, kd, bh + 1, bw + 2] += a12
-                                    gw[k, 0, kd, bh + 2, bw] += a20
-                                    gw[k, 0, kd, bh + 2, bw + 1] += a21
-                                    gw[k, 0, kd, bh + 2, bw + 2] += a22
+                                    x0 = ((od * sd + kd * dd) * ext[1] + oh * sh + bh * dh) * ext[2] + bw * dw
+                                    if sw == 2 and dw == 1:
+                                        _dots9(gw, k, kd, bh, bw, go3, n, k, g0, xf, x0, dh * ext[2], 2, 1, OW)
+                                    else:
+                                        _dots9(gw, k, kd, bh, bw, go3, n, k, g0, xf, x0, dh * ext[2], sw, dw, OW)
 
 
 def _chunks():
@@ -261,5 +297,6 @@ def grad_input(go, w, gx, geom):
 def grad_weight(go, x, gw, geom):
     KD, KH, KW = geom.kernel
     gw3 = np.empty((gw.shape[0], 1, KD, -(-KH // 3) * 3, -(-KW // 3) * 3), dtype=gw.dtype)
-    _weight(go, x, gw3, geom.out_channels // geom.in_channels, geom.padding, geom.stride, geom.dilation, _chunks())
+    _weight(go, go.reshape(*go.shape[:2], -1), x, gw3, geom.out_channels // geom.in_channels, geom.padding, geom.stride,
+            geom.dilation, _chunks())
     gw[...] = gw3[..., :KH, :KW]
