@@ -194,5 +194,15 @@ def grad_weight(go, x, gw, geom, workspace):
     gw3[:] = 0
     go4 = _grouped(go, geom.groups)
     for n0, n1, cols in _columns(x, geom, workspace):
-        # one (K/G, P) x (P, rows) product per sample and group, summed over the chunk
-        gw3 += np.matmul(go4[n0:n1], cols.transpose(0, 1, 3, 2)).sum(axis=0)
+        n, (_, G, kg, P), rows = n1 - n0, go4.shape, cols.shape[2]
+        if kg * rows > (kg + rows) * P:
+            # The per-sample products would outweigh their operands (many channels over few
+            # positions: 8 x 4 MiB of products at 1024 channels of 7x7, for 3.2 MiB of
+            # grad_out and input): lay the chunk's samples side by side along the positions
+            # instead (a copy of each operand) and sum them inside one GEMM.
+            got = go4[n0:n1].transpose(1, 2, 0, 3).reshape(G, kg, n * P)
+            colst = cols.transpose(1, 2, 0, 3).reshape(G, rows, n * P)
+            gw3 += np.matmul(got, colst.transpose(0, 2, 1))
+        else:
+            # one (K/G, P) x (P, rows) product per sample and group, summed over the chunk
+            gw3 += np.matmul(go4[n0:n1], cols.transpose(0, 1, 3, 2)).sum(axis=0)
