@@ -79,38 +79,83 @@ def _fill(buf, src, n, c, ranges, up, pad):
 
 
 @njit(inline="always", cache=True)
-def _sum9(buf, a, r, q, dh, dw, wb):
-    """The 3x3 block of taps wb on buffer rows r, r + dh, r + 2 dh of depth a, from column q."""
+def _sum(buf, a, r, q, dh, dw, wb, kind):
+    """The taps wb of one pass at buffer position (a, r, q): a 3x3 block (kind 9), three taps of
+    one kernel row (kind 3) or one tap (kind 1). Partial blocks are taken as whole rows and single
+    taps, not as blocks padded with zero weights: 0 * inf would put NaN where PyTorch has none."""
     w00, w01, w02, w10, w11, w12, w20, w21, w22 = wb
-    return (w00 * buf[a, r, U(q)] + w01 * buf[a, r, U(q + dw)] + w02 * buf[a, r, U(q + 2 * dw)]
-            + w10 * buf[a, r + dh, U(q)] + w11 * buf[a, r + dh, U(q + dw)] + w12 * buf[a, r + dh, U(q + 2 * dw)]
-            + w20 * buf[a, r + 2 * dh, U(q)] + w21 * buf[a, r + 2 * dh, U(q + dw)]
-            + w22 * buf[a, r + 2 * dh, U(q + 2 * dw)])
+    v = w00 * buf[a, r, U(q)]
+    if kind >= 3:
+        v += w01 * buf[a, r, U(q + dw)] + w02 * buf[a, r, U(q + 2 * dw)]
+    if kind == 9:
+        v += (w10 * buf[a, r + dh, U(q)] + w11 * buf[a, r + dh, U(q + dw)] + w12 * buf[a, r + dh, U(q + 2 * dw)]
+              + w20 * buf[a, r + 2 * dh, U(q)] + w21 * buf[a, r + 2 * dh, U(q + dw)]
+              + w22 * buf[a, r + 2 * dh, U(q + 2 * dw)])
+    return v
+
+
+@njit(inline="always", cache=True)
+def _row(dst, n, o, od, oh, buf, a, r, q0, sw, dh, dw, wb, kind, first, bias, OW):
+    """dst[n, o, od, oh, :] (+)= one pass of taps along an output row; ``first`` assigns, with the
+    bias, rather than adding to a row set beforehand (that extra pass cost 1.6x). Each kind and
+    ``first`` is a loop of its own: a branch inside would keep the loop from vectorizing."""
+    if kind == 9:
+        if first:
+            for ow in range(OW):
+                dst[n, o, od, oh, U(ow)] = bias + _sum(buf, a, r, ow * sw + q0, dh, dw, wb, 9)
+        else:
+            for ow in range(OW):
+                dst[n, o, od, oh, U(ow)] += _sum(buf, a, r, ow * sw + q0, dh, dw, wb, 9)
+    elif kind == 3:
+        if first:
+            for ow in range(OW):
+                dst[n, o, od, oh, U(ow)] = bias + _sum(buf, a, r, ow * sw + q0, dh, dw, wb, 3)
+        else:
+            for ow in range(OW):
+                dst[n, o, od, oh, U(ow)] += _sum(buf, a, r, ow * sw + q0, dh, dw, wb, 3)
+    elif first:
+        for ow in range(OW):
+            dst[n, o, od, oh, U(ow)] = bias + _sum(buf, a, r, ow * sw + q0, dh, dw, wb, 1)
+    else:
+        for ow in range(OW):
+            dst[n, o, od, oh, U(ow)] += _sum(buf, a, r, ow * sw + q0, dh, dw, wb, 1)
+
+
+@njit(inline="always", cache=True)
+def _taps(wt, o, s, kd, kh, kw, kind):
+    """The weights of a pass (``_sum``), zeros in the places its kind does not read."""
+    z = wt[o, s, kd, kh, kw] * 0
+    if kind == 1:
+        return wt[o, s, kd, kh, kw], z, z, z, z, z, z, z, z
+    if kind == 3:
+        return wt[o, s, kd, kh, kw], wt[o, s, kd, kh, kw + 1], wt[o, s, kd, kh, kw + 2], z, z, z, z, z, z
+    return (wt[o, s, kd, kh, kw], wt[o, s, kd, kh, kw + 1], wt[o, s, kd, kh, kw + 2],
+            wt[o, s, kd, kh + 1, kw], wt[o, s, kd, kh + 1, kw + 1], wt[o, s, kd, kh + 1, kw + 2],
+            wt[o, s, kd, kh + 2, kw], wt[o, s, kd, kh + 2, kw + 1], wt[o, s, kd, kh + 2, kw + 2])
 
 
 @njit(inline="always", cache=True)
 def _accumulate(dst, n, o, s, buf, wt, bias, sd, sh, sw, dd, dh, dw):
-    """dst[n, o] (+)= the correlation of buf with wt[o, s], 3x3 blocks of taps at a time: all nine
-    in one pass over an output row, a multiply-add per load and one store per output. The first
-    block of the first source assigns, with the bias, rather than adding to a row set beforehand
-    (that extra pass cost 1.6x)."""
-    KD, KH3, KW3 = wt.shape[2:]
+    """dst[n, o] (+)= the correlation of buf with wt[o, s]: the kernel in passes over the output
+    rows, each as many taps as fit (a 3x3 block: a multiply-add per load and one store per
+    output for nine taps; three taps of a row; one tap)."""
+    KD, KH, KW = wt.shape[2:]
     OD, OH, OW = dst.shape[2:]
-    for kd in range(KD):  # blocks outside, rows inside: a block's taps load once
-        for bh in range(0, KH3, 3):
-            for bw in range(0, KW3, 3):
-                wb = _block(wt, o, s, kd, bh, bw)
-                q0 = bw * dw
-                for od in range(OD):
-                    a = od * sd + kd * dd
-                    for oh in range(OH):
-                        r = oh * sh + bh * dh
-                        if s == 0 and kd == 0 and bh == 0 and bw == 0:
-                            for ow in range(OW):
-                                dst[n, o, od, oh, U(ow)] = bias + _sum9(buf, a, r, ow * sw + q0, dh, dw, wb)
-                        else:
-                            for ow in range(OW):
-                                dst[n, o, od, oh, U(ow)] += _sum9(buf, a, r, ow * sw + q0, dh, dw, wb)
+    for kd in range(KD):  # passes outside, rows inside: a pass's taps load once
+        for kh in range(0, KH, 3):
+            for kw in range(0, KW, 3):
+                rows, cols = min(3, KH - kh), min(3, KW - kw)
+                for i in range(1 if rows == 3 and cols == 3 else rows):
+                    for j in range(1 if cols == 3 else cols):
+                        kind = 9 if rows == 3 and cols == 3 else (3 if cols == 3 else 1)
+                        wb = _taps(wt, o, s, kd, kh + i, kw + j, kind)
+                        first = s == 0 and kd == 0 and kh == 0 and kw == 0 and i == 0 and j == 0
+                        q0 = (kw + j) * dw
+                        for od in range(OD):
+                            a = od * sd + kd * dd
+                            for oh in range(OH):
+                                _row(dst, n, o, od, oh, buf, a, oh * sh + (kh + i) * dh, q0, sw, dh, dw, wb,
+                                     kind, first, bias, OW)
 
 
 @njit(inline="always", cache=True)
@@ -131,28 +176,20 @@ def _accumulate_as(dst, n, o, s, buf, wt, bias, stride, dilation):
         _accumulate(dst, n, o, s, buf, wt, bias, sd, sh, sw, dd, dh, dw)
 
 
-@njit(inline="always", cache=True)
-def _block(wt, o, s, kd, bh, bw):
-    """The nine taps of 3x3 block (bh, bw) of wt[o, s, kd] (padded with zeros to whole blocks)."""
-    return (wt[o, s, kd, bh, bw], wt[o, s, kd, bh, bw + 1], wt[o, s, kd, bh, bw + 2],
-            wt[o, s, kd, bh + 1, bw], wt[o, s, kd, bh + 1, bw + 1], wt[o, s, kd, bh + 1, bw + 2],
-            wt[o, s, kd, bh + 2, bw], wt[o, s, kd, bh + 2, bw + 1], wt[o, s, kd, bh + 2, bw + 2])
-
-
 @parallel_kernel
 def _correlate(src, wt, b, dst, mul, div, up, pad, stride, dilation, slope, lo, hi, chunks):
     """dst[n, o] = activate(b[o] + sum over s of the correlation of wt[o, s] with source
     channel ((o // div) * mul + s) of src, placed on the grid by ``up`` and ``pad``). wt is
-    (O, S, KD, KH3, KW3), the kernel padded with zeros to whole 3x3 blocks. Forward: mul = 1,
+    (O, S, KD, KH, KW). Forward: mul = 1,
     div = m, S = 1, up = 1. Input gradient: mul = m, div = 1, S = m, up = the stride, stride 1,
     wt flipped."""
     N, O = dst.shape[:2]
-    S, KD, KH3, KW3 = wt.shape[1:]
+    S, KD, KH, KW = wt.shape[1:]
     OD, OH, OW = dst.shape[2:]
     sd, sh, sw = stride
     dd, dh, dw = dilation
-    ext = ((OD - 1) * sd + (KD - 1) * dd + 1, (OH - 1) * sh + (KH3 - 1) * dh + 1,
-           (OW - 1) * sw + (KW3 - 1) * dw + 1)
+    ext = ((OD - 1) * sd + (KD - 1) * dd + 1, (OH - 1) * sh + (KH - 1) * dh + 1,
+           (OW - 1) * sw + (KW - 1) * dw + 1)
     ranges = _fill_ranges(ext, src.shape[2:], up, pad)
     fused = not is_identity(slope, lo, hi)
     tasks = N * O
@@ -269,18 +306,10 @@ def _chunks():
     return CHUNKS_PER_THREAD * numba.get_num_threads()
 
 
-def _whole_blocks(w):
-    """w (O, S, KD, KH, KW) padded with zero taps to KH and KW multiples of 3."""
-    O, S, KD, KH, KW = w.shape
-    out = np.zeros((O, S, KD, -(-KH // 3) * 3, -(-KW // 3) * 3), dtype=w.dtype)
-    out[..., :KH, :KW] = w
-    return out
-
-
 def forward(x, w, b, out, geom, slope, lo, hi):
     m = geom.out_channels // geom.in_channels
     b = np.zeros(w.shape[0], dtype=w.dtype) if b is None else b
-    _correlate(x, _whole_blocks(w), b, out, 1, m, (1, 1, 1), geom.padding, geom.stride, geom.dilation,
+    _correlate(x, w, b, out, 1, m, (1, 1, 1), geom.padding, geom.stride, geom.dilation,
                slope, lo, hi, _chunks())
 
 
@@ -290,7 +319,7 @@ def grad_input(go, w, gx, geom):
     flipped = w[:, :, ::-1, ::-1, ::-1].reshape(C, m, *geom.kernel)
     pad = tuple(d * (k - 1) - p for d, k, p in zip(geom.dilation, geom.kernel, geom.padding))
     one = gx.dtype.type(1)
-    _correlate(go, _whole_blocks(flipped), np.zeros(C, dtype=gx.dtype), gx, m, 1, geom.stride, pad, (1, 1, 1),
+    _correlate(go, np.ascontiguousarray(flipped), np.zeros(C, dtype=gx.dtype), gx, m, 1, geom.stride, pad, (1, 1, 1),
                geom.dilation, one, -np.inf * one, np.inf * one, _chunks())
 
 
