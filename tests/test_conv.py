@@ -445,6 +445,7 @@ def test_dtype_is_preserved_and_float64_is_computed_in_float64():
         (64, 64, 32, 1, "grad_input", "direct"),
         (1, 6, 1, 1, "forward", "direct"),  # LeNet c1
         (6, 16, 1, 1, "forward", "direct"),  # LeNet c2
+        ((64, 6), 16, 1, 1, "forward", "im2col"),  # ... but at batch 64 (output elements past the bound)
         (6, 16, 1, 2, "forward", "im2col"),  # ... but strided
         (6, 16, 1, 1, "grad_input", "im2col"),  # ungrouped grad input
         (64, 64, 8, 1, "grad_input", "direct"),  # grouped, 8 x 8 channels a group
@@ -458,7 +459,8 @@ def test_auto_rule(c_in, c_out, groups, stride, direction, expected):
     from numbaconv._geometry import conv_geometry
     from numbaconv.functional.conv import choose_algorithm
 
-    x = np.zeros((1, c_in, 9, 9), np.float32)
+    n, c_in = c_in if isinstance(c_in, tuple) else (1, c_in)  # (batch, channels) where the batch matters
+    x = np.zeros((n, c_in, 9, 9), np.float32)
     w = np.zeros((c_out, c_in // groups, 3, 3), np.float32)
     geom = conv_geometry("conv2d", x, w, None, stride, 1, 1, groups, "zeros", 2)
     assert choose_algorithm(geom, direction) == expected

@@ -246,6 +246,21 @@ def test_gemm_long_sum_splits_k(monkeypatch):
     assert_close(to_host(c), a64 @ b64.T, np.abs(a64) @ np.abs(b64).T, np.float32, "split-K gemm")
 
 
+@pytest.mark.parametrize("split", [1, 2])
+def test_gemm_more_row_blocks_than_a_grid_has(monkeypatch, split):
+    """More row blocks than grid y may count (65,535: a linear layer over millions of rows; here
+    the limit made 2, for 5 row blocks of 16): each block strides over the row blocks."""
+    from numbaconv.kernels.cuda import _launch
+    from numbaconv.kernels.cuda.gemm import TILES, gemm
+
+    monkeypatch.setattr(_launch, "MAX_GRID_Y", 2)
+    rng = np.random.default_rng(11)
+    a, b = make_array(rng, (1, 75, 40), np.float64), make_array(rng, (1, 40, 9), np.float64)
+    c = to_device(np.zeros((1, 75, 9), np.float64))
+    gemm(to_device(a), to_device(b), c, tile=TILES[3], split=split)
+    assert_close(to_host(c), a @ b, np.abs(a) @ np.abs(b), np.float64, "gemm past the grid's rows")
+
+
 @pytest.mark.parametrize("batch, M, N, expected", [(1, 3, 35, 3), (64, 64, 3136, 1), (1, 2048, 2048, 0), (1, 40, 40, 3)])
 def test_gemm_tile_follows_the_problem(batch, M, N, expected):
     from numbaconv.kernels.cuda.gemm import TILES, choose_tile

@@ -25,6 +25,7 @@ from .. import config
 from .._device import require_cuda
 from .._geometry import conv_geometry
 from ..functional.conv import ALGORITHM_CHOICES, choose_algorithm
+from ..kernels.cpu import conv_im2col
 from . import shapes as _shapes
 
 DEVICES = ("cpu", "cuda")
@@ -151,17 +152,12 @@ def _chosen(algorithm, geom, direction):
 
 
 def _workspace_bound(geom, algorithm, itemsize):
-    """The most workspace one kernel may hold: none for the direct loops and for a pointwise
-    im2col (its input already is the GEMM matrix); else the column buffer of a chunk of samples
-    and the chunk's per-sample weight-gradient products, which ``config.WORKSPACE_BYTES``
-    bounds, one sample at the least."""
-    pointwise = geom.kernel == (1, 1, 1) and geom.stride == (1, 1, 1) and geom.padding == (0, 0, 0)
-    if algorithm != "im2col" or pointwise:
+    """The most workspace one kernel may hold: none for the direct loops; im2col's chunk of
+    buffers, which ``config.WORKSPACE_BYTES`` bounds, one sample at the least
+    (``kernels.cpu.conv_im2col.workspace_bytes``)."""
+    if algorithm != "im2col":
         return 0
-    rows = geom.in_channels * math.prod(geom.kernel)
-    per_sample = rows * (math.prod(geom.out_size) + geom.out_channels // geom.groups) * itemsize
-    chunk = max(1, min(geom.batch, config.WORKSPACE_BYTES // per_sample))
-    return chunk * per_sample
+    return conv_im2col.workspace_bytes(geom, itemsize, config.WORKSPACE_BYTES)
 
 
 def _io_bytes(shape, direction, itemsize):

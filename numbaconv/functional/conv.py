@@ -6,6 +6,7 @@ here. 1-D and 2-D calls are 3-D calls on views with singleton spatial dimensions
 """
 
 import functools
+import math
 from collections import namedtuple
 
 import numpy as np
@@ -24,6 +25,11 @@ from ._autotune import tuned
 ALGORITHM_CHOICES = ("auto", "tune", *ALGORITHMS)
 
 
+#: The forward rule's bound on the output elements (batch x channels x positions) of a small
+#: convolution that the direct loops run (see ``choose_algorithm``).
+DIRECT_MAX_OUTPUTS = 1 << 16
+
+
 def choose_algorithm(geom, direction="forward"):
     """The algorithm ``algorithm="auto"`` runs for one direction ("forward", "grad_input" or
     "grad_weight") of a convolution, chosen separately as cuDNN chooses its forward,
@@ -38,7 +44,10 @@ def choose_algorithm(geom, direction="forward"):
     channels per group:
 
     - K/g <= 2 (depthwise and alike): direct, every direction, any stride (5-10x faster).
-    - stride 1, forward, C/g * K/g <= 128: direct (LeNet's layers: 1.3-1.5x faster).
+    - stride 1, forward, C/g * K/g <= 128 and at most ``DIRECT_MAX_OUTPUTS`` output elements:
+      direct (LeNet's layers at batch 1: 1.2-1.5x faster). At batch 64 im2col's unfolding onto
+      the grid (kernels/cpu/conv_im2col.Grid) and one BLAS GEMM win instead (LeNet c2: 1.0 ms
+      against 1.7).
     - stride 1, grad_input, grouped, C/g * K/g <= 64: direct (the per-group GEMMs are tiny).
     - otherwise im2col, by 1.2x to 30x on larger channel counts and every strided shape.
 
@@ -51,7 +60,8 @@ def choose_algorithm(geom, direction="forward"):
         return "direct"
     if geom.stride == (1, 1, 1):
         work = per_group_in * per_group_out
-        if direction == "forward" and work <= 128:
+        outputs = geom.batch * geom.out_channels * math.prod(geom.out_size)
+        if direction == "forward" and work <= 128 and outputs <= DIRECT_MAX_OUTPUTS:
             return "direct"
         if direction == "grad_input" and geom.groups > 1 and work <= 64:
             return "direct"

@@ -19,6 +19,10 @@ Arrays are indexed in full (``x[n, c, i, j, l]``) rather than through sub-array 
 parallel loop every view would atomically touch the parent's reference count, and threads
 fighting over that one counter cost more than the arithmetic.
 
+Depthwise convolutions (one input channel per group) run ``depthwise``'s loops instead, from
+each entry point below: with no sum over channels to share a pass over the output, these loops
+would do one tap per pass.
+
 The direct loops need no workspace; their entry points take the ``workspace`` argument only to
 share im2col's signature.
 
@@ -267,12 +271,17 @@ def _window(size, offset, grid):
     return inner, outer
 
 
-def _padded(x, geom):
-    """x zero-padded onto the grid."""
-    xp = np.zeros((*x.shape[:2], *_grid_shape(geom)), dtype=x.dtype)
+def place_on_grid(x, geom, xp):
+    """xp (x's batch and channels, on the grid) = x zero-padded onto the grid."""
     inner, outer = _window(x.shape[2:], geom.padding, xp.shape[2:])
+    xp.fill(0)
     xp[(..., *outer)] = x[(..., *inner)]
     return xp
+
+
+def _padded(x, geom):
+    """x zero-padded onto the grid."""
+    return place_on_grid(x, geom, np.empty((*x.shape[:2], *_grid_shape(geom)), dtype=x.dtype))
 
 
 def _on_grid(go, geom):

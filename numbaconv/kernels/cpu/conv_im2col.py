@@ -23,7 +23,8 @@ import threading
 import numpy as np
 from numba import njit
 
-from ._window import FASTMATH, IDENTITY, U, tap_offsets, valid_outputs
+from . import conv_direct
+from ._window import FASTMATH, IDENTITY, U, activate, tap_offsets, valid_outputs
 from .conv_direct import run_epilogue
 
 
@@ -81,11 +82,118 @@ def _col2im(cols, n0, gx, kernel, stride, dilation, padding, out_size):
                         gx[n0 + j, c, i, jj, U(ow * sw + offw)] += cols[j, r, U(base + ow)]
 
 
+@njit(cache=True)
+def _unfold_grid(xf, cols, shifts):
+    """cols[j, c*taps + t, q] = xf[j, c, q + shifts[t]]: the stride-1 columns on the padded
+    input's flat grid (``Grid``), one contiguous copy per channel and tap."""
+    n, C = xf.shape[:2]
+    T, Q = shifts.shape[0], cols.shape[2]
+    for j in range(n):
+        for c in range(C):
+            for t in range(T):
+                s = shifts[t]
+                for q in range(Q):
+                    cols[j, c * T + t, U(q)] = xf[j, c, U(q + s)]
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _fold_grid(cols, gxf, shifts):
+    """gxf[j, c, q + shifts[t]] = the sum of cols[j, c*taps + t, q] (``_unfold_grid``'s adjoint)."""
+    n, C = gxf.shape[:2]
+    T, Q = shifts.shape[0], cols.shape[2]
+    for j in range(n):
+        for c in range(C):
+            gxf[j, c] = 0
+            for t in range(T):
+                s = shifts[t]
+                for q in range(Q):
+                    gxf[j, c, U(q + s)] += cols[j, c * T + t, U(q)]
+
+
+@njit(cache=True)
+def _from_grid(res, n0, out, b, residual, plane, slope, lo, hi):
+    """out[n0 + j, k] = activate(res[j, k] on the grid's output positions + b[k] + residual):
+    the columns past the output width are dropped, and the epilogue rides on the same pass
+    (residual of size 0: none)."""
+    n, K = res.shape[:2]
+    OD, OH, OW = out.shape[2:]
+    Hp, Wp = plane
+    with_residual = residual.size > 0
+    for j in range(n):
+        for k in range(K):
+            bk = b[k]
+            for od in range(OD):
+                for oh in range(OH):
+                    base = (od * Hp + oh) * Wp
+                    for ow in range(OW):
+                        v = res[j, k, U(base + ow)] + bk
+                        if with_residual:
+                            v += residual[n0 + j, k, od, oh, U(ow)]
+                        out[n0 + j, k, od, oh, U(ow)] = activate(v, slope, lo, hi)
+
+
 def _is_pointwise(geom):
     """Input and output positions correspond one to one (a transposed convolution's
     output_padding can add outputs that no input reaches, hence the size check)."""
     return (geom.kernel == (1, 1, 1) and geom.stride == (1, 1, 1) and geom.padding == (0, 0, 0)
             and geom.in_size == geom.out_size)
+
+
+class Grid:
+    """The stride-1 layout: positions on the zero-padded input's grid, flattened (conv_direct's
+    flat loops use the same), so that tap t of output position q reads input position
+    q + shifts[t] and every column row is one contiguous copy. Rows of a few outputs (LeNet's
+    10x10) made the exact unfolding a copy loop per output row: (64, 6, 14x14), 5x5: 0.64 ms to
+    unfold exactly against 0.12 ms on the grid, for 36% more GEMM columns (the positions past
+    the output width, dropped afterwards; 4% at 56x56 3x3). ``positions`` (Q) runs to the last
+    output; ``size`` is the grid's element count."""
+
+    def __init__(self, geom):
+        self.shape = conv_direct._grid_shape(geom)
+        Dp, Hp, Wp = self.shape
+        self.size = Dp * Hp * Wp
+        self.shifts = np.array([conv_direct._tap_shift(kd, kh, kw, self.shape, geom.dilation)
+                                for kd in range(geom.kernel[0]) for kh in range(geom.kernel[1])
+                                for kw in range(geom.kernel[2])], dtype=np.int64)
+        self.positions = self.size - int(self.shifts[-1])
+
+
+#: The grid layout is taken at stride 1 up to this many output channels per group. Each column
+#: element feeds 2 * K/G multiply-adds of the GEMM, so with few output channels unfolding is
+#: most of the work and the grid's contiguous copies pay for its extra columns; with many the
+#: GEMM is, and the extra columns cost (measured, forward, exact -> grid: LeNet's (64, 6,
+#: 14x14) -> 16, 5x5: 0.94 -> 0.58 ms; (1, 512, 7x7) -> 512, 3x3, 25% more columns: 1.93 ->
+#: 2.31 ms).
+GRID_MAX_OUT_PER_GROUP = 32
+
+
+def _on_grid_layout(geom):
+    """Whether the columns are unfolded onto the grid (``Grid``) rather than exactly."""
+    return (geom.stride == (1, 1, 1) and not _is_pointwise(geom)
+            and geom.out_channels // geom.groups <= GRID_MAX_OUT_PER_GROUP)
+
+
+def _grid_chunk_size(geom, grid, itemsize, workspace):
+    """Samples per chunk of the grid layout: its columns, the padded input (or input gradient)
+    and the grid-sized GEMM result (or grad_out) of each sample stay under ``workspace``."""
+    rows = geom.in_channels * math.prod(geom.kernel)
+    per_sample = (rows * grid.positions + geom.in_channels * grid.size + geom.out_channels * grid.positions) * itemsize
+    return int(max(1, min(geom.batch, workspace // per_sample)))
+
+
+def workspace_bytes(geom, itemsize, workspace):
+    """The most scratch one im2col call holds (``numbaconv bench`` quotes peak memory against
+    it): a chunk's buffers, none for a pointwise convolution (its input is the GEMM matrix)."""
+    if _is_pointwise(geom):
+        return 0
+    if _on_grid_layout(geom):
+        grid = Grid(geom)
+        rows = geom.in_channels * math.prod(geom.kernel)
+        per_sample = rows * grid.positions + geom.in_channels * grid.size + geom.out_channels * grid.positions
+        return _grid_chunk_size(geom, grid, itemsize, workspace) * per_sample * itemsize
+    rows = geom.in_channels * math.prod(geom.kernel)
+    per_sample = rows * (math.prod(geom.out_size) + geom.out_channels // geom.groups) * itemsize
+    return _chunk_size(geom, itemsize, workspace) * per_sample
 
 
 def _chunk_size(geom, itemsize, workspace):
@@ -103,20 +211,26 @@ def _chunks(geom, size):
 _scratch = threading.local()
 
 
-def _buffer(geom, size, dtype):
-    """A (n, G, C/G * taps, P) column buffer for chunks of up to ``size`` samples.
+def _scratch_array(name, shape, dtype):
+    """An uninitialized array kept per thread under ``name`` and reused by later calls.
 
-    The memory is kept per thread and reused by later calls: a fresh buffer of tens of MB is
-    paid for again on every call with a page fault per 4 KiB at first touch (measured on 58 MB:
-    8.8 ms to allocate and fill against 3.6 ms to refill). Per thread, so that calls from
-    several threads never share one.
-    """
+    A fresh buffer of tens of MB is paid for again on every call with a page fault per 4 KiB at
+    first touch (measured on 58 MB: 8.8 ms to allocate and fill against 3.6 ms to refill). Per
+    thread, so that calls from several threads never share one."""
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    held = getattr(_scratch, name, None)
+    if held is None or held.nbytes < nbytes:
+        held = np.empty(nbytes, dtype=np.uint8)
+        setattr(_scratch, name, held)
+    return held[:nbytes].view(dtype).reshape(shape)
+
+
+def _buffer(geom, size, dtype, positions=None):
+    """A (n, G, C/G * taps, P) column buffer for chunks of up to ``size`` samples (P: the output
+    positions, or ``positions``), from the per-thread scratch."""
     rows = geom.in_channels * math.prod(geom.kernel)
-    count = size * rows * math.prod(geom.out_size)
-    nbytes = count * np.dtype(dtype).itemsize
-    if getattr(_scratch, "buf", None) is None or _scratch.buf.nbytes < nbytes:
-        _scratch.buf = np.empty(nbytes, dtype=np.uint8)
-    flat = _scratch.buf[:nbytes].view(dtype)
+    count = size * rows * (math.prod(geom.out_size) if positions is None else positions)
+    flat = _scratch_array("cols", (count,), dtype)
 
     def view(n):
         return flat[:n * count // size].reshape(n, geom.groups, rows // geom.groups, -1)
@@ -142,6 +256,18 @@ def _columns(x, geom, workspace):
         yield n0, n1, cols
 
 
+def _grid_columns(x, geom, grid, workspace):
+    """Yield (n0, n1, cols) per chunk in the grid layout, cols (n, G, C/G * taps, Q)."""
+    size = _grid_chunk_size(geom, grid, x.itemsize, workspace)
+    view = _buffer(geom, size, x.dtype, grid.positions)
+    for n0, n1 in _chunks(geom, size):
+        cols = view(n1 - n0)
+        xp = _scratch_array("padded", (n1 - n0, x.shape[1], *grid.shape), x.dtype)
+        conv_direct.place_on_grid(x[n0:n1], geom, xp)
+        _unfold_grid(xp.reshape(n1 - n0, x.shape[1], -1), cols.reshape(n1 - n0, -1, grid.positions), grid.shifts)
+        yield n0, n1, cols
+
+
 def _quiet(entry):
     """NaN and inf propagate silently, as in PyTorch and in the direct kernels: no NumPy warnings
     from inside the GEMM."""
@@ -150,6 +276,11 @@ def _quiet(entry):
             entry(*args)
     run.__name__, run.__doc__ = entry.__name__, entry.__doc__
     return run
+
+
+def _grouped3(a3, groups):
+    """(n, C, Q) -> (n, G, C/G, Q), a view."""
+    return a3.reshape(a3.shape[0], groups, a3.shape[1] // groups, a3.shape[2])
 
 
 def _grouped(a, groups):
@@ -163,6 +294,16 @@ def forward(x, w, b, out, geom, workspace, epilogue=IDENTITY, residual=None):
     pass over their output for the bias, the residual and the activation together
     (conv_direct.epilogue_pass)."""
     w3 = w.reshape(geom.groups, w.shape[0] // geom.groups, -1)
+    if _on_grid_layout(geom):
+        grid, K = Grid(geom), geom.out_channels
+        b = np.zeros(K, dtype=out.dtype) if b is None else b
+        r = (np.empty((0,) * 5, out.dtype) if residual is None
+             else np.ascontiguousarray(residual).reshape(out.shape))
+        for n0, n1, cols in _grid_columns(x, geom, grid, workspace):
+            res = np.matmul(w3, cols, out=_scratch_array("result", (n1 - n0, *w3.shape[:2], grid.positions), out.dtype))
+            _from_grid(res.reshape(n1 - n0, K, -1), n0, out, b, r, grid.shape[1:],
+                       *(out.dtype.type(v) for v in epilogue))
+        return
     out4 = _grouped(out, geom.groups)
     for n0, n1, cols in _columns(x, geom, workspace):
         np.matmul(w3, cols, out=out4[n0:n1])
@@ -180,6 +321,20 @@ def grad_input(go, w, gx, geom, workspace):
     if _is_pointwise(geom):
         np.matmul(w3t, go4, out=_grouped(gx, G))
         return
+    if _on_grid_layout(geom):
+        grid = Grid(geom)
+        size = _grid_chunk_size(geom, grid, go.itemsize, workspace)
+        view = _buffer(geom, size, go.dtype, grid.positions)
+        gx[...] = 0
+        inner, outer = conv_direct._window(gx.shape[2:], geom.padding, grid.shape)
+        for n0, n1 in _chunks(geom, size):
+            n = n1 - n0
+            gog = conv_direct._on_grid(go[n0:n1], geom)  # (n, K, Q), zeros past the outputs
+            cols = np.matmul(w3t, _grouped3(gog, G), out=view(n))
+            gxp = _scratch_array("padded", (n, gx.shape[1], grid.size), gx.dtype)
+            _fold_grid(cols.reshape(n, -1, grid.positions), gxp, grid.shifts)
+            gx[(slice(n0, n1), slice(None), *inner)] = gxp.reshape(n, gx.shape[1], *grid.shape)[(..., *outer)]
+        return
     size = _chunk_size(geom, go.itemsize, workspace)
     view = _buffer(geom, size, go.dtype)
     for n0, n1 in _chunks(geom, size):
@@ -188,21 +343,33 @@ def grad_input(go, w, gx, geom, workspace):
                 geom.kernel, geom.stride, geom.dilation, geom.padding, geom.out_size)
 
 
+def _add_weight_grad(gw3, go4, cols):
+    """gw3 += the sum over the chunk's samples of go4[j] (G, K/G, P) @ cols[j]^T (G, P, rows)."""
+    n, G, kg, P = go4.shape
+    rows = cols.shape[2]
+    if kg * rows > (kg + rows) * P:
+        # The per-sample products would outweigh their operands (many channels over few
+        # positions: 8 x 4 MiB of products at 1024 channels of 7x7, for 3.2 MiB of grad_out
+        # and input): lay the chunk's samples side by side along the positions instead (a copy
+        # of each operand) and sum them inside one GEMM.
+        got = go4.transpose(1, 2, 0, 3).reshape(G, kg, n * P)
+        colst = cols.transpose(1, 2, 0, 3).reshape(G, rows, n * P)
+        gw3 += np.matmul(got, colst.transpose(0, 2, 1))
+    else:
+        # one (K/G, P) x (P, rows) product per sample and group, summed over the chunk
+        gw3 += np.matmul(go4, cols.transpose(0, 1, 3, 2)).sum(axis=0)
+
+
 @_quiet
 def grad_weight(go, x, gw, geom, workspace):
     gw3 = gw.reshape(geom.groups, gw.shape[0] // geom.groups, -1)
     gw3[:] = 0
+    if _on_grid_layout(geom):
+        grid = Grid(geom)
+        for n0, n1, cols in _grid_columns(x, geom, grid, workspace):
+            # grad_out on the grid, zeros past the outputs: the dropped columns add nothing
+            _add_weight_grad(gw3, _grouped3(conv_direct._on_grid(go[n0:n1], geom), geom.groups), cols)
+        return
     go4 = _grouped(go, geom.groups)
     for n0, n1, cols in _columns(x, geom, workspace):
-        n, (_, G, kg, P), rows = n1 - n0, go4.shape, cols.shape[2]
-        if kg * rows > (kg + rows) * P:
-            # The per-sample products would outweigh their operands (many channels over few
-            # positions: 8 x 4 MiB of products at 1024 channels of 7x7, for 3.2 MiB of
-            # grad_out and input): lay the chunk's samples side by side along the positions
-            # instead (a copy of each operand) and sum them inside one GEMM.
-            got = go4[n0:n1].transpose(1, 2, 0, 3).reshape(G, kg, n * P)
-            colst = cols.transpose(1, 2, 0, 3).reshape(G, rows, n * P)
-            gw3 += np.matmul(got, colst.transpose(0, 2, 1))
-        else:
-            # one (K/G, P) x (P, rows) product per sample and group, summed over the chunk
-            gw3 += np.matmul(go4[n0:n1], cols.transpose(0, 1, 3, 2)).sum(axis=0)
+        _add_weight_grad(gw3, go4[n0:n1], cols)

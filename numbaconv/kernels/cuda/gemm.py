@@ -20,6 +20,7 @@ from collections import namedtuple
 
 from numba import cuda
 
+from . import _launch
 from ._launch import as_device, ceil_div, empty, numba_type, sum_rows
 
 Tile = namedtuple("Tile", "BM BN BK TM TN")
@@ -73,54 +74,56 @@ def _kernel(dtype, trans_a, trans_b, tile):
         z, col_block = cuda.blockIdx.x // col_blocks, cuda.blockIdx.x % col_blocks
         first = cuda.blockIdx.z * span
         last = min(reduce * ktiles, first + span)
-        m0, n0 = cuda.blockIdx.y * BM, col_block * BN
-        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
-        tid = ty * TX + tx
-        for i in range(TM):
-            for j in range(TN):
-                acc[i, j] = 0
-        for step in range(first, last):
-            r, k0 = step // ktiles, (step % ktiles) * BK
-            za, zb = (r * Z + z) % a.shape[0], (r * Z + z) % b.shape[0]
-            # stage the slices; consecutive threads read consecutive addresses of a and b
-            for e in range(tid, BK * BM, THREADS):
-                if trans_a:  # a[za] is (K, M)
-                    kk, mm = e // BM, e % BM
-                else:  # a[za] is (M, K)
-                    mm, kk = e // BK, e % BK
-                v = nb(0)
-                if k0 + kk < K and m0 + mm < M:
-                    v = a[za, k0 + kk, m0 + mm] if trans_a else a[za, m0 + mm, k0 + kk]
-                As[kk, mm] = v
-            for e in range(tid, BK * BN, THREADS):
-                if trans_b:  # b[zb] is (N, K)
-                    nn, kk = e // BK, e % BK
-                else:  # b[zb] is (K, N)
-                    kk, nn = e // BN, e % BN
-                v = nb(0)
-                if k0 + kk < K and n0 + nn < N:
-                    v = b[zb, n0 + nn, k0 + kk] if trans_b else b[zb, k0 + kk, n0 + nn]
-                Bs[kk, nn] = v
-            cuda.syncthreads()
-            for kk in range(BK):
-                for i in range(TM):
-                    ar[i] = As[kk, ty + i * TY]
+        # grid y: row blocks, strided when there are more than a grid can have (65,535)
+        for row_block in range(cuda.blockIdx.y, (M + BM - 1) // BM, cuda.gridDim.y):
+            m0, n0 = row_block * BM, col_block * BN
+            tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+            tid = ty * TX + tx
+            for i in range(TM):
                 for j in range(TN):
-                    br[j] = Bs[kk, tx + j * TX]
-                for i in range(TM):
+                    acc[i, j] = 0
+            for step in range(first, last):
+                r, k0 = step // ktiles, (step % ktiles) * BK
+                za, zb = (r * Z + z) % a.shape[0], (r * Z + z) % b.shape[0]
+                # stage the slices; consecutive threads read consecutive addresses of a and b
+                for e in range(tid, BK * BM, THREADS):
+                    if trans_a:  # a[za] is (K, M)
+                        kk, mm = e // BM, e % BM
+                    else:  # a[za] is (M, K)
+                        mm, kk = e // BK, e % BK
+                    v = nb(0)
+                    if k0 + kk < K and m0 + mm < M:
+                        v = a[za, k0 + kk, m0 + mm] if trans_a else a[za, m0 + mm, k0 + kk]
+                    As[kk, mm] = v
+                for e in range(tid, BK * BN, THREADS):
+                    if trans_b:  # b[zb] is (N, K)
+                        nn, kk = e // BK, e % BK
+                    else:  # b[zb] is (K, N)
+                        kk, nn = e // BN, e % BN
+                    v = nb(0)
+                    if k0 + kk < K and n0 + nn < N:
+                        v = b[zb, n0 + nn, k0 + kk] if trans_b else b[zb, k0 + kk, n0 + nn]
+                    Bs[kk, nn] = v
+                cuda.syncthreads()
+                for kk in range(BK):
+                    for i in range(TM):
+                        ar[i] = As[kk, ty + i * TY]
                     for j in range(TN):
-                        acc[i, j] += ar[i] * br[j]
-            cuda.syncthreads()
-        for i in range(TM):
-            row = m0 + ty + i * TY
-            for j in range(TN):
-                col = n0 + tx + j * TX
-                if row < M and col < N:
-                    zc = cuda.blockIdx.z * Z + z
-                    if accumulate:
-                        c[zc, row, col] += acc[i, j]
-                    else:
-                        c[zc, row, col] = acc[i, j]
+                        br[j] = Bs[kk, tx + j * TX]
+                    for i in range(TM):
+                        for j in range(TN):
+                            acc[i, j] += ar[i] * br[j]
+                cuda.syncthreads()
+            for i in range(TM):
+                row = m0 + ty + i * TY
+                for j in range(TN):
+                    col = n0 + tx + j * TX
+                    if row < M and col < N:
+                        zc = cuda.blockIdx.z * Z + z
+                        if accumulate:
+                            c[zc, row, col] += acc[i, j]
+                        else:
+                            c[zc, row, col] = acc[i, j]
 
     return gemm
 
@@ -148,8 +151,9 @@ def gemm(a, b, c, trans_a=False, trans_b=False, reduce=1, accumulate=False, tile
     span = ceil_div(steps, slices)
     slices = ceil_div(steps, span)  # none empty
     out = c if slices == 1 else empty((slices * Z, M, N), c.dtype)
-    # the batch shares grid x with the column blocks: grid y and z are limited to 65535
-    grid = (Z * col_blocks, ceil_div(M, tile.BM), slices)
+    # the batch shares grid x with the column blocks: grid y and z are limited to 65535 (the
+    # kernel strides over row blocks past that; slices never come near it)
+    grid = (Z * col_blocks, min(ceil_div(M, tile.BM), _launch.MAX_GRID_Y), slices)
     block = (tile.BN // tile.TN, tile.BM // tile.TM)
     _kernel(c.dtype, bool(trans_a), bool(trans_b), tile)[grid, block](
         a, b, out, int(reduce), bool(accumulate) and slices == 1, col_blocks, span)
