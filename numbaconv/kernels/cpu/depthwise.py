@@ -5,10 +5,10 @@ With one input channel behind each output there is no sum over channels to share
 the output: the general direct loops (``conv_direct``) add one tap per pass over a row, two
 loads and a store per multiply-add, after a full padded copy of the input. Here each task copies
 its one input plane into a zero-bordered buffer of its own, which stays in cache (the borders are
-zeroed once per chunk of tasks: every plane writes the same interior), and takes the kernel's
-taps nine at a time, a 3x3 block per pass over an output row (``_taps9``; kernels are padded
-with zero taps to whole blocks). Measured on one core, (8, 256, 28x28) 3x3: 0.77 ms this way,
-1.86 ms with three taps per pass, 1.36 ms in PyTorch.
+zeroed once per chunk of tasks: every plane writes the same interior), and takes a kernel of
+whole 3x3 blocks nine taps at a time, a block per pass over an output row (``_blocks``); other
+kernels take one tap per pass (``_taps``). Measured on one core, (8, 256, 28x28) 3x3: 0.77 ms
+this way, 1.86 ms with three taps per pass, 1.36 ms in PyTorch.
 
 LLVM does not vectorize across channels here (a channels-last block of 16 with a constant trip
 count came out as scalar code, the loads and stores not provably apart), so the loops run along
@@ -79,111 +79,94 @@ def _fill(buf, src, n, c, ranges, up, pad):
 
 
 @njit(inline="always", cache=True)
-def _sum(buf, a, r, q, dh, dw, wb, kind):
-    """The taps wb of one pass at buffer position (a, r, q): a 3x3 block (kind 9), three taps of
-    one kernel row (kind 3) or one tap (kind 1). Partial blocks are taken as whole rows and single
-    taps, not as blocks padded with zero weights: 0 * inf would put NaN where PyTorch has none."""
+def _sum9(buf, a, r, q, dh, dw, wb):
+    """The 3x3 block of taps wb on buffer rows r, r + dh, r + 2 dh of depth a, from column q."""
     w00, w01, w02, w10, w11, w12, w20, w21, w22 = wb
-    v = w00 * buf[a, r, U(q)]
-    if kind >= 3:
-        v += w01 * buf[a, r, U(q + dw)] + w02 * buf[a, r, U(q + 2 * dw)]
-    if kind == 9:
-        v += (w10 * buf[a, r + dh, U(q)] + w11 * buf[a, r + dh, U(q + dw)] + w12 * buf[a, r + dh, U(q + 2 * dw)]
-              + w20 * buf[a, r + 2 * dh, U(q)] + w21 * buf[a, r + 2 * dh, U(q + dw)]
-              + w22 * buf[a, r + 2 * dh, U(q + 2 * dw)])
-    return v
+    return (w00 * buf[a, r, U(q)] + w01 * buf[a, r, U(q + dw)] + w02 * buf[a, r, U(q + 2 * dw)]
+            + w10 * buf[a, r + dh, U(q)] + w11 * buf[a, r + dh, U(q + dw)] + w12 * buf[a, r + dh, U(q + 2 * dw)]
+            + w20 * buf[a, r + 2 * dh, U(q)] + w21 * buf[a, r + 2 * dh, U(q + dw)]
+            + w22 * buf[a, r + 2 * dh, U(q + 2 * dw)])
 
 
 @njit(inline="always", cache=True)
-def _row(dst, n, o, od, oh, buf, a, r, q0, sw, dh, dw, wb, kind, first, bias, OW):
-    """dst[n, o, od, oh, :] (+)= one pass of taps along an output row; ``first`` assigns, with the
-    bias, rather than adding to a row set beforehand (that extra pass cost 1.6x). Each kind and
-    ``first`` is a loop of its own: a branch inside would keep the loop from vectorizing."""
-    if kind == 9:
-        if first:
-            for ow in range(OW):
-                dst[n, o, od, oh, U(ow)] = bias + _sum(buf, a, r, ow * sw + q0, dh, dw, wb, 9)
-        else:
-            for ow in range(OW):
-                dst[n, o, od, oh, U(ow)] += _sum(buf, a, r, ow * sw + q0, dh, dw, wb, 9)
-    elif kind == 3:
-        if first:
-            for ow in range(OW):
-                dst[n, o, od, oh, U(ow)] = bias + _sum(buf, a, r, ow * sw + q0, dh, dw, wb, 3)
-        else:
-            for ow in range(OW):
-                dst[n, o, od, oh, U(ow)] += _sum(buf, a, r, ow * sw + q0, dh, dw, wb, 3)
-    elif first:
-        for ow in range(OW):
-            dst[n, o, od, oh, U(ow)] = bias + _sum(buf, a, r, ow * sw + q0, dh, dw, wb, 1)
-    else:
-        for ow in range(OW):
-            dst[n, o, od, oh, U(ow)] += _sum(buf, a, r, ow * sw + q0, dh, dw, wb, 1)
+def _block(wt, o, s, kd, bh, bw):
+    """The nine taps of the 3x3 block at (bh, bw) of wt[o, s, kd]."""
+    return (wt[o, s, kd, bh, bw], wt[o, s, kd, bh, bw + 1], wt[o, s, kd, bh, bw + 2],
+            wt[o, s, kd, bh + 1, bw], wt[o, s, kd, bh + 1, bw + 1], wt[o, s, kd, bh + 1, bw + 2],
+            wt[o, s, kd, bh + 2, bw], wt[o, s, kd, bh + 2, bw + 1], wt[o, s, kd, bh + 2, bw + 2])
 
 
 @njit(inline="always", cache=True)
-def _taps(wt, o, s, kd, kh, kw, kind):
-    """The weights of a pass (``_sum``), zeros in the places its kind does not read."""
-    z = wt[o, s, kd, kh, kw] * 0
-    if kind == 1:
-        return wt[o, s, kd, kh, kw], z, z, z, z, z, z, z, z
-    if kind == 3:
-        return wt[o, s, kd, kh, kw], wt[o, s, kd, kh, kw + 1], wt[o, s, kd, kh, kw + 2], z, z, z, z, z, z
-    return (wt[o, s, kd, kh, kw], wt[o, s, kd, kh, kw + 1], wt[o, s, kd, kh, kw + 2],
-            wt[o, s, kd, kh + 1, kw], wt[o, s, kd, kh + 1, kw + 1], wt[o, s, kd, kh + 1, kw + 2],
-            wt[o, s, kd, kh + 2, kw], wt[o, s, kd, kh + 2, kw + 1], wt[o, s, kd, kh + 2, kw + 2])
-
-
-@njit(inline="always", cache=True)
-def _accumulate(dst, n, o, s, buf, wt, bias, sd, sh, sw, dd, dh, dw, blocks_only):
-    """dst[n, o] (+)= the correlation of buf with wt[o, s]: the kernel in passes over the output
-    rows, each as many taps as fit (a 3x3 block: a multiply-add per load and one store per
-    output for nine taps; three taps of a row; one tap). ``blocks_only``: the kernel is whole
-    3x3 blocks, and only their loops are compiled in (the other kinds' loops, inlined beside
-    them, made the 3x3 case 1.3-2x slower)."""
+def _blocks(dst, n, o, s, buf, wt, bias, sd, sh, sw, dd, dh, dw):
+    """dst[n, o] (+)= the correlation of buf with wt[o, s], a kernel of whole 3x3 blocks: all nine
+    taps of a block in one pass over an output row, a multiply-add per load and one store per
+    output. The first pass assigns, with the bias, rather than adding to a row set beforehand
+    (that extra pass cost 1.6x); assigning and adding are loops of their own, as a branch inside
+    would keep the loop from vectorizing."""
     KD, KH, KW = wt.shape[2:]
     OD, OH, OW = dst.shape[2:]
-    for kd in range(KD):  # passes outside, rows inside: a pass's taps load once
-        for kh in range(0, KH, 3):
-            for kw in range(0, KW, 3):
-                rows, cols = min(3, KH - kh), min(3, KW - kw)
-                whole = blocks_only or (rows == 3 and cols == 3)
-                for i in range(1 if whole else rows):
-                    for j in range(1 if whole or cols == 3 else cols):
-                        kind = 9 if whole else (3 if cols == 3 else 1)
-                        wb = _taps(wt, o, s, kd, kh + i, kw + j, kind)
-                        first = s == 0 and kd == 0 and kh == 0 and kw == 0 and i == 0 and j == 0
-                        q0 = (kw + j) * dw
-                        for od in range(OD):
-                            a = od * sd + kd * dd
-                            for oh in range(OH):
-                                r = oh * sh + (kh + i) * dh
-                                if blocks_only:
-                                    _row(dst, n, o, od, oh, buf, a, r, q0, sw, dh, dw, wb, 9, first, bias, OW)
-                                else:
-                                    _row(dst, n, o, od, oh, buf, a, r, q0, sw, dh, dw, wb, kind, first, bias, OW)
+    for kd in range(KD):  # blocks outside, rows inside: a block's taps load once
+        for bh in range(0, KH, 3):
+            for bw in range(0, KW, 3):
+                wb = _block(wt, o, s, kd, bh, bw)
+                first = s == 0 and kd == 0 and bh == 0 and bw == 0
+                for od in range(OD):
+                    a = od * sd + kd * dd
+                    for oh in range(OH):
+                        r, q0 = oh * sh + bh * dh, bw * dw
+                        if first:
+                            for ow in range(OW):
+                                dst[n, o, od, oh, U(ow)] = bias + _sum9(buf, a, r, ow * sw + q0, dh, dw, wb)
+                        else:
+                            for ow in range(OW):
+                                dst[n, o, od, oh, U(ow)] += _sum9(buf, a, r, ow * sw + q0, dh, dw, wb)
 
 
 @njit(inline="always", cache=True)
-def _accumulate_as(dst, n, o, s, buf, wt, bias, stride, dilation):
-    """``_accumulate`` inlined with the common cases as constants: kernels of whole 3x3 blocks
-    at strides 1 and 2, no dilation. With a runtime stride LLVM cannot see the row's loads as
-    contiguous and leaves the loop scalar (8x slower), and runtime strides and dilations in the
-    row arithmetic cost 1.5x more (8 x 1024 x 7x7, one core). The depth stride and dilation stay
-    runtime values: they only pick the plane."""
+def _taps(dst, n, o, s, buf, wt, bias, sd, sh, sw, dd, dh, dw):
+    """``_blocks`` for any other kernel (1x1, 5x5, 7x7 ...): one tap per pass. Not blocks padded
+    with zero weights: 0 * inf would put NaN where PyTorch has none."""
+    KD, KH, KW = wt.shape[2:]
+    OD, OH, OW = dst.shape[2:]
+    for kd in range(KD):
+        for kh in range(KH):
+            for kw in range(KW):
+                wv = wt[o, s, kd, kh, kw]
+                first = s == 0 and kd == 0 and kh == 0 and kw == 0
+                for od in range(OD):
+                    a = od * sd + kd * dd
+                    for oh in range(OH):
+                        r, q0 = oh * sh + kh * dh, kw * dw
+                        if first:
+                            for ow in range(OW):
+                                dst[n, o, od, oh, U(ow)] = bias + wv * buf[a, r, U(ow * sw + q0)]
+                        else:
+                            for ow in range(OW):
+                                dst[n, o, od, oh, U(ow)] += wv * buf[a, r, U(ow * sw + q0)]
+
+
+@njit(inline="always", cache=True)
+def _accumulate(dst, n, o, s, buf, wt, bias, stride, dilation):
+    """dst[n, o] (+)= the correlation of buf with wt[o, s]. Kernels of whole 3x3 blocks at
+    strides 1 and 2 without dilation, the common case, get ``_blocks`` inlined with those as
+    constants: with a runtime stride LLVM cannot see the row's loads as contiguous and leaves the
+    loop scalar (8x slower), and runtime strides and dilations in the row arithmetic cost 1.5x
+    more (8 x 1024 x 7x7, one core). The depth stride and dilation stay runtime values: they
+    only pick the plane. Every inlined copy adds to the compile time (each is seconds), so the
+    other cases share one runtime-valued copy each."""
     sd, sh, sw = stride
     dd, dh, dw = dilation
     KH, KW = wt.shape[3:]
     if KH % 3 == 0 and KW % 3 == 0:
         if dh == 1 and dw == 1 and sh == sw and sw <= 2:
             if sw == 1:
-                _accumulate(dst, n, o, s, buf, wt, bias, sd, 1, 1, dd, 1, 1, True)
+                _blocks(dst, n, o, s, buf, wt, bias, sd, 1, 1, dd, 1, 1)
             else:
-                _accumulate(dst, n, o, s, buf, wt, bias, sd, 2, 2, dd, 1, 1, True)
+                _blocks(dst, n, o, s, buf, wt, bias, sd, 2, 2, dd, 1, 1)
         else:
-            _accumulate(dst, n, o, s, buf, wt, bias, sd, sh, sw, dd, dh, dw, True)
+            _blocks(dst, n, o, s, buf, wt, bias, sd, sh, sw, dd, dh, dw)
     else:
-        _accumulate(dst, n, o, s, buf, wt, bias, sd, sh, sw, dd, dh, dw, False)
+        _taps(dst, n, o, s, buf, wt, bias, sd, sh, sw, dd, dh, dw)
 
 
 @parallel_kernel
@@ -210,7 +193,7 @@ def _correlate(src, wt, b, dst, mul, div, up, pad, stride, dilation, slope, lo, 
             n, o = t // O, t % O
             for s in range(S):
                 _fill(buf, src, n, (o // div) * mul + s, ranges, up, pad)
-                _accumulate_as(dst, n, o, s, buf, wt, b[o], stride, dilation)
+                _accumulate(dst, n, o, s, buf, wt, b[o], stride, dilation)
             if fused:
                 for od in range(OD):
                     for oh in range(OH):
@@ -224,7 +207,7 @@ def _dots9(gw, k, kd, bh, bw, g, gn, gk, g0, xf, x0, row, sw, dw, n_out):
     with the input each tap of the block read, xf[x0 + i * row + p * sw + j * dw] (xf the flat
     buffer, ``row`` the distance of the block's rows). Nine accumulators in one pass: a
     reduction needs no alias checks, so it vectorizes with runtime offsets; the stride is passed
-    as a constant where it matters, as in ``_accumulate_as``."""
+    as a constant where it matters, as in ``_accumulate``."""
     z = gw[k, 0, 0, 0, 0] * 0  # a zero of gw's dtype
     a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = z
     x1, x2 = x0 + row, x0 + 2 * row
