@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import naive
 import numbaconv
+from numbaconv.kernels.cpu import conv_im2col
 from conftest import DTYPES, LAYOUTS, assert_close, assert_unmodified, check, int_or_tuple, make_array, snapshot
 
 ALGORITHMS = ("direct", "im2col", "auto")
@@ -328,10 +329,12 @@ def test_depthwise_kernels(nd, k, stride, dilation, padding, m, size):
 # --------------------------------------------------------------------------- workspace chunking
 
 
+@pytest.mark.parametrize("columns", [25, 120, 400, 1 << 20])
 @pytest.mark.parametrize("workspace", [1, 3000, 30000, 150000])
 @pytest.mark.parametrize("nd", [1, 2, 3])
-def test_im2col_chunks_give_the_same_result(monkeypatch, workspace, nd):
-    """A tiny workspace forces the batch through im2col one sample (or a few) at a time."""
+def test_im2col_chunks_give_the_same_result(monkeypatch, workspace, nd, columns):
+    """A tiny workspace forces the batch through im2col one sample (or a few) at a time, and
+    the grid layout's GEMMs take one sample, two or the whole chunk side by side."""
     rng = np.random.default_rng(nd)
     spatial = {1: (11,), 2: (7, 6), 3: (4, 5, 4)}[nd]
     x = rng.standard_normal((5, 4) + spatial)
@@ -348,6 +351,7 @@ def test_im2col_chunks_give_the_same_result(monkeypatch, workspace, nd):
     tgrads = naive.conv_transpose_backward(tgo, x, tw, **tkw)
 
     monkeypatch.setattr(numbaconv.config, "WORKSPACE_BYTES", workspace)
+    monkeypatch.setattr(conv_im2col, "GRID_GEMM_COLUMNS", columns)
     assert_close(conv_fn(nd)(x, w, b, algorithm="im2col", **kw), ref, what="forward")
     for name, got, want in zip(("grad_x", "grad_weight", "grad_bias"),
                                conv_backward_fn(nd)(go, x, w, algorithm="im2col", **kw), grads):

@@ -84,38 +84,41 @@ def _col2im(cols, n0, gx, kernel, stride, dilation, padding, out_size):
 
 @njit(cache=True)
 def _unfold_grid(xf, cols, shifts):
-    """cols[j, c*taps + t, q] = xf[j, c, q + shifts[t]]: the stride-1 columns on the padded
-    input's flat grid (``Grid``), one contiguous copy per channel and tap."""
+    """cols[j // m, c*taps + t, j % m, q] = xf[j, c, q + shifts[t]]: the stride-1 columns on
+    the padded input's flat grid (``Grid``), m samples side by side, one contiguous copy per
+    sample, channel and tap."""
     n, C = xf.shape[:2]
-    T, Q = shifts.shape[0], cols.shape[2]
+    T, m, Q = shifts.shape[0], cols.shape[2], cols.shape[3]
     for j in range(n):
         for c in range(C):
             for t in range(T):
                 s = shifts[t]
                 for q in range(Q):
-                    cols[j, c * T + t, U(q)] = xf[j, c, U(q + s)]
+                    cols[j // m, c * T + t, j % m, U(q)] = xf[j, c, U(q + s)]
 
 
 @njit(cache=True, fastmath=FASTMATH)
 def _fold_grid(cols, gxf, shifts):
-    """gxf[j, c, q + shifts[t]] = the sum of cols[j, c*taps + t, q] (``_unfold_grid``'s adjoint)."""
+    """gxf[j, c, q + shifts[t]] = the sum of cols[j // m, c*taps + t, j % m, q]
+    (``_unfold_grid``'s adjoint)."""
     n, C = gxf.shape[:2]
-    T, Q = shifts.shape[0], cols.shape[2]
+    T, m, Q = shifts.shape[0], cols.shape[2], cols.shape[3]
     for j in range(n):
         for c in range(C):
             gxf[j, c] = 0
             for t in range(T):
                 s = shifts[t]
                 for q in range(Q):
-                    gxf[j, c, U(q + s)] += cols[j, c * T + t, U(q)]
+                    gxf[j, c, U(q + s)] += cols[j // m, c * T + t, j % m, U(q)]
 
 
 @njit(cache=True)
 def _from_grid(res, n0, out, b, residual, plane, slope, lo, hi):
-    """out[n0 + j, k] = activate(res[j, k] on the grid's output positions + b[k] + residual):
-    the columns past the output width are dropped, and the epilogue rides on the same pass
-    (residual of size 0: none)."""
-    n, K = res.shape[:2]
+    """out[n0 + j, k] = activate(res[j // m, k, j % m] on the grid's output positions + b[k] +
+    residual): the columns past the output width are dropped, and the epilogue rides on the
+    same pass (residual of size 0: none)."""
+    K, m = res.shape[1:3]
+    n = res.shape[0] * m
     OD, OH, OW = out.shape[2:]
     Hp, Wp = plane
     with_residual = residual.size > 0
@@ -126,10 +129,28 @@ def _from_grid(res, n0, out, b, residual, plane, slope, lo, hi):
                 for oh in range(OH):
                     base = (od * Hp + oh) * Wp
                     for ow in range(OW):
-                        v = res[j, k, U(base + ow)] + bk
+                        v = res[j // m, k, j % m, U(base + ow)] + bk
                         if with_residual:
                             v += residual[n0 + j, k, od, oh, U(ow)]
                         out[n0 + j, k, od, oh, U(ow)] = activate(v, slope, lo, hi)
+
+
+@njit(cache=True)
+def _to_grid(go, n0, gog, plane):
+    """gog[j // m, k, j % m] = go[n0 + j, k] on the grid's output positions, zeros on the
+    others (``_from_grid``'s adjoint): those columns must add nothing to the gradients."""
+    K, m = gog.shape[1:3]
+    n = gog.shape[0] * m
+    OD, OH, OW = go.shape[2:]
+    Hp, Wp = plane
+    for j in range(n):
+        for k in range(K):
+            gog[j // m, k, j % m] = 0
+            for od in range(OD):
+                for oh in range(OH):
+                    base = (od * Hp + oh) * Wp
+                    for ow in range(OW):
+                        gog[j // m, k, j % m, U(base + ow)] = go[n0 + j, k, od, oh, U(ow)]
 
 
 def _is_pointwise(geom):
@@ -146,7 +167,11 @@ class Grid:
     10x10) made the exact unfolding a copy loop per output row: (64, 6, 14x14), 5x5: 0.64 ms to
     unfold exactly against 0.12 ms on the grid, for 36% more GEMM columns (the positions past
     the output width, dropped afterwards; 4% at 56x56 3x3). ``positions`` (Q) runs to the last
-    output; ``size`` is the grid's element count."""
+    output; ``size`` is the grid's element count.
+
+    m samples of a chunk lie side by side along the columns, ``cols[j // m, c*taps + t, j % m,
+    q]``, and so do the GEMM's results and grad_out (``[j // m, k, j % m, q]``): one GEMM per
+    group covers them, and the weight gradient sums over them inside it (``GRID_GEMM_COLUMNS``)."""
 
     def __init__(self, geom):
         self.shape = conv_direct._grid_shape(geom)
@@ -173,12 +198,32 @@ def _on_grid_layout(geom):
             and geom.out_channels // geom.groups <= GRID_MAX_OUT_PER_GROUP)
 
 
+#: The grid layout lays samples side by side along the GEMM's columns, up to this many columns.
+#: Few output channels over few positions make per-sample GEMMs that BLAS runs far from its
+#: peak; past several thousand columns the weight gradient's product of two long, thin
+#: matrices slows down instead. Measured at batch 64, median ms (forward, grad input, grad
+#: weight), one sample per GEMM -> 4096 columns -> the whole batch: LeNet c2 (Q = 136, 16 side
+#: by side) 0.66 0.78 0.95 -> 0.65 0.67 0.78 -> 0.65 0.79 0.78; c1 (Q = 892, 4 side by side)
+#: 0.58 0.52 0.49 -> 0.49 0.55 0.54 -> 0.64 0.52 1.25.
+GRID_GEMM_COLUMNS = 4096
+
+
 def _grid_chunk_size(geom, grid, itemsize, workspace):
     """Samples per chunk of the grid layout: its columns, the padded input (or input gradient)
-    and the grid-sized GEMM result (or grad_out) of each sample stay under ``workspace``."""
+    and the grid-sized GEMM result (or grad_out) of each sample stay under ``workspace``; a
+    multiple of the samples one GEMM takes side by side when there is room for more."""
     rows = geom.in_channels * math.prod(geom.kernel)
     per_sample = (rows * grid.positions + geom.in_channels * grid.size + geom.out_channels * grid.positions) * itemsize
-    return int(max(1, min(geom.batch, workspace // per_sample)))
+    size = int(max(1, min(geom.batch, workspace // per_sample)))
+    side = max(1, GRID_GEMM_COLUMNS // grid.positions)
+    return size if size <= side else size // side * side
+
+
+def _side_by_side(n, grid):
+    """How many of a chunk's n samples one GEMM takes side by side: as many as fit in
+    ``GRID_GEMM_COLUMNS`` columns and divide n."""
+    most = max(1, min(n, GRID_GEMM_COLUMNS // grid.positions))
+    return next(m for m in range(most, 0, -1) if n % m == 0)
 
 
 def workspace_bytes(geom, itemsize, workspace):
@@ -225,11 +270,11 @@ def _scratch_array(name, shape, dtype):
     return held[:nbytes].view(dtype).reshape(shape)
 
 
-def _buffer(geom, size, dtype, positions=None):
-    """A (n, G, C/G * taps, P) column buffer for chunks of up to ``size`` samples (P: the output
-    positions, or ``positions``), from the per-thread scratch."""
+def _buffer(geom, size, dtype):
+    """A (n, G, C/G * taps, P) column buffer for chunks of up to ``size`` samples, from the
+    per-thread scratch."""
     rows = geom.in_channels * math.prod(geom.kernel)
-    count = size * rows * (math.prod(geom.out_size) if positions is None else positions)
+    count = size * rows * math.prod(geom.out_size)
     flat = _scratch_array("cols", (count,), dtype)
 
     def view(n):
@@ -257,15 +302,32 @@ def _columns(x, geom, workspace):
 
 
 def _grid_columns(x, geom, grid, workspace):
-    """Yield (n0, n1, cols) per chunk in the grid layout, cols (n, G, C/G * taps, Q)."""
-    size = _grid_chunk_size(geom, grid, x.itemsize, workspace)
-    view = _buffer(geom, size, x.dtype, grid.positions)
-    for n0, n1 in _chunks(geom, size):
-        cols = view(n1 - n0)
-        xp = _scratch_array("padded", (n1 - n0, x.shape[1], *grid.shape), x.dtype)
+    """Yield (n0, n1, cols) per chunk in the grid layout: cols (n/m, G, C/G * taps, m * Q), m
+    samples side by side (``_side_by_side``)."""
+    rows = x.shape[1] * math.prod(geom.kernel)
+    for n0, n1 in _chunks(geom, _grid_chunk_size(geom, grid, x.itemsize, workspace)):
+        n = n1 - n0
+        m = _side_by_side(n, grid)
+        cols = _scratch_array("cols", (n // m, rows, m, grid.positions), x.dtype)
+        xp = _scratch_array("padded", (n, x.shape[1], *grid.shape), x.dtype)
         conv_direct.place_on_grid(x[n0:n1], geom, xp)
-        _unfold_grid(xp.reshape(n1 - n0, x.shape[1], -1), cols.reshape(n1 - n0, -1, grid.positions), grid.shifts)
-        yield n0, n1, cols
+        _unfold_grid(xp.reshape(n, x.shape[1], -1), cols, grid.shifts)
+        yield n0, n1, cols.reshape(n // m, geom.groups, rows // geom.groups, -1)
+
+
+def _grid_grad_out(go, n0, n1, geom, grid):
+    """grad_out of samples n0:n1 in the grid layout, (n/m, G, K/G, m * Q) as ``_grid_columns``,
+    zeros past the outputs."""
+    n, K = n1 - n0, go.shape[1]
+    m = _side_by_side(n, grid)
+    gog = _scratch_array("result", (n // m, K, m, grid.positions), go.dtype)
+    _to_grid(go, n0, gog, grid.shape[1:])
+    return gog.reshape(n // m, geom.groups, K // geom.groups, -1)
+
+
+def _unsplit(a, grid):
+    """(n/m, G, rows/G, m * Q) -> (n/m, rows, m, Q), the grid kernels' view."""
+    return a.reshape(a.shape[0], a.shape[1] * a.shape[2], -1, grid.positions)
 
 
 def _quiet(entry):
@@ -276,11 +338,6 @@ def _quiet(entry):
             entry(*args)
     run.__name__, run.__doc__ = entry.__name__, entry.__doc__
     return run
-
-
-def _grouped3(a3, groups):
-    """(n, C, Q) -> (n, G, C/G, Q), a view."""
-    return a3.reshape(a3.shape[0], groups, a3.shape[1] // groups, a3.shape[2])
 
 
 def _grouped(a, groups):
@@ -300,8 +357,8 @@ def forward(x, w, b, out, geom, workspace, epilogue=IDENTITY, residual=None):
         r = (np.empty((0,) * 5, out.dtype) if residual is None
              else np.ascontiguousarray(residual).reshape(out.shape))
         for n0, n1, cols in _grid_columns(x, geom, grid, workspace):
-            res = np.matmul(w3, cols, out=_scratch_array("result", (n1 - n0, *w3.shape[:2], grid.positions), out.dtype))
-            _from_grid(res.reshape(n1 - n0, K, -1), n0, out, b, r, grid.shape[1:],
+            res = np.matmul(w3, cols, out=_scratch_array("result", (cols.shape[0], *w3.shape[:2], cols.shape[3]), out.dtype))
+            _from_grid(_unsplit(res, grid), n0, out, b, r, grid.shape[1:],
                        *(out.dtype.type(v) for v in epilogue))
         return
     out4 = _grouped(out, geom.groups)
@@ -323,16 +380,14 @@ def grad_input(go, w, gx, geom, workspace):
         return
     if _on_grid_layout(geom):
         grid = Grid(geom)
-        size = _grid_chunk_size(geom, grid, go.itemsize, workspace)
-        view = _buffer(geom, size, go.dtype, grid.positions)
         gx[...] = 0
         inner, outer = conv_direct._window(gx.shape[2:], geom.padding, grid.shape)
-        for n0, n1 in _chunks(geom, size):
+        for n0, n1 in _chunks(geom, _grid_chunk_size(geom, grid, go.itemsize, workspace)):
             n = n1 - n0
-            gog = conv_direct._on_grid(go[n0:n1], geom)  # (n, K, Q), zeros past the outputs
-            cols = np.matmul(w3t, _grouped3(gog, G), out=view(n))
+            gog = _grid_grad_out(go, n0, n1, geom, grid)
+            cols = np.matmul(w3t, gog, out=_scratch_array("cols", (gog.shape[0], *w3t.shape[:2], gog.shape[3]), go.dtype))
             gxp = _scratch_array("padded", (n, gx.shape[1], grid.size), gx.dtype)
-            _fold_grid(cols.reshape(n, -1, grid.positions), gxp, grid.shifts)
+            _fold_grid(_unsplit(cols, grid), gxp, grid.shifts)
             gx[(slice(n0, n1), slice(None), *inner)] = gxp.reshape(n, gx.shape[1], *grid.shape)[(..., *outer)]
         return
     size = _chunk_size(geom, go.itemsize, workspace)
@@ -344,20 +399,22 @@ def grad_input(go, w, gx, geom, workspace):
 
 
 def _add_weight_grad(gw3, go4, cols):
-    """gw3 += the sum over the chunk's samples of go4[j] (G, K/G, P) @ cols[j]^T (G, P, rows)."""
+    """gw3 += the sum over j of go4[j] (G, K/G, P) @ cols[j]^T (G, P, rows), j the chunk's
+    samples (or groups of samples side by side).
+
+    Each product is spelled (cols @ go^T)^T: BLAS ran the product the other way round, its
+    first operand the one with fewer rows, 5-15% slower on ResNet's and VGG's shapes and 40%
+    slower on LeNet's c2 (16 rows)."""
     n, G, kg, P = go4.shape
     rows = cols.shape[2]
-    if kg * rows > (kg + rows) * P:
+    if n > 1 and kg * rows > (kg + rows) * P:
         # The per-sample products would outweigh their operands (many channels over few
         # positions: 8 x 4 MiB of products at 1024 channels of 7x7, for 3.2 MiB of grad_out
         # and input): lay the chunk's samples side by side along the positions instead (a copy
         # of each operand) and sum them inside one GEMM.
-        got = go4.transpose(1, 2, 0, 3).reshape(G, kg, n * P)
-        colst = cols.transpose(1, 2, 0, 3).reshape(G, rows, n * P)
-        gw3 += np.matmul(got, colst.transpose(0, 2, 1))
-    else:
-        # one (K/G, P) x (P, rows) product per sample and group, summed over the chunk
-        gw3 += np.matmul(go4, cols.transpose(0, 1, 3, 2)).sum(axis=0)
+        go4 = go4.transpose(1, 2, 0, 3).reshape(1, G, kg, n * P)
+        cols = cols.transpose(1, 2, 0, 3).reshape(1, G, rows, n * P)
+    gw3 += np.matmul(cols, go4.transpose(0, 1, 3, 2)).sum(axis=0).transpose(0, 2, 1)
 
 
 @_quiet
@@ -367,8 +424,7 @@ def grad_weight(go, x, gw, geom, workspace):
     if _on_grid_layout(geom):
         grid = Grid(geom)
         for n0, n1, cols in _grid_columns(x, geom, grid, workspace):
-            # grad_out on the grid, zeros past the outputs: the dropped columns add nothing
-            _add_weight_grad(gw3, _grouped3(conv_direct._on_grid(go[n0:n1], geom), geom.groups), cols)
+            _add_weight_grad(gw3, _grid_grad_out(go, n0, n1, geom, grid), cols)
         return
     go4 = _grouped(go, geom.groups)
     for n0, n1, cols in _columns(x, geom, workspace):
