@@ -68,6 +68,31 @@ def test_suites_cover_the_issue_and_shapes_match_numbaconv():
 # --------------------------------------------------------------------------- the runner
 
 
+def test_candidates_are_timed_in_bursts_that_start_untimed():
+    """After one probe each, the candidates take turns; every turn is a run of calls of one
+    candidate, the first ones untimed, and the timed calls add up to what the policy gives."""
+    from numbaconv.benchmark import runner
+
+    log = []
+    calls = {name: (lambda name=name: log.append(name)) for name in ("a", "b", "c")}
+    policy = runner.Policy(budget_s=0.0, min_rounds=7, max_rounds=7, slow_s=3.0)
+    samples = runner._time(calls, policy, lambda: None)
+    assert {name: len(s) for name, s in samples.items()} == {"a": 7, "b": 7, "c": 7}
+    assert log[:3] == ["a", "b", "c"]  # the probes
+    turns = []  # (candidate, calls) of each run of one candidate's calls
+    for name in log[3:]:
+        if turns and turns[-1][0] == name:
+            turns[-1][1] += 1
+        else:
+            turns.append([name, 1])
+    assert len(turns) == 3 * runner.BURSTS
+    shares = [7 * (b + 1) // runner.BURSTS - 7 * b // runner.BURSTS for b in range(runner.BURSTS)]
+    for b in range(runner.BURSTS):
+        first = turns[3 * b][0]
+        assert first == "abc"[b % 3]  # a different candidate first each round
+        for name, count in turns[3 * b:3 * b + 3]:
+            assert count > shares[b]  # untimed calls came first
+
 def test_run_rows(capfd):
     rows = nb.run(suite="tiny", quick=True, algorithms=("direct", "auto"), directions=("forward", "backward"),
                   progress=False, peak_gflops=100.0)

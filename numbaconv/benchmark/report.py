@@ -41,7 +41,7 @@ def header(machine, peak_gflops=None, device="cpu", quick=False, run=True):
     if run:
         lines.append(f"- Device {device}; GEMM peak {_fmt(peak_gflops, '.1f')} GFLOP/s (float32 matmul, measured at "
                      "the start); " + ("quick run: 3 timed rounds per case" if quick
-                                       else "median of 3-50 rounds per case (about 1 s each)"))
+                                       else "median of 3-50 timed calls per case (about 1 s each, in bursts after 20 ms untimed)"))
     if busy:
         lines.append(f"- NOTE: the machine was busy (load {load:.1f} on {m['cores']} cores): other processes "
                      "took time slices, threads that wait for each other waited for them too, and these figures "

@@ -3,9 +3,11 @@
 For each shape and direction: the inputs are made once; every candidate (each numbaconv
 algorithm asked for, and PyTorch when importable) is called once untimed (compilation, first
 touch) and its result checked against PyTorch's (or, without PyTorch, the first algorithm's)
-before anything is timed, so no figure comes from a wrong answer. Then the candidates are timed
-in alternation, round by round, so that load which comes and goes on the machine touches all of
-them alike; each reports the median of its rounds. The peak memory of one call is measured
+before anything is timed, so no figure comes from a wrong answer. Then the candidates take
+turns, each running a burst of calls per turn whose first ``SETTLE_S`` go untimed (``_time``),
+so that load which comes and goes on the machine touches all of them alike while no timed call
+shares the cores with the other library's still-spinning threads; each reports the median of
+its timed calls. The peak memory of one call is measured
 apart, untimed, with tracemalloc (NumPy reports its allocations to it), in a new thread so that
 a workspace the kernels keep per thread is counted as allocated by the call.
 """
@@ -32,8 +34,8 @@ DEVICES = ("cpu", "cuda")
 
 
 class Policy:
-    """How many rounds a candidate gets: enough to fill ``budget_s`` (between ``min_rounds`` and
-    ``max_rounds``), a single round when one call takes longer than ``slow_s``."""
+    """How many timed calls ("rounds") a candidate gets: enough to fill ``budget_s`` (between
+    ``min_rounds`` and ``max_rounds``), a single one when one call takes longer than ``slow_s``."""
 
     def __init__(self, budget_s, min_rounds, max_rounds, slow_s):
         self.budget_s, self.min_rounds, self.max_rounds, self.slow_s = budget_s, min_rounds, max_rounds, slow_s
@@ -202,23 +204,44 @@ def _max_error(got, want):
     return worst
 
 
+#: Each burst of calls starts with untimed calls for this long. A library's idle threads keep
+#: spinning for milliseconds after it returns, and the other library's first calls after a
+#: switch share the cores with them (LeNet c2 at batch 64, 2 cores, medians: PyTorch's forward
+#: 0.64 ms as the first call after numbaconv's, 0.25 from the third on; numbaconv's 2.9 ms
+#: right after PyTorch's, 0.86 after about 10 ms). Timing single calls in alternation measured
+#: mostly those switches.
+SETTLE_S = 0.02
+
+#: The timed calls of a candidate are spread over at most this many bursts, the candidates
+#: taking turns, so that load which comes and goes on the machine touches all of them alike.
+BURSTS = 5
+
+
 def _time(calls, policy, sync):
-    """{name: [seconds per round]}: each call once to probe, then in alternation, round by round."""
-    samples, rounds = {}, {}
-    for name, fn in calls.items():
+    """{name: [seconds per timed call]}: each call once to probe, then rounds in which every
+    candidate in turn runs a burst (a different one first each round): untimed calls for
+    ``SETTLE_S``, then its share of the timed calls."""
+    def once(fn):
         start = time.perf_counter()
         fn()
         sync()
-        samples[name] = [time.perf_counter() - start]
-        rounds[name] = policy.rounds(samples[name][0])
+        return time.perf_counter() - start
+
+    probes = {name: once(fn) for name, fn in calls.items()}
+    counts = {name: policy.rounds(probe) for name, probe in probes.items()}
+    bursts = min(BURSTS, max(counts.values(), default=1))
+    samples = {name: [] for name in calls}
     names = list(calls)
-    for r in range(1, max(rounds.values(), default=1)):
-        for name in names[r % len(names):] + names[:r % len(names)]:  # a different one first each round
-            if rounds[name] > r:
-                start = time.perf_counter()
-                calls[name]()
-                sync()
-                samples[name].append(time.perf_counter() - start)
+    for b in range(bursts):
+        for name in names[b % len(names):] + names[:b % len(names)]:
+            fn, todo = calls[name], counts[name] * (b + 1) // bursts - counts[name] * b // bursts
+            if todo == 0:
+                continue
+            settle = time.perf_counter() + SETTLE_S
+            if probes[name] < SETTLE_S:
+                while time.perf_counter() < settle:
+                    once(fn)
+            samples[name].extend(once(fn) for _ in range(todo))
     return samples
 
 
