@@ -329,12 +329,14 @@ def test_depthwise_kernels(nd, k, stride, dilation, padding, m, size):
 # --------------------------------------------------------------------------- workspace chunking
 
 
+@pytest.mark.parametrize("transposed", [0, 1 << 16])
 @pytest.mark.parametrize("columns", [25, 120, 400, 1 << 20])
 @pytest.mark.parametrize("workspace", [1, 3000, 30000, 150000])
 @pytest.mark.parametrize("nd", [1, 2, 3])
-def test_im2col_chunks_give_the_same_result(monkeypatch, workspace, nd, columns):
-    """A tiny workspace forces the batch through im2col one sample (or a few) at a time, and
-    the grid layout's GEMMs take one sample, two or the whole chunk side by side."""
+def test_im2col_chunks_give_the_same_result(monkeypatch, workspace, nd, columns, transposed):
+    """A tiny workspace forces the batch through im2col one sample (or a few) at a time, the
+    grid layout's GEMMs take one sample, two or the whole chunk side by side, and the weight
+    gradient's products run in either orientation."""
     rng = np.random.default_rng(nd)
     spatial = {1: (11,), 2: (7, 6), 3: (4, 5, 4)}[nd]
     x = rng.standard_normal((5, 4) + spatial)
@@ -352,6 +354,7 @@ def test_im2col_chunks_give_the_same_result(monkeypatch, workspace, nd, columns)
 
     monkeypatch.setattr(numbaconv.config, "WORKSPACE_BYTES", workspace)
     monkeypatch.setattr(conv_im2col, "GRID_GEMM_COLUMNS", columns)
+    monkeypatch.setattr(conv_im2col, "TRANSPOSED_WEIGHT_GRAD_MAX", transposed)
     assert_close(conv_fn(nd)(x, w, b, algorithm="im2col", **kw), ref, what="forward")
     for name, got, want in zip(("grad_x", "grad_weight", "grad_bias"),
                                conv_backward_fn(nd)(go, x, w, algorithm="im2col", **kw), grads):

@@ -398,13 +398,18 @@ def grad_input(go, w, gx, geom, workspace):
                 geom.kernel, geom.stride, geom.dilation, geom.padding, geom.out_size)
 
 
+#: The most weight-gradient elements whose products ``_add_weight_grad`` computes transposed.
+TRANSPOSED_WEIGHT_GRAD_MAX = 1 << 16
+
+
 def _add_weight_grad(gw3, go4, cols):
     """gw3 += the sum over j of go4[j] (G, K/G, P) @ cols[j]^T (G, P, rows), j the chunk's
     samples (or groups of samples side by side).
 
-    Each product is spelled (cols @ go^T)^T: BLAS ran the product the other way round, its
-    first operand the one with fewer rows, 5-15% slower on ResNet's and VGG's shapes and 40%
-    slower on LeNet's c2 (16 rows)."""
+    A small gradient's products are spelled (cols @ go^T)^T: BLAS ran them the other way round,
+    the first operand the one with fewer rows, 40% slower on LeNet's c2 (16 x 150) and 5-15% on
+    ResNet's layer 1 (64 x 576). A large one's are not: adding a transposed gradient of 512 x
+    4608 (ResNet's layer 4) took 8 ms, twice its GEMM."""
     n, G, kg, P = go4.shape
     rows = cols.shape[2]
     if n > 1 and kg * rows > (kg + rows) * P:
@@ -414,7 +419,10 @@ def _add_weight_grad(gw3, go4, cols):
         # of each operand) and sum them inside one GEMM.
         go4 = go4.transpose(1, 2, 0, 3).reshape(1, G, kg, n * P)
         cols = cols.transpose(1, 2, 0, 3).reshape(1, G, rows, n * P)
-    gw3 += np.matmul(cols, go4.transpose(0, 1, 3, 2)).sum(axis=0).transpose(0, 2, 1)
+    if gw3.size <= TRANSPOSED_WEIGHT_GRAD_MAX:
+        gw3 += np.matmul(cols, go4.transpose(0, 1, 3, 2)).sum(axis=0).transpose(0, 2, 1)
+    else:
+        gw3 += np.matmul(go4, cols.transpose(0, 1, 3, 2)).sum(axis=0)
 
 
 @_quiet
