@@ -28,6 +28,14 @@ MIN_ROUNDS, MAX_ROUNDS = 3, 50
 SLOW_CALL_S = 3.0  # past this, a single round is all a case gets
 
 
+def pytest_sessionstart(session):
+    """Every benchmark in the same allocator state, whatever ran before it
+    (``numbaconv.benchmark.runner._raise_allocator_threshold`` says why)."""
+    from numbaconv.benchmark.runner import _raise_allocator_threshold
+
+    _raise_allocator_threshold()
+
+
 def torch_or_none():
     try:
         import torch

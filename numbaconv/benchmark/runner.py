@@ -419,11 +419,26 @@ def run(suite="resnet18", device="cpu", quick=False, algorithms=("direct", "im2c
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     if target.torch is not None and device == "cpu":
         target.torch.set_num_threads(numba.get_num_threads())
+    _raise_allocator_threshold()
     with _blas_threads(threads):
         if peak_gflops is None:
             peak_gflops = gemm_peak(device, n=1024 if quick else 2048, repeat=3 if quick else 5)
         return _run(cases, directions, algorithms, target, QUICK if quick else FULL, peak_gflops, memory,
                     _Progress(progress, len(cases) * len(directions), f"bench {suite}"))
+
+
+def _raise_allocator_threshold():
+    """Free one large block first, so that every case runs in the same allocator state.
+
+    glibc's malloc serves blocks past its mmap threshold (128 KiB at start) with fresh pages,
+    a page fault per 4 KiB on first touch, on every call; freeing a large block raises the
+    threshold to its size (up to 32 MiB), after which such blocks are reused. Both libraries
+    allocate their outputs this way: PyTorch's depthwise (8, 1024, 7x7) forward took 1.5-3 ms
+    before and 0.23 ms after, so without this step the figures depended on whether an earlier
+    step (such as the GEMM peak measurement) happened to free a large array."""
+    block = np.empty(24 << 20, dtype=np.uint8)
+    block[::4096] = 0  # touch its pages: an untouched block may never be mapped
+    del block
 
 
 def _blas_threads(threads):
