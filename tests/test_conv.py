@@ -295,11 +295,13 @@ DEPTHWISE = [
 
 @pytest.mark.parametrize("nd, k, stride, dilation, padding, m, size", DEPTHWISE,
                          ids=[f"{nd}d-k{k}-s{s}-d{d}-p{p}-m{m}-{n}" for nd, k, s, d, p, m, n in DEPTHWISE])
-def test_depthwise_kernels(nd, k, stride, dilation, padding, m, size):
+def test_depthwise_kernels(monkeypatch, nd, k, stride, dilation, padding, m, size):
     """groups == C_in runs conv_direct's depthwise loops (kernels/cpu/depthwise.py) for the
     forward pass, both gradients, and the transposed convolution built on them."""
     rng = np.random.default_rng(k * 100 + size)
-    c = 24 if size >= 40 else 3  # size 40 at 24 channels: over the parallel threshold
+    c = 24 if size >= 40 else 3
+    if size >= 40:  # the parallel kernels (the others run their one-thread twins)
+        monkeypatch.setattr(numbaconv.config, "PARALLEL_MIN_ELEMENTS", 1)
     x = rng.standard_normal((2, c) + (size,) * nd).astype(np.float32)
     w = rng.standard_normal((c * m, 1) + (k,) * nd).astype(np.float32)
     b = rng.standard_normal(c * m).astype(np.float32)
