@@ -420,9 +420,14 @@ def _add_weight_grad(gw3, go4, cols):
         go4 = go4.transpose(1, 2, 0, 3).reshape(1, G, kg, n * P)
         cols = cols.transpose(1, 2, 0, 3).reshape(1, G, rows, n * P)
     if gw3.size <= TRANSPOSED_WEIGHT_GRAD_MAX:
-        gw3 += np.matmul(cols, go4.transpose(0, 1, 3, 2)).sum(axis=0).transpose(0, 2, 1)
+        gw3 += _summed(np.matmul(cols, go4.transpose(0, 1, 3, 2))).transpose(0, 2, 1)
     else:
-        gw3 += np.matmul(go4, cols.transpose(0, 1, 3, 2)).sum(axis=0)
+        gw3 += _summed(np.matmul(go4, cols.transpose(0, 1, 3, 2)))
+
+
+def _summed(products):
+    """The sum over the first axis, without a copy when there is one product."""
+    return products[0] if products.shape[0] == 1 else products.sum(axis=0)
 
 
 @_quiet
