@@ -90,6 +90,8 @@ def place(op, **arrays):
     arrays and PyTorch CUDA tensors too) as numba device arrays, without a copy, with a
     ValueError naming any that is not C-contiguous (``kernels.cuda._launch.device_arrays``).
     Every public op starts with this one call."""
+    if all(isinstance(a, np.ndarray) or a is None for a in arrays.values()):
+        return CPU, tuple(arrays.values())  # the common case, without building a placement
     where = placement(op, **arrays)
     if where != CUDA:
         return where, tuple(arrays.values())

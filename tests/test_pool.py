@@ -315,6 +315,41 @@ def test_global_pooling_is_output_size_one(nd):
     np.testing.assert_array_equal(fn("adaptive_max", nd)(x, 1), x.max(axis=axes, keepdims=True))
 
 
+WHOLE_PLANE = [  # (nd, spatial, kind, kwargs): one window reading the whole plane
+    (1, (7,), "adaptive_avg", dict(output_size=1)),
+    (2, (7, 5), "adaptive_avg", dict(output_size=1)),
+    (3, (3, 4, 5), "adaptive_avg", dict(output_size=(1, 1, 1))),
+    (2, (4, 4), "avg", dict(kernel_size=4)),
+    (2, (3, 3), "avg", dict(kernel_size=4, padding=1, stride=4, count_include_pad=True)),
+    (2, (3, 3), "avg", dict(kernel_size=4, padding=1, stride=4, count_include_pad=False)),
+    (3, (2, 3, 3), "avg", dict(kernel_size=(2, 3, 3), divisor_override=5)),
+]
+
+
+@pytest.mark.parametrize("route", ["serial", "parallel"])
+@pytest.mark.parametrize("nd, spatial, kind, kwargs", WHOLE_PLANE)
+def test_whole_plane_windows_match_naive(monkeypatch, route, nd, spatial, kind, kwargs):
+    """Global pooling, and any average pooling whose one window reads the whole plane, takes a
+    kernel of its own: its sum, divisor and gradient against the general references."""
+    monkeypatch.setattr(numbaconv.config, "PARALLEL_MIN_ELEMENTS", 1 << 40 if route == "serial" else 0)
+    from numbaconv.kernels.cpu import pool as kernels
+
+    def general(*args):
+        raise AssertionError("the general window loops ran")
+
+    monkeypatch.setattr(kernels, "_avg_forward", general)
+    monkeypatch.setattr(kernels, "_avg_backward", general)
+    rng = np.random.default_rng(len(spatial))
+    for dtype in DTYPES:
+        x = make_array(rng, (2, 3) + spatial, dtype)
+        y = fn(kind, nd)(x, **kwargs)
+        assert y.shape == (2, 3) + (1,) * nd
+        assert_close(y, getattr(naive, f"{kind}_pool")(x, **kwargs), dtype=dtype, what=f"{kind} forward")
+        g = make_array(rng, y.shape, dtype)
+        assert_close(fn(kind, nd, backward=True)(g, x, **kwargs),
+                     getattr(naive, f"{kind}_pool_backward")(g, x, **kwargs), dtype=dtype, what=f"{kind} backward")
+
+
 def test_empty_batch():
     x = np.zeros((0, 3, 6, 6), np.float32)
     assert numbaconv.max_pool2d(x, 2).shape == (0, 3, 3, 3)

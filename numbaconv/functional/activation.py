@@ -11,6 +11,7 @@ every functional module treat both devices alike (``place``, ``side``, ``kernels
 ``contiguous``, ``flat``, ``empty``) live here.
 """
 
+import functools
 import importlib
 import math
 from numbers import Integral, Real
@@ -51,6 +52,7 @@ def check_dim(op, name, dim, ndim):
 # --------------------------------------------------------------------------- both devices
 
 
+@functools.lru_cache(maxsize=None)  # every call of every op asks: import_module costs a microsecond
 def kernels(where, name):
     """The kernel module ``kernels.cpu.<name>``, or its twin ``kernels.cuda.<name>`` when ``where``
     is "cuda" (imported only then: numba.cuda is an optional dependency)."""
