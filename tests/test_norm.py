@@ -482,6 +482,26 @@ def test_float64_is_computed_in_float64_and_float32_stays_float32():
         assert fn(x.astype(np.float32)).dtype == np.float32 and fn(x).dtype == np.float64
 
 
+@pytest.mark.parametrize("route", ["serial", "parallel"])
+def test_statistics_of_planes_longer_than_a_block_stay_exact(monkeypatch, route):
+    """A plane's statistics are taken block by block (``kernels.cpu.norm.BLOCK`` elements) and
+    merged: planes of several blocks and a ragged last one, a mean 10^4 standard deviations away
+    from zero and drifting along the plane, so every merge re-centres, against two-pass float64."""
+    monkeypatch.setattr(numbaconv.config, "PARALLEL_MIN_ELEMENTS", 1 << 40 if route == "serial" else 0)
+    from numbaconv.kernels.cpu.norm import BLOCK
+    rng = np.random.default_rng(12)
+    S = 2 * BLOCK + 37
+    x = rng.standard_normal((2, 3, S)) + 1e4 + np.linspace(0, 50, S)
+    g = rng.standard_normal(x.shape) + 3.0
+    w, b = rng.standard_normal(3), rng.standard_normal(3)
+    y = numbaconv.batch_norm(x, None, None, w, b, training=True)
+    assert_close(y, naive.batch_norm(x, None, None, w, b, training=True)[0], what="batch_norm")
+    got = numbaconv.batch_norm_backward(g, x, None, None, w, b, training=True)
+    for a, ref, what in zip(got, naive.batch_norm_backward(g, x, None, None, w, training=True), ("x", "w", "b")):
+        assert_close(a, ref, what=f"batch_norm_backward grad_{what}")
+    assert_close(numbaconv.group_norm(x, 3, w, b), naive.group_norm(x, 3, w, b), what="group_norm")
+
+
 @pytest.mark.parametrize("name", ["batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward",
                                   "local_response_norm", "local_response_norm_backward"])
 def test_functional_exports_the_same_functions(name):

@@ -5,8 +5,11 @@ across the batch, or one group of channels within a sample. The kernels therefor
 planes, with per-plane coefficients in C-contiguous float64 (N, C) arrays, and the public layer
 combines or broadcasts those (N, C) arrays with NumPy (a few values per plane, not per element):
 
-* ``plane_moments``: mean and sum of squared deviations of every plane (two passes over a plane
-  that stays in cache, so the data is read from memory once);
+* ``plane_moments``: mean and sum of squared deviations of every plane, block by block: two
+  passes over each block of ``BLOCK`` elements while it sits in L1 (the data is read from
+  memory once; a second pass over a whole 112x112 plane, from L2, made the backward's
+  reductions 1.6x slower), each block's sums merged by Chan's pairwise formula, which stays
+  as exact as two passes over the plane;
 * ``plane_affine``: ``out = (x - center) * scale + shift``, the forward of both norms (and the
   eval-mode input gradient of batch norm, with center and shift zero);
 * ``plane_sums``: the backward's reductions ``sum(go)`` and ``sum(go * (x - mean))`` together
@@ -31,13 +34,28 @@ from numba import njit, prange
 from ._window import U, parallel_kernel
 
 
+#: Elements per block of a plane's statistics: a block's second pass reads it from L1.
+BLOCK = 1 << 10
+
+
 @njit(inline="always", cache=True)
-def _plane_mean(x, n, c):
-    """Mean of x[n, c, :], accumulated in float64."""
+def _block_sum(x, n, c, s0, s1):
+    """Sum of x[n, c, s0:s1], accumulated in float64."""
     total = 0.0
-    for s in range(x.shape[2]):
+    for s in range(s0, s1):
         total += x[n, c, U(s)]
-    return total / x.shape[2]
+    return total
+
+
+@njit(inline="always", cache=True)
+def _merge_weights(count, total, nb, tb):
+    """Chan's pairwise update, merging a block of nb elements summing to tb into ``count``
+    elements summing to ``total``: (mean before, block mean, mean after, count * nb / merged
+    count). With count = 0 the weight is 0 and the block's sums pass through unchanged."""
+    merged = count + nb
+    before = total / max(count, 1)
+    block = tb / nb
+    return before, block, (total + tb) / merged, count * nb / merged
 
 
 @parallel_kernel(streaming=True)
@@ -46,12 +64,19 @@ def plane_moments(x, mean, m2):
     N, C, S = x.shape
     for plane in prange(N * C):
         n, c = plane // C, plane % C
-        mu = _plane_mean(x, n, c)
-        deviations = 0.0  # a second pass, on the plane still in cache: no cancellation
-        for s in range(S):
-            d = x[n, c, U(s)] - mu
-            deviations += d * d
-        mean[n, c] = mu
+        count, total, deviations = 0, 0.0, 0.0
+        for s0 in range(0, S, BLOCK):
+            s1 = min(S, s0 + BLOCK)
+            tb = _block_sum(x, n, c, s0, s1)
+            mb = tb / (s1 - s0)
+            db = 0.0
+            for s in range(s0, s1):
+                d = x[n, c, U(s)] - mb
+                db += d * d
+            before, block, _, w = _merge_weights(count, total, s1 - s0, tb)
+            deviations += db + (block - before) * (block - before) * w
+            count, total = count + s1 - s0, total + tb
+        mean[n, c] = total / S
         m2[n, c] = deviations
 
 
@@ -72,24 +97,31 @@ def plane_sums(go, x, mean, m2, sum_go, dot):
     mean[n, c] and m2[n, c] as ``plane_moments``, sum_go[n, c] = sum(go[n, c, :]) and
     dot[n, c] = sum(go[n, c, :] * (x[n, c, :] - mean[n, c])).
 
-    The first pass sums x; the second reads x again from cache (no cancellation, as in
-    ``plane_moments``) and go from memory. Sums about another center m follow exactly:
-    sum(go * (x - m)) = dot + (mean - m) * sum_go.
+    Block by block, as ``plane_moments``: each block's sums are taken about its own mean and
+    merged into the running ones, re-centred as the mean moves. Sums about another center m
+    follow exactly: sum(go * (x - m)) = dot + (mean - m) * sum_go.
     """
     N, C, S = x.shape
     for plane in prange(N * C):
         n, c = plane // C, plane % C
-        mu = _plane_mean(x, n, c)
-        deviations = 0.0
-        grads = 0.0
-        product = 0.0
-        for s in range(S):
-            d = x[n, c, U(s)] - mu
-            g = go[n, c, U(s)]
-            deviations += d * d
-            grads += g
-            product += g * d
-        mean[n, c] = mu
+        count, total, deviations, grads, product = 0, 0.0, 0.0, 0.0, 0.0
+        for s0 in range(0, S, BLOCK):
+            s1 = min(S, s0 + BLOCK)
+            tb = _block_sum(x, n, c, s0, s1)
+            mb = tb / (s1 - s0)
+            db, gb, pb = 0.0, 0.0, 0.0
+            for s in range(s0, s1):
+                d = x[n, c, U(s)] - mb
+                g = go[n, c, U(s)]
+                db += d * d
+                gb += g
+                pb += g * d
+            before, block, after, w = _merge_weights(count, total, s1 - s0, tb)
+            deviations += db + (block - before) * (block - before) * w
+            product += (before - after) * grads + pb + (block - after) * gb
+            grads += gb
+            count, total = count + s1 - s0, total + tb
+        mean[n, c] = total / S
         m2[n, c] = deviations
         sum_go[n, c] = grads
         dot[n, c] = product
