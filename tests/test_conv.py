@@ -328,6 +328,50 @@ def test_depthwise_kernels(monkeypatch, nd, k, stride, dilation, padding, m, siz
             check(got, ref, scale, np.float32, "transposed " + name)
 
 
+@pytest.mark.parametrize("route", ["serial", "parallel"])
+@pytest.mark.parametrize("m", [1, 2])
+@pytest.mark.parametrize("column", ["first", "last"])
+def test_depthwise_same_size_3x3_pads_the_taps_past_a_row(monkeypatch, route, m, column):
+    """MobileNet's depthwise 3x3 (stride 1, padding 1) runs on whole flat planes, where the taps
+    left of a row's first column and right of its last read the neighbouring row: an inf placed
+    there must reach only the outputs whose windows hold it, as in the naive reference, in the
+    forward pass and both gradients (the input gradient runs the same kernel, flipped); an inf
+    weight on that column times the padding is NaN there, as in the reference (and PyTorch)."""
+    from numbaconv.kernels.cpu import depthwise
+
+    monkeypatch.setattr(numbaconv.config, "PARALLEL_MIN_ELEMENTS", 1 << 40 if route == "serial" else 1)
+    ran = []
+    for name in ("_same3", "_weight_same3"):
+        kernel = getattr(depthwise, name)
+        monkeypatch.setattr(depthwise, name, lambda *a, _k=kernel, _n=name: (ran.append(_n), _k(*a))[1])
+    rng = np.random.default_rng(m)
+    c, H, W = 3, 5, 7
+    x = rng.standard_normal((2, c, H, W))
+    w = rng.standard_normal((c * m, 1, 3, 3))
+    b = rng.standard_normal(c * m)
+    x[1, 2, 2, 0 if column == "first" else W - 1] = np.inf
+    kw = dict(padding=1, groups=c)
+
+    def same(got, ref, what):
+        finite = np.isfinite(ref)
+        np.testing.assert_array_equal(np.isfinite(got), finite, err_msg=f"{what}: where the result is finite")
+        np.testing.assert_array_equal(got[~finite], ref[~finite], err_msg=f"{what}: the infinite results")
+        assert_close(np.where(finite, got, 0), np.where(finite, ref, 0), what=what)
+
+    y = numbaconv.conv2d(x, w, b, algorithm="direct", **kw)
+    same(y, naive.conv(x, w, b, **kw), "forward")
+    w_inf = w.copy()
+    w_inf[m - 1, 0, 1, 0 if column == "first" else 2] = np.inf
+    same(numbaconv.conv2d(x, w_inf, b, algorithm="direct", **kw), naive.conv(x, w_inf, b, **kw), "forward, inf weight")
+    go = rng.standard_normal(y.shape)
+    x[1, 2, 2] = 0  # finite inputs for the gradients: grad_weight sums every position
+    go[0, 0, 1, 0 if column == "first" else W - 1] = np.inf
+    for name, got, ref in zip(("grad_x", "grad_weight", "grad_bias"), numbaconv.conv2d_backward(go, x, w, algorithm="direct", **kw),
+                              naive.conv_backward(go, x, w, **kw)):
+        same(got, ref, name)
+    assert set(ran) == {"_same3", "_weight_same3"}
+
+
 # --------------------------------------------------------------------------- workspace chunking
 
 
