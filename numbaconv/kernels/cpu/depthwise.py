@@ -11,10 +11,12 @@ whole 3x3 blocks nine taps at a time (other kernels one tap at a time). Measured
 in PyTorch.
 
 LLVM does not vectorize across channels here (a channels-last block of 16 with a constant trip
-count came out as scalar code, the loads and stores not provably apart). At unit stride each
-block of taps is one loop over the buffer's whole flat grid (``_correlate_flat``), which
-vectorizes whatever the row length; at larger strides the loops run along output rows, whose
-columns the buffer keeps in stride phases (``_correlate``, ``_blocks``, ``_taps``).
+count came out as scalar code, the loads and stores not provably apart). So each block of taps
+is one loop over a whole plane of outputs on the buffer's flat grid (``_correlate``), which
+vectorizes whatever the row length; at strides past 1 the buffer holds the input split into
+stride phases, in which each tap's reads are again one contiguous run. MobileNet's 3x3 with
+padding 1 at unit stride has kernels of its own that need no gap columns (``_same3``,
+``_weight_same3``).
 
 The same kernels serve the forward pass and the input gradient. The input gradient
 is the correlation of ``grad_out`` with the flipped kernel: ``grad_out`` is placed on the grid
@@ -69,53 +71,67 @@ def _fill_ranges(ext, src_size, up, pad):
 
 
 @njit(inline="always", cache=True)
-def _column(p, sw, part):
-    """Where column p of a padded row lies in the buffer's row, split into ``sw`` phases of
-    ``part`` columns (column p = ow * sw + offset in phase offset % sw, at ow + offset // sw):
-    at stride sw the columns that one tap reads for consecutive outputs lie side by side."""
-    return (p % sw) * part + p // sw
-
-
-@njit(inline="always", cache=True)
-def _fill(xf, rows, width, src, n, c, ranges, up, pad, sw, part):
+def _fill(xf, rows, width, src, n, c, ranges, up, pad):
     """Buffer position (i, j, l) * up + pad = src[n, c, i, j, l] over ``ranges``
-    (``_fill_ranges``), the columns in ``sw`` phases (``_column``; sw > 1 only with up = 1).
+    (``_fill_ranges``), the buffer flat: xf[(a * rows + r) * width + column].
 
-    The buffer is flat: xf[(a * rows + r) * width + column]. Flat, because a kernel that also
-    made a view of its buffer (a reshape, even one never written through) ran its loops 1.5x
-    slower, (8, 1024, 7x7): LLVM no longer kept the buffer's address in a register. Positions
-    not written keep what they held: the zeros every buffer starts with, as every plane writes
-    the same positions."""
+    Flat, because a kernel that also made a view of its buffer (a reshape, even one never
+    written through) ran its loops 1.5x slower, (8, 1024, 7x7): LLVM no longer kept the
+    buffer's address in a register. Positions not written keep what they held: the zeros every
+    buffer starts with, as every plane writes the same positions."""
     i0, i1, j0, j1, l0, l1 = ranges
-    if sw > 1:
-        for i in range(i0, i1):
-            for j in range(j0, j1):
-                r0 = ((i + pad[0]) * rows + j + pad[1]) * width
-                for ph in range(sw):  # padded columns ph, ph + sw, ...: source l = k * sw + ph - pad
-                    k0 = -((ph - pad[2] - l0) // sw)  # ceil((l0 + pad - ph) / sw)
-                    k1 = -((ph - pad[2] - l1) // sw)
-                    for k in range(max(k0, 0), k1):
-                        xf[U(r0 + ph * part + k)] = src[n, c, i, j, U(k * sw + ph - pad[2])]
-    elif up[0] == 1 and up[1] == 1 and up[2] == 1:
-        for i in range(i0, i1):
-            for j in range(j0, j1):
-                r0 = ((i + pad[0]) * rows + j + pad[1]) * width + pad[2]
-                for l in range(l0, l1):
-                    xf[U(r0 + l)] = src[n, c, i, j, U(l)]
-    else:
-        for i in range(i0, i1):
-            for j in range(j0, j1):
-                r0 = ((i * up[0] + pad[0]) * rows + j * up[1] + pad[1]) * width + pad[2]
-                for l in range(l0, l1):
-                    xf[U(r0 + l * up[2])] = src[n, c, i, j, U(l)]
+    for i in range(i0, i1):
+        for j in range(j0, j1):
+            r0 = ((i * up[0] + pad[0]) * rows + j * up[1] + pad[1]) * width + pad[2]
+            for l in range(l0, l1):
+                xf[U(r0 + l * up[2])] = src[n, c, i, j, U(l)]
 
 
 @njit(inline="always", cache=True)
-def _sum9(xf, p, row, c1, c2, wb):
-    """The 3x3 block of taps wb on the flat buffer: from position p, rows ``row`` apart, columns
-    at offsets 0, c1 and c2."""
+def _phases(stride, ext):
+    """The layout of a buffer split into stride phases: (phases per depth step, rows and width
+    of a phase, positions of a phase). Padded position (a, r, l) lies in phase
+    ((a % sd) * sh + r % sh) * sw + l % sw of depth step a // sd, at row r // sh, column l // sw,
+    so that one tap's reads for consecutive outputs are consecutive at any stride."""
+    sd, sh, sw = stride
+    rows, width = -(-ext[1] // sh), -(-ext[2] // sw)
+    return sd * sh * sw, rows, width, rows * width
+
+
+@njit(inline="always", cache=True)
+def _fill_phases(xf, src, n, c, ranges, pad, stride, layout):
+    """``_fill`` (placed with up = 1) into the phase layout of ``_phases``: each source row is
+    written phase by phase, so that no element needs a division."""
+    sd, sh, sw = stride
+    per_step, rows, width, size = layout
+    i0, i1, j0, j1, l0, l1 = ranges
+    for i in range(i0, i1):
+        a = i + pad[0]
+        for j in range(j0, j1):
+            r = j + pad[1]
+            r0 = ((a // sd) * per_step + ((a % sd) * sh + r % sh) * sw) * size + (r // sh) * width
+            for ph in range(sw):  # padded columns ph, ph + sw, ...: source l = k * sw + ph - pad
+                k0 = -((ph - pad[2] - l0) // sw)  # ceil((l0 + pad - ph) / sw)
+                k1 = -((ph - pad[2] - l1) // sw)
+                for k in range(max(k0, 0), k1):
+                    xf[U(r0 + ph * size + k)] = src[n, c, i, j, U(k * sw + ph - pad[2])]
+
+
+@njit(inline="always", cache=True)
+def _tap(kd, kh, kw, stride, dilation, layout):
+    """Where tap (kd, kh, kw) reads in the phase layout, from its output's grid position."""
+    sd, sh, sw = stride
+    per_step, rows, width, size = layout
+    a, r, l = kd * dilation[0], kh * dilation[1], kw * dilation[2]
+    return ((a // sd) * per_step + ((a % sd) * sh + r % sh) * sw + l % sw) * size + (r // sh) * width + l // sw
+
+
+@njit(inline="always", cache=True)
+def _sum9(xf, p, r1, r2, c1, c2, wb):
+    """The 3x3 block of taps wb on the flat buffer from position p: its rows at offsets 0, r1
+    and r2, its columns at 0, c1 and c2."""
     w00, w01, w02, w10, w11, w12, w20, w21, w22 = wb
-    p1, p2 = p + row, p + 2 * row
+    p1, p2 = p + r1, p + r2
     return (w00 * xf[U(p)] + w01 * xf[U(p + c1)] + w02 * xf[U(p + c2)]
             + w10 * xf[U(p1)] + w11 * xf[U(p1 + c1)] + w12 * xf[U(p1 + c2)]
             + w20 * xf[U(p2)] + w21 * xf[U(p2 + c1)] + w22 * xf[U(p2 + c2)])
@@ -129,113 +145,6 @@ def _block(wt, o, s, kd, bh, bw):
             wt[o, s, kd, bh + 2, bw], wt[o, s, kd, bh + 2, bw + 1], wt[o, s, kd, bh + 2, bw + 2])
 
 
-@njit(inline="always", cache=True)
-def _blocks(dst, n, o, xf, rows, wt, bias, sd, sh, sw, dd, dh, dw, part):
-    """dst[n, o] = bias + the correlation of the flat buffer xf (``rows`` rows of ``sw``
-    phases of ``part`` columns per depth) with wt[o, 0], a kernel of whole 3x3 blocks: all nine
-    taps of a block in one pass over an output row, a multiply-add per load and one store per
-    output. The first pass assigns, with the bias, rather than adding to a row set beforehand
-    (that extra pass cost 1.6x); assigning and adding are loops of their own, as a branch inside
-    would keep the loop from vectorizing."""
-    KD, KH, KW = wt.shape[2:]
-    OD, OH, OW = dst.shape[2:]
-    width = sw * part
-    for kd in range(KD):  # blocks outside, rows inside: a block's taps load once
-        for bh in range(0, KH, 3):
-            for bw in range(0, KW, 3):
-                wb = _block(wt, o, 0, kd, bh, bw)
-                first = kd == 0 and bh == 0 and bw == 0
-                q0 = _column(bw * dw, sw, part)
-                c1, c2 = _column((bw + 1) * dw, sw, part) - q0, _column((bw + 2) * dw, sw, part) - q0
-                for od in range(OD):
-                    for oh in range(OH):
-                        p0 = ((od * sd + kd * dd) * rows + oh * sh + bh * dh) * width + q0
-                        if first:
-                            for ow in range(OW):
-                                dst[n, o, od, oh, U(ow)] = bias + _sum9(xf, p0 + ow, dh * width, c1, c2, wb)
-                        else:
-                            for ow in range(OW):
-                                dst[n, o, od, oh, U(ow)] += _sum9(xf, p0 + ow, dh * width, c1, c2, wb)
-
-
-@njit(inline="always", cache=True)
-def _taps(dst, n, o, xf, rows, wt, bias, sd, sh, sw, dd, dh, dw, part):
-    """``_blocks`` for any other kernel (1x1, 5x5, 7x7 ...): one tap per pass. Not blocks padded
-    with zero weights: 0 * inf would put NaN where PyTorch has none."""
-    KD, KH, KW = wt.shape[2:]
-    OD, OH, OW = dst.shape[2:]
-    width = sw * part
-    for kd in range(KD):
-        for kh in range(KH):
-            for kw in range(KW):
-                wv = wt[o, 0, kd, kh, kw]
-                first = kd == 0 and kh == 0 and kw == 0
-                q0 = _column(kw * dw, sw, part)
-                for od in range(OD):
-                    for oh in range(OH):
-                        p0 = ((od * sd + kd * dd) * rows + oh * sh + kh * dh) * width + q0
-                        if first:
-                            for ow in range(OW):
-                                dst[n, o, od, oh, U(ow)] = bias + wv * xf[U(p0 + ow)]
-                        else:
-                            for ow in range(OW):
-                                dst[n, o, od, oh, U(ow)] += wv * xf[U(p0 + ow)]
-
-
-@njit(inline="always", cache=True)
-def _accumulate(dst, n, o, xf, rows, wt, bias, stride, dilation, part):
-    """dst[n, o] = bias + the correlation of the buffer (columns in stride-many phases of
-    ``part``) with wt[o, 0]. The phases make every tap's loads along a row contiguous at any
-    stride, rather than every other element's (3x3 at stride 2, (1, 64, 112x112): 0.43-0.48 ->
-    0.36-0.39 ms; at batch 8: 3.2 -> 2.7-2.9 ms).
-    Kernels of whole 3x3 blocks at stride 2 without dilation, the common strided case, get
-    ``_blocks`` inlined with those as constants: runtime strides and dilations in the row
-    arithmetic cost 1.5x more (8 x 1024 x 7x7, one core). The depth stride and dilation stay
-    runtime values: they only pick the plane. Every inlined copy adds to the compile time (each
-    is seconds), so the other cases share one runtime-valued copy each."""
-    sd, sh, sw = stride
-    dd, dh, dw = dilation
-    KH, KW = wt.shape[3:]
-    if KH % 3 == 0 and KW % 3 == 0:
-        if dh == 1 and dw == 1 and sh == 2 and sw == 2:
-            _blocks(dst, n, o, xf, rows, wt, bias, sd, 2, 2, dd, 1, 1, part)
-        else:
-            _blocks(dst, n, o, xf, rows, wt, bias, sd, sh, sw, dd, dh, dw, part)
-    else:
-        _taps(dst, n, o, xf, rows, wt, bias, sd, sh, sw, dd, dh, dw, part)
-
-
-@parallel_kernel(streaming=True)
-def _correlate(src, wt, b, dst, m, pad, stride, dilation, slope, lo, hi, chunks):
-    """The forward pass at strides past 1, along output rows: dst[n, o] = activate(b[o] + the
-    correlation of wt[o, 0] with input channel o // m of src, zero-padded by ``pad``). wt is
-    (O, 1, KD, KH, KW). Unit stride runs in ``_correlate_flat``."""
-    N, O = dst.shape[:2]
-    KD, KH, KW = wt.shape[2:]
-    OD, OH, OW = dst.shape[2:]
-    sd, sh, sw = stride
-    dd, dh, dw = dilation
-    ext = ((OD - 1) * sd + (KD - 1) * dd + 1, (OH - 1) * sh + (KH - 1) * dh + 1,
-           (OW - 1) * sw + (KW - 1) * dw + 1)
-    ones = (1, 1, 1)
-    ranges = _fill_ranges(ext, src.shape[2:], ones, pad)
-    part = -(-ext[2] // sw)  # columns per phase
-    fused = not is_identity(slope, lo, hi)
-    tasks = N * O
-    chunks = min(tasks, chunks)
-    for chunk in prange(chunks):
-        xf = np.zeros(ext[0] * ext[1] * sw * part, dtype=src.dtype)
-        for t in range(chunk * tasks // chunks, (chunk + 1) * tasks // chunks):
-            n, o = t // O, t % O
-            _fill(xf, ext[1], sw * part, src, n, o // m, ranges, ones, pad, sw, part)
-            _accumulate(dst, n, o, xf, ext[1], wt, b[o], stride, dilation, part)
-            if fused:
-                for od in range(OD):
-                    for oh in range(OH):
-                        for ow in range(OW):
-                            dst[n, o, od, oh, U(ow)] = activate(dst[n, o, od, oh, U(ow)], slope, lo, hi)
-
-
 #: The flat loops run over a whole multiple of this many grid positions (those past the last
 #: output compute into the grid's tail, read by nobody): LLVM's vector loop takes 64 float32
 #: a pass (16 lanes, 4 interleaved), and a loop shorter than that ran entirely as scalar code.
@@ -243,112 +152,104 @@ FLAT_STEP = 64
 
 
 @njit(inline="always", cache=True)
-def _flat_blocks(grid, xf, wt, o, s, bias, ext, dd, dh, dw):
-    """grid (+)= the correlation of the flat buffer xf with wt[o, s], a kernel of whole 3x3
-    blocks: each block of taps one loop over the whole grid. The first pass assigns, with the
-    bias."""
+def _accumulate(grid, xf, wt, o, s, bias, od, stride, dilation, layout):
+    """Output depth od's part of the grid (+)= the correlation of the buffer with wt[o, s]:
+    each 3x3 block of taps (or, for other kernels, each tap) one loop over the whole plane of
+    outputs. The first pass assigns, with the bias. Not blocks padded with zero weights for
+    other kernels: 0 * inf would put NaN where PyTorch has none."""
     KD, KH, KW = wt.shape[2:]
-    row = dh * ext[2]
-    n = grid.size
-    for kd in range(KD):
-        for bh in range(0, KH, 3):
-            for bw in range(0, KW, 3):
-                wb = _block(wt, o, s, kd, bh, bw)
-                x0 = (kd * dd * ext[1] + bh * dh) * ext[2] + bw * dw
-                if s == 0 and kd == 0 and bh == 0 and bw == 0:
-                    for q in range(n):
-                        grid[U(q)] = bias + _sum9(xf, x0 + q, row, dw, 2 * dw, wb)
-                else:
-                    for q in range(n):
-                        grid[U(q)] += _sum9(xf, x0 + q, row, dw, 2 * dw, wb)
-
-
-@njit(inline="always", cache=True)
-def _flat_taps(grid, xf, wt, o, s, bias, ext, dd, dh, dw):
-    """``_flat_blocks`` for any other kernel (1x1, 5x5, 7x7 ...): one tap per pass. Not blocks
-    padded with zero weights: 0 * inf would put NaN where PyTorch has none."""
-    KD, KH, KW = wt.shape[2:]
-    for kd in range(KD):
-        for kh in range(KH):
-            for kw in range(KW):
-                wv = wt[o, s, kd, kh, kw]
-                x0 = (kd * dd * ext[1] + kh * dh) * ext[2] + kw * dw
-                if s == 0 and kd == 0 and kh == 0 and kw == 0:
-                    for q in range(grid.size):
-                        grid[U(q)] = bias + wv * xf[U(x0 + q)]
-                else:
-                    for q in range(grid.size):
-                        grid[U(q)] += wv * xf[U(x0 + q)]
-
-
-@njit(inline="always", cache=True)
-def _flat_accumulate(grid, xf, wt, o, s, bias, ext, dilation):
-    """grid (+)= the correlation of the flat buffer xf with wt[o, s]. Undilated 3x3 blocks, the
-    common case, get the column offsets as constants: as runtime values they kept the block's
-    loop 1.9x slower ((8, 1024, 7x7): 0.46 against 0.25 ms)."""
-    dd, dh, dw = dilation
-    KH, KW = wt.shape[3:]
+    per_step, rows, width, size = layout
+    n = grid.shape[1]
+    base = od * per_step * size
     if KH % 3 == 0 and KW % 3 == 0:
-        if dw == 1:
-            _flat_blocks(grid, xf, wt, o, s, bias, ext, dd, dh, 1)
-        else:
-            _flat_blocks(grid, xf, wt, o, s, bias, ext, dd, dh, dw)
+        for kd in range(KD):
+            for bh in range(0, KH, 3):
+                for bw in range(0, KW, 3):
+                    wb = _block(wt, o, s, kd, bh, bw)
+                    x0 = base + _tap(kd, bh, bw, stride, dilation, layout)
+                    r1 = base + _tap(kd, bh + 1, bw, stride, dilation, layout) - x0
+                    r2 = base + _tap(kd, bh + 2, bw, stride, dilation, layout) - x0
+                    c1 = base + _tap(kd, bh, bw + 1, stride, dilation, layout) - x0
+                    c2 = base + _tap(kd, bh, bw + 2, stride, dilation, layout) - x0
+                    if s == 0 and kd == 0 and bh == 0 and bw == 0:
+                        for q in range(n):
+                            grid[od, U(q)] = bias + _sum9(xf, x0 + q, r1, r2, c1, c2, wb)
+                    else:
+                        for q in range(n):
+                            grid[od, U(q)] += _sum9(xf, x0 + q, r1, r2, c1, c2, wb)
     else:
-        _flat_taps(grid, xf, wt, o, s, bias, ext, dd, dh, dw)
-
-
-@njit(inline="always", cache=True)
-def _flat_extent(ext, out_size, reach):
-    """(grid positions, buffer length) of the flat loops: the positions from the first output
-    to the last, rounded up to ``FLAT_STEP``; a buffer that holds the plane and what the
-    farthest tap (``reach`` past a position) reads from the last of them."""
-    OD, OH, OW = out_size
-    n_grid = -(-(((OD - 1) * ext[1] + OH - 1) * ext[2] + OW) // FLAT_STEP) * FLAT_STEP
-    return n_grid, max(ext[0] * ext[1] * ext[2], n_grid + reach)
+        for kd in range(KD):
+            for kh in range(KH):
+                for kw in range(KW):
+                    wv = wt[o, s, kd, kh, kw]
+                    x0 = base + _tap(kd, kh, kw, stride, dilation, layout)
+                    if s == 0 and kd == 0 and kh == 0 and kw == 0:
+                        for q in range(n):
+                            grid[od, U(q)] = bias + wv * xf[U(x0 + q)]
+                    else:
+                        for q in range(n):
+                            grid[od, U(q)] += wv * xf[U(x0 + q)]
 
 
 @parallel_kernel(streaming=True)
-def _correlate_flat(src, wt, b, dst, mul, div, up, pad, dilation, slope, lo, hi, chunks):
+def _correlate(src, wt, b, dst, mul, div, up, pad, stride, dilation, slope, lo, hi, chunks):
     """dst[n, o] = activate(b[o] + sum over s of the correlation of wt[o, s] with source
-    channel ((o // div) * mul + s) of src, placed on the grid by ``up`` and ``pad``), at unit
-    stride. wt is (O, S, KD, KH, KW). Forward: mul = 1, div = m, S = 1, up = 1. Input
-    gradient: mul = m, div = 1, S = m, up = the stride, wt flipped.
+    channel ((o // div) * mul + s) of src, placed on the grid by ``up`` and ``pad``). wt is
+    (O, S, KD, KH, KW). Forward: mul = 1, div = m, S = 1, up = 1. Input gradient: mul = m,
+    div = 1, S = m, up = the stride, stride 1, wt flipped.
 
-    On the flat grid of the buffer: output (od, oh, ow) is grid position (od * E1 + oh) * E2 +
-    ow (E the buffer's extents), and tap (kd, kh, kw) reads that position plus (kd * dd * E1 +
-    kh * dh) * E2 + kw * dw. So each tap is one loop over a whole plane rather than one per
-    output row, whose 7 to 112 elements went mostly to the scalar remainder of LLVM's 64-wide
-    vector passes. The positions between rows compute values nobody reads (2 of every E2 for
-    a 3x3 kernel). Measured, 2 cores: (8, 1024, 7x7) 0.87 -> 0.34 ms, (8, 512, 14x14) 0.76 ->
-    0.34 ms, (8, 256, 28x28) 0.81 -> 0.48 ms, (1, 32, 112x112) 0.23 -> 0.15 ms."""
+    On the flat grid of the buffer: at unit stride, output (od, oh, ow) is grid position
+    (oh * E2 + ow) of depth od (E the buffer's extents), and tap (kd, kh, kw) reads that
+    position plus (kd * dd * E1 + kh * dh) * E2 + kw * dw. So each tap is one loop over a whole
+    plane of outputs rather than one per output row, whose 7 to 112 elements went mostly to
+    the scalar remainder of LLVM's 64-wide vector passes. The positions between rows compute
+    values nobody reads (2 of every E2 for a 3x3 kernel). At larger strides the buffer holds
+    the input split into stride phases (``_phases``), in which every tap again reads a
+    contiguous run, at a constant offset. Measured, 2 cores, against the loops along rows:
+    (8, 1024, 7x7) 0.87 -> 0.34 ms, (8, 512, 14x14) 0.76 -> 0.34 ms, (8, 256, 28x28) 0.81 ->
+    0.48 ms, (1, 32, 112x112) 0.23 -> 0.15 ms."""
     N, O = dst.shape[:2]
     S, KD, KH, KW = wt.shape[1:]
     OD, OH, OW = dst.shape[2:]
+    sd, sh, sw = stride
     dd, dh, dw = dilation
-    ext = (OD + (KD - 1) * dd, OH + (KH - 1) * dh, OW + (KW - 1) * dw)
+    ext = ((OD - 1) * sd + (KD - 1) * dd + 1, (OH - 1) * sh + (KH - 1) * dh + 1,
+           (OW - 1) * sw + (KW - 1) * dw + 1)
     ranges = _fill_ranges(ext, src.shape[2:], up, pad)
-    reach = ((KD - 1) * dd * ext[1] + (KH - 1) * dh) * ext[2] + (KW - 1) * dw  # the farthest tap
-    n_grid, length = _flat_extent(ext, (OD, OH, OW), reach)
+    layout = _phases(stride, ext)
+    per_step, rows, width, size = layout
+    n_grid = -(-((OH - 1) * width + OW) // FLAT_STEP) * FLAT_STEP
+    reach = 0  # the farthest any tap reads past its output's grid position
+    for kd in range(KD):
+        for kh in range(KH):
+            for kw in range(KW):
+                reach = max(reach, _tap(kd, kh, kw, stride, dilation, layout))
+    length = max(-(-ext[0] // sd) * per_step * size, (OD - 1) * per_step * size + n_grid + reach)
+    phased = sd * sh * sw > 1
     fused = not is_identity(slope, lo, hi)
     tasks = N * O
     chunks = min(tasks, chunks)
     for chunk in prange(chunks):
         xf = np.zeros(length, dtype=src.dtype)
-        grid = np.empty(n_grid, dtype=dst.dtype)
+        grid = np.empty((OD, n_grid), dtype=dst.dtype)
         for t in range(chunk * tasks // chunks, (chunk + 1) * tasks // chunks):
             n, o = t // O, t % O
             for s in range(S):
-                _fill(xf, ext[1], ext[2], src, n, (o // div) * mul + s, ranges, up, pad, 1, ext[2])
-                _flat_accumulate(grid, xf, wt, o, s, b[o], ext, dilation)
+                c = (o // div) * mul + s
+                if phased:
+                    _fill_phases(xf, src, n, c, ranges, pad, stride, layout)
+                else:
+                    _fill(xf, ext[1], ext[2], src, n, c, ranges, up, pad)
+                for od in range(OD):
+                    _accumulate(grid, xf, wt, o, s, b[o], od, stride, dilation, layout)
             for od in range(OD):
                 for oh in range(OH):
-                    g0 = (od * ext[1] + oh) * ext[2]
                     if fused:
                         for ow in range(OW):
-                            dst[n, o, od, oh, U(ow)] = activate(grid[U(g0 + ow)], slope, lo, hi)
+                            dst[n, o, od, oh, U(ow)] = activate(grid[od, U(oh * width + ow)], slope, lo, hi)
                     else:
                         for ow in range(OW):
-                            dst[n, o, od, oh, U(ow)] = grid[U(g0 + ow)]
+                            dst[n, o, od, oh, U(ow)] = grid[od, U(oh * width + ow)]
 
 
 def _is_same3(geom):
@@ -402,7 +303,7 @@ def _same3_at(xf, q, width, wb, left, right, zero):
 
 @parallel_kernel(streaming=True)
 def _same3(src, wt, b, dst, width, mul, div, slope, lo, hi, chunks):
-    """``_correlate_flat`` for ``_is_same3`` convolutions, src and dst (N, C, H * W) flat planes
+    """``_correlate`` for ``_is_same3`` convolutions, src and dst (N, C, H * W) flat planes
     of rows of ``width``: forward and input gradient alike (the gradient of this convolution is
     one too, with the kernel flipped).
 
@@ -539,9 +440,9 @@ def _weight(go, go1, x, gw, m, padding, stride, dilation, chunks):
                     for kw in range(KW3):
                         gw[k, 0, kd, kh, kw] = 0
             for n in range(N):
-                _fill(xf, ext[1], ext[2], x, n, k // m, ranges, ones, padding, 1, ext[2])
+                _fill(xf, ext[1], ext[2], x, n, k // m, ranges, ones, padding)
                 if flat:
-                    _fill(gf, ext[1], ext[2], go, n, k, go_ranges, ones, zeros, 1, ext[2])
+                    _fill(gf, ext[1], ext[2], go, n, k, go_ranges, ones, zeros)
                     for kd in range(KD):
                         for bh in range(0, KH3, 3):
                             for bw in range(0, KW3, 3):
@@ -578,10 +479,8 @@ def forward(x, w, b, out, geom, slope, lo, hi):
     b = np.zeros(w.shape[0], dtype=w.dtype) if b is None else b
     if _is_same3(geom):
         _same3(_planes(x), w, b, _planes(out), geom.in_size[2], 1, m, slope, lo, hi, _chunks())
-    elif geom.stride == (1, 1, 1):
-        _correlate_flat(x, w, b, out, 1, m, (1, 1, 1), geom.padding, geom.dilation, slope, lo, hi, _chunks())
     else:
-        _correlate(x, w, b, out, m, geom.padding, geom.stride, geom.dilation, slope, lo, hi, _chunks())
+        _correlate(x, w, b, out, 1, m, (1, 1, 1), geom.padding, geom.stride, geom.dilation, slope, lo, hi, _chunks())
 
 
 def grad_input(go, w, gx, geom):
@@ -594,8 +493,8 @@ def grad_input(go, w, gx, geom):
         _same3(_planes(go), np.ascontiguousarray(flipped), np.zeros(C, dtype=gx.dtype), _planes(gx), geom.in_size[2],
                m, 1, one, -np.inf * one, np.inf * one, _chunks())
         return
-    _correlate_flat(go, np.ascontiguousarray(flipped), np.zeros(C, dtype=gx.dtype), gx, m, 1, geom.stride, pad,
-                    geom.dilation, one, -np.inf * one, np.inf * one, _chunks())
+    _correlate(go, np.ascontiguousarray(flipped), np.zeros(C, dtype=gx.dtype), gx, m, 1, geom.stride, pad, (1, 1, 1),
+               geom.dilation, one, -np.inf * one, np.inf * one, _chunks())
 
 
 def grad_weight(go, x, gw, geom):
