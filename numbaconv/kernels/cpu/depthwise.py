@@ -23,8 +23,7 @@ is the correlation of ``grad_out`` with the flipped kernel: ``grad_out`` is plac
 ``stride`` apart (zeros between: a strided convolution's gradient spends stride**2 times the
 multiply-adds, on zeros, for one loop that serves both) at the complementary padding
 ``dilation * (k - 1) - padding``, which may be negative (a crop). The weight gradient,
-``_weight``, takes nine dot products per pass: over the flat grid at unit stride, along rows
-otherwise.
+``_weight``, takes nine dot products per pass over the same flat grid.
 
 Tasks are handed out in chunks, a few per thread, so that each chunk allocates its buffer once:
 small planes (7x7 at 1024 channels) would otherwise spend more on allocation than arithmetic.
@@ -373,27 +372,25 @@ def _weight_same3(go, x, gw, width, m, chunks):
 
 
 @njit(inline="always", cache=True)
-def _dots9(gw, k, kd, bh, bw, g, g0, xf, x0, row, sw, dw, n_out):
-    """gw[k, 0, kd, bh:bh+3, bw:bw+3] += the nine dot products of g[g0 + p] (p < n_out, g
-    flat) with the input each tap of the block read, xf[x0 + i * row + p * sw + j * dw] (xf the
-    flat buffer, ``row`` the distance of the block's rows). Nine accumulators in one pass: a
-    reduction needs no alias checks, so it vectorizes with runtime offsets; the stride is passed
-    as a constant where it matters, as in ``_accumulate``."""
+def _dots9(gw, k, kd, bh, bw, g, g0, xf, x0, r1, r2, c1, c2, n_out):
+    """gw[k, 0, kd, bh:bh+3, bw:bw+3] += the nine dot products of g[g0 + q] (q < n_out, g flat)
+    with the input each tap of the block read, xf[x0 + q + r_i + c_j] (r_0 = c_0 = 0). Nine
+    accumulators in one pass: a reduction needs no alias checks, so it vectorizes with runtime
+    offsets."""
     z = gw[k, 0, 0, 0, 0] * 0  # a zero of gw's dtype
     a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = z
-    x1, x2 = x0 + row, x0 + 2 * row
-    for p in range(n_out):
-        v = g[U(g0 + p)]
-        q = p * sw
+    x1, x2 = x0 + r1, x0 + r2
+    for q in range(n_out):
+        v = g[U(g0 + q)]
         a00 += v * xf[U(x0 + q)]
-        a01 += v * xf[U(x0 + q + dw)]
-        a02 += v * xf[U(x0 + q + 2 * dw)]
+        a01 += v * xf[U(x0 + q + c1)]
+        a02 += v * xf[U(x0 + q + c2)]
         a10 += v * xf[U(x1 + q)]
-        a11 += v * xf[U(x1 + q + dw)]
-        a12 += v * xf[U(x1 + q + 2 * dw)]
+        a11 += v * xf[U(x1 + q + c1)]
+        a12 += v * xf[U(x1 + q + c2)]
         a20 += v * xf[U(x2 + q)]
-        a21 += v * xf[U(x2 + q + dw)]
-        a22 += v * xf[U(x2 + q + 2 * dw)]
+        a21 += v * xf[U(x2 + q + c1)]
+        a22 += v * xf[U(x2 + q + c2)]
     gw[k, 0, kd, bh, bw] += a00
     gw[k, 0, kd, bh, bw + 1] += a01
     gw[k, 0, kd, bh, bw + 2] += a02
@@ -406,15 +403,16 @@ def _dots9(gw, k, kd, bh, bw, g, g0, xf, x0, row, sw, dw, n_out):
 
 
 @parallel_kernel(streaming=True)
-def _weight(go, go1, x, gw, m, padding, stride, dilation, chunks):
+def _weight(go, x, gw, m, padding, stride, dilation, chunks):
     """gw[k, 0] (KD, KH3, KW3, zero-padded blocks) = the sum over samples and outputs of
-    grad_out (``go``, and go1 the same flat) times the input each tap read, nine taps per pass.
+    grad_out times the input each tap read, nine taps per pass.
 
-    At unit stride each plane's sums run as single long dot products over the buffer's flat
-    grid (as conv_direct's ``_flat`` loops do): grad_out is placed on the grid of the padded
-    input, zeros in the columns and rows past the output, so tap t of output q reads input
-    q + offset(t). Along rows of 7 to 28 outputs most of the work would go to scalar remainders,
-    and every row would end in nine horizontal sums. At larger strides the sums run along rows."""
+    The sums run as single long dot products over a plane of outputs on the flat grid of
+    ``_correlate``: x in the buffer (in stride phases past unit stride), grad_out placed on the
+    same grid of outputs, zeros in the columns past each row, so tap t of output q reads x at
+    q + offset(t). Along rows of 7 to 56 outputs most of the work went to scalar remainders
+    ((1, 64, 112x112) 3x3/2: 0.83 ms, PyTorch 0.19), and every row ended in nine horizontal
+    sums."""
     N, K = go.shape[:2]
     OD, OH, OW = go.shape[2:]
     KD, KH3, KW3 = gw.shape[2:]
@@ -425,41 +423,44 @@ def _weight(go, go1, x, gw, m, padding, stride, dilation, chunks):
     ones = (1, 1, 1)
     zeros = (0, 0, 0)
     ranges = _fill_ranges(ext, x.shape[2:], ones, padding)
-    flat = sd == 1 and sh == 1 and sw == 1
-    grid = (OD, ext[1], ext[2])  # (allocated at any stride, used at unit stride)
-    go_ranges = _fill_ranges(grid, go.shape[2:], ones, zeros)
-    plane = ext[1] * ext[2]
-    n_flat = ((OD - 1) * ext[1] + OH - 1) * ext[2] + OW  # the grid positions up to the last output
+    layout = _phases(stride, ext)
+    per_step, rows, width, size = layout
+    go_ranges = (0, OD, 0, OH, 0, OW)  # all of grad_out, at the grid's origin (width >= OW)
+    n_flat = (OH - 1) * width + OW  # the grid positions up to a plane's last output
+    reach = 0
+    for kd in range(KD):
+        for kh in range(KH3):
+            for kw in range(KW3):
+                reach = max(reach, _tap(kd, kh, kw, stride, dilation, layout))
+    length = max(-(-ext[0] // sd) * per_step * size, (OD - 1) * per_step * size + n_flat + reach)
+    phased = sd * sh * sw > 1
+    go_length = OD * OH * width
     chunks = min(K, chunks)
     for chunk in prange(chunks):
-        xf = np.zeros(ext[0] * plane, dtype=x.dtype)
-        gf = np.zeros(OD * plane, dtype=go.dtype)
+        xf = np.zeros(length, dtype=x.dtype)
+        gf = np.zeros(go_length, dtype=go.dtype)
         for k in range(chunk * K // chunks, (chunk + 1) * K // chunks):
             for kd in range(KD):
                 for kh in range(KH3):
                     for kw in range(KW3):
                         gw[k, 0, kd, kh, kw] = 0
             for n in range(N):
-                _fill(xf, ext[1], ext[2], x, n, k // m, ranges, ones, padding)
-                if flat:
-                    _fill(gf, ext[1], ext[2], go, n, k, go_ranges, ones, zeros)
+                if phased:
+                    _fill_phases(xf, x, n, k // m, ranges, padding, stride, layout)
+                else:
+                    _fill(xf, ext[1], ext[2], x, n, k // m, ranges, ones, padding)
+                _fill(gf, OH, width, go, n, k, go_ranges, ones, zeros)
+                for od in range(OD):
+                    base = od * per_step * size
                     for kd in range(KD):
                         for bh in range(0, KH3, 3):
                             for bw in range(0, KW3, 3):
-                                x0 = kd * dd * plane + bh * dh * ext[2] + bw * dw
-                                _dots9(gw, k, kd, bh, bw, gf, 0, xf, x0, dh * ext[2], 1, dw, n_flat)
-                    continue
-                for od in range(OD):
-                    for oh in range(OH):
-                        g0 = ((n * K + k) * OD * OH + od * OH + oh) * OW
-                        for kd in range(KD):
-                            for bh in range(0, KH3, 3):
-                                for bw in range(0, KW3, 3):
-                                    x0 = ((od * sd + kd * dd) * ext[1] + oh * sh + bh * dh) * ext[2] + bw * dw
-                                    if sw == 2 and dw == 1:
-                                        _dots9(gw, k, kd, bh, bw, go1, g0, xf, x0, dh * ext[2], 2, 1, OW)
-                                    else:
-                                        _dots9(gw, k, kd, bh, bw, go1, g0, xf, x0, dh * ext[2], sw, dw, OW)
+                                x0 = base + _tap(kd, bh, bw, stride, dilation, layout)
+                                r1 = base + _tap(kd, bh + 1, bw, stride, dilation, layout) - x0
+                                r2 = base + _tap(kd, bh + 2, bw, stride, dilation, layout) - x0
+                                c1 = base + _tap(kd, bh, bw + 1, stride, dilation, layout) - x0
+                                c2 = base + _tap(kd, bh, bw + 2, stride, dilation, layout) - x0
+                                _dots9(gw, k, kd, bh, bw, gf, od * OH * width, xf, x0, r1, r2, c1, c2, n_flat)
 
 
 def _chunks():
@@ -503,6 +504,6 @@ def grad_weight(go, x, gw, geom):
         return
     KD, KH, KW = geom.kernel
     gw3 = np.empty((gw.shape[0], 1, KD, -(-KH // 3) * 3, -(-KW // 3) * 3), dtype=gw.dtype)
-    _weight(go, go.reshape(-1), x, gw3, geom.out_channels // geom.in_channels, geom.padding, geom.stride,
+    _weight(go, x, gw3, geom.out_channels // geom.in_channels, geom.padding, geom.stride,
             geom.dilation, _chunks())
     gw[...] = gw3[..., :KH, :KW]
