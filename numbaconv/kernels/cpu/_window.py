@@ -25,7 +25,8 @@ STREAMING_FACTOR = 16
 def parallel_kernel(py_func=None, *, streaming=False):
     """``@njit(parallel=True, cache=True, fastmath=FASTMATH)``, run as a serial twin on the calling
     thread when its largest array has fewer than ``config.PARALLEL_MIN_ELEMENTS`` elements
-    (times ``STREAMING_FACTOR`` for a ``streaming`` kernel).
+    (times ``STREAMING_FACTOR`` for a ``streaming`` kernel, or times ``streaming`` itself when it
+    is a number: a kernel that does more per element read than plain streaming).
 
     Waking Numba's sleeping worker threads costs about 70 us (measured, 2 cores, passive OpenMP
     wait): more than a small kernel takes on one thread (softmax over (64, 1000): 170 us
@@ -42,6 +43,7 @@ def parallel_kernel(py_func=None, *, streaming=False):
     if py_func is None:
         return functools.partial(parallel_kernel, streaming=streaming)
     compiled = njit(parallel=True, cache=True, fastmath=FASTMATH)(py_func)
+    factor = STREAMING_FACTOR if streaming is True else (streaming or 1)
     serial = []  # the serial twin, made at the first small call
 
     def serial_twin():
@@ -55,7 +57,7 @@ def parallel_kernel(py_func=None, *, streaming=False):
     @functools.wraps(py_func)
     def run(*args):
         largest = max((a.size for a in args if isinstance(a, np.ndarray)), default=0)
-        if largest < config.PARALLEL_MIN_ELEMENTS * (STREAMING_FACTOR if streaming else 1):
+        if largest < config.PARALLEL_MIN_ELEMENTS * factor:
             return serial_twin()(*args)
         if _threads.serialize:  # a threading layer that aborts when entered twice at once
             with _threads.lock:

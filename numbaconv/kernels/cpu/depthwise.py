@@ -28,11 +28,8 @@ multiply-adds, on zeros, for one loop that serves both) at the complementary pad
 Tasks are handed out in chunks, a few per thread, so that each chunk allocates its buffer once:
 small planes (7x7 at 1024 channels) would otherwise spend more on allocation than arithmetic.
 
-With a few multiply-adds per element the kernels are streaming ones (``parallel_kernel``): one
-thread is faster below a few hundred thousand elements, where handing the work to the others
-costs more than it saves (2 cores, forward / backward: (1, 1024, 7x7) 0.16 / 0.34 ms on one
-thread, 0.24 / 0.52 on two; (1, 256, 28x28) 0.16 / 0.41 against 0.25 / 0.57; even at (1, 128,
-56x56); two threads win from (1, 64, 112x112) up).
+With a few multiply-adds per element the kernels run on one thread up to about half a million
+elements, where handing the work to the others costs more than it saves (``SERIAL_FACTOR``).
 """
 
 import numba
@@ -40,6 +37,14 @@ import numpy as np
 from numba import njit, prange
 
 from ._window import U, activate, is_identity, parallel_kernel
+
+#: The kernels run on one thread below this many times ``config.PARALLEL_MIN_ELEMENTS``
+#: elements (``parallel_kernel``), twice the plain streaming kernels' threshold: on the flat
+#: grid one thread is fast enough that handing the work to the other threads costs more than it
+#: saves up to about half a million elements. Measured medians, 2 cores, one thread against two:
+#: (1, 32, 112x112) 0.30 against 0.48 ms, (1, 128, 56x56) 0.26 against 0.45, (8, 1024, 7x7)
+#: 0.49 against 0.65. Past that two threads win: 3x3/2 over (1, 64, 112x112), 0.27 against 0.50.
+SERIAL_FACTOR = 32
 
 #: Chunks per thread: enough for the threads to even out, few enough that allocating each
 #: chunk's buffer once costs nothing.
@@ -190,7 +195,7 @@ def _accumulate(grid, xf, wt, o, s, bias, od, stride, dilation, layout):
                             grid[od, U(q)] += wv * xf[U(x0 + q)]
 
 
-@parallel_kernel(streaming=True)
+@parallel_kernel(streaming=SERIAL_FACTOR)
 def _correlate(src, wt, b, dst, mul, div, up, pad, stride, dilation, slope, lo, hi, chunks):
     """dst[n, o] = activate(b[o] + sum over s of the correlation of wt[o, s] with source
     channel ((o // div) * mul + s) of src, placed on the grid by ``up`` and ``pad``). wt is
@@ -300,7 +305,7 @@ def _same3_at(xf, q, width, wb, left, right, zero):
     return lt + mid + rt
 
 
-@parallel_kernel(streaming=True)
+@parallel_kernel(streaming=SERIAL_FACTOR)
 def _same3(src, wt, b, dst, width, mul, div, slope, lo, hi, chunks):
     """``_correlate`` for ``_is_same3`` convolutions, src and dst (N, C, H * W) flat planes
     of rows of ``width``: forward and input gradient alike (the gradient of this convolution is
@@ -338,7 +343,7 @@ def _same3(src, wt, b, dst, width, mul, div, slope, lo, hi, chunks):
                     dst[n, o, U(q)] = activate(dst[n, o, U(q)], slope, lo, hi)
 
 
-@parallel_kernel(streaming=True)
+@parallel_kernel(streaming=SERIAL_FACTOR)
 def _weight_same3(go, x, gw, width, m, chunks):
     """gw[k, 0, 0] = the 3x3 weight gradient of an ``_is_same3`` convolution, go and x (N, C,
     H * W) flat planes of rows of ``width``: nine dot products of grad_out's plane with x's,
@@ -402,7 +407,7 @@ def _dots9(gw, k, kd, bh, bw, g, g0, xf, x0, r1, r2, c1, c2, n_out):
     gw[k, 0, kd, bh + 2, bw + 2] += a22
 
 
-@parallel_kernel(streaming=True)
+@parallel_kernel(streaming=SERIAL_FACTOR)
 def _weight(go, x, gw, m, padding, stride, dilation, chunks):
     """gw[k, 0] (KD, KH3, KW3, zero-padded blocks) = the sum over samples and outputs of
     grad_out times the input each tap read, nine taps per pass.
