@@ -114,11 +114,32 @@ def _fill_phases(xf, src, n, c, ranges, pad, stride, layout):
         for j in range(j0, j1):
             r = j + pad[1]
             r0 = ((a // sd) * per_step + ((a % sd) * sh + r % sh) * sw) * size + (r // sh) * width
+            if sw == 2:
+                _fill_pairs(xf, r0, src, n, c, i, j, l0, l1, pad[2], size)
+                continue
             for ph in range(sw):  # padded columns ph, ph + sw, ...: source l = k * sw + ph - pad
                 k0 = -((ph - pad[2] - l0) // sw)  # ceil((l0 + pad - ph) / sw)
                 k1 = -((ph - pad[2] - l1) // sw)
                 for k in range(max(k0, 0), k1):
                     xf[U(r0 + ph * size + k)] = src[n, c, i, j, U(k * sw + ph - pad[2])]
+
+
+@njit(inline="always", cache=True)
+def _fill_pairs(xf, r0, src, n, c, i, j, l0, l1, pad, size):
+    """One source row src[n, c, i, j, l0:l1] into its two column phases from xf[r0], at
+    stride 2: padded column 2k goes to xf[r0 + k], column 2k + 1 to xf[r0 + size + k]. One pass
+    over pairs of neighbouring sources, contiguous loads; phase by phase, the stride-2 loads ran
+    one at a time ((1, 64, 112x112) 3x3/2 spent 0.27 of its 0.44 ms filling)."""
+    l = l0
+    if (l0 + pad) % 2 == 1:  # a first source in the odd phase
+        xf[U(r0 + size + (l0 + pad) // 2)] = src[n, c, i, j, U(l0)]
+        l = l0 + 1
+    k0 = (l + pad) // 2
+    for t in range((l1 - l) // 2):
+        xf[U(r0 + k0 + t)] = src[n, c, i, j, U(l + 2 * t)]
+        xf[U(r0 + size + k0 + t)] = src[n, c, i, j, U(l + 2 * t + 1)]
+    if (l1 - l) % 2 == 1:  # a last source in the even phase
+        xf[U(r0 + (l1 - 1 + pad) // 2)] = src[n, c, i, j, U(l1 - 1)]
 
 
 @njit(inline="always", cache=True)
