@@ -152,6 +152,20 @@ def _tap(kd, kh, kw, stride, dilation, layout):
 
 
 @njit(inline="always", cache=True)
+def _buffer_length(ext, kernel, depth, positions, stride, dilation, layout):
+    """The flat buffer's length: the padded input in the phase layout, and what the farthest
+    tap reads past the last of ``positions`` grid positions of the last of ``depth`` output
+    depths."""
+    per_step, rows, width, size = layout
+    reach = 0
+    for kd in range(kernel[0]):
+        for kh in range(kernel[1]):
+            for kw in range(kernel[2]):
+                reach = max(reach, _tap(kd, kh, kw, stride, dilation, layout))
+    return max(-(-ext[0] // stride[0]) * per_step * size, (depth - 1) * per_step * size + positions + reach)
+
+
+@njit(inline="always", cache=True)
 def _sum9(xf, p, r1, r2, c1, c2, wb):
     """The 3x3 block of taps wb on the flat buffer from position p: its rows at offsets 0, r1
     and r2, its columns at 0, c1 and c2."""
@@ -244,12 +258,7 @@ def _correlate(src, wt, b, dst, mul, div, up, pad, stride, dilation, slope, lo, 
     layout = _phases(stride, ext)
     per_step, rows, width, size = layout
     n_grid = -(-((OH - 1) * width + OW) // FLAT_STEP) * FLAT_STEP
-    reach = 0  # the farthest any tap reads past its output's grid position
-    for kd in range(KD):
-        for kh in range(KH):
-            for kw in range(KW):
-                reach = max(reach, _tap(kd, kh, kw, stride, dilation, layout))
-    length = max(-(-ext[0] // sd) * per_step * size, (OD - 1) * per_step * size + n_grid + reach)
+    length = _buffer_length(ext, (KD, KH, KW), OD, n_grid, stride, dilation, layout)
     phased = sd * sh * sw > 1
     fused = not is_identity(slope, lo, hi)
     tasks = N * O
@@ -453,12 +462,7 @@ def _weight(go, x, gw, m, padding, stride, dilation, chunks):
     per_step, rows, width, size = layout
     go_ranges = (0, OD, 0, OH, 0, OW)  # all of grad_out, at the grid's origin (width >= OW)
     n_flat = (OH - 1) * width + OW  # the grid positions up to a plane's last output
-    reach = 0
-    for kd in range(KD):
-        for kh in range(KH3):
-            for kw in range(KW3):
-                reach = max(reach, _tap(kd, kh, kw, stride, dilation, layout))
-    length = max(-(-ext[0] // sd) * per_step * size, (OD - 1) * per_step * size + n_flat + reach)
+    length = _buffer_length(ext, (KD, KH3, KW3), OD, n_flat, stride, dilation, layout)
     phased = sd * sh * sw > 1
     go_length = OD * OH * width
     chunks = min(K, chunks)
