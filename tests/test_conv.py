@@ -412,6 +412,52 @@ def test_im2col_chunks_give_the_same_result(monkeypatch, workspace, nd, columns,
         assert_close(got, want, what=f"transpose {name}")
 
 
+#: (kernel, padding, dilation, groups, padding_mode, c_out): 3-D kernels more than one deep whose
+#: im2col columns stack the depth (``conv_im2col._stacks_depth``), with a crop (padding past the
+#: kernel's reach, so the input gradient takes exact columns) and a depth dilation among them.
+STACKED = [
+    ((3, 3, 3), 1, 1, 1, "zeros", 4), ((2, 3, 1), (1, 0, 2), (2, 1, 1), 1, "zeros", 3),
+    ((3, 2, 2), (3, 1, 0), 1, 2, "zeros", 4), ((3, 3, 3), 1, 1, 1, "reflect", 2),
+    ((5, 1, 1), (2, 0, 0), 1, 3, "circular", 6), ((3, 1, 2), "same", (2, 1, 1), 1, "replicate", 2),
+]
+
+
+@pytest.mark.parametrize("workspace", [1, 1 << 24])
+@pytest.mark.parametrize("kernel, padding, dilation, groups, mode, c_out", STACKED)
+def test_im2col_stacked_depth_matches_naive(monkeypatch, workspace, kernel, padding, dilation, groups, mode, c_out):
+    """The forward pass, both gradients and the transposed convolution built on them, through
+    the stacked-depth columns (one sample per chunk, or the whole batch), against the naive
+    reference; and the forward's fused epilogue with a residual."""
+    from numbaconv._geometry import conv_geometry
+
+    rng = np.random.default_rng(sum(kernel) * 10 + c_out)
+    c_in = 2 * groups
+    x = rng.standard_normal((3, c_in, 6, 7, 5))
+    w = rng.standard_normal((c_out * groups, c_in // groups) + kernel)
+    b = rng.standard_normal(c_out * groups)
+    kw = dict(padding=padding, dilation=dilation, groups=groups, padding_mode=mode)
+    geom = conv_geometry("conv3d", x, w, b, 1, padding, dilation, groups, mode, 3)
+    assert conv_im2col._stacks_depth(geom), "the case must take the stacked columns"
+    monkeypatch.setattr(numbaconv.config, "WORKSPACE_BYTES", workspace)
+    ref = naive.conv(x, w, b, **kw)
+    assert_close(numbaconv.conv3d(x, w, b, algorithm="im2col", **kw), ref, what="forward")
+    go = rng.standard_normal(ref.shape)
+    for name, got, want in zip(("grad_x", "grad_weight", "grad_bias"),
+                               numbaconv.conv3d_backward(go, x, w, algorithm="im2col", **kw),
+                               naive.conv_backward(go, x, w, **kw)):
+        assert_close(got, want, what=name)
+    if mode == "zeros" and padding != "same":
+        tkw = dict(padding=padding, dilation=dilation, groups=groups)
+        wt = rng.standard_normal((c_out * groups, c_in // groups) + kernel)
+        assert_close(numbaconv.conv_transpose3d(ref, wt, None, algorithm="im2col", **tkw),
+                     naive.conv_transpose(ref, wt, None, **tkw), what="transposed forward")
+    if mode == "zeros":  # the kernel's epilogue: a residual, then leaky ReLU clipped, on the same passes
+        out, r = np.empty(ref.shape), rng.standard_normal(ref.shape)
+        conv_im2col.forward(x, w, b, out, geom, workspace, (0.1, -1.0, 2.0), r)
+        y = ref + r
+        assert_close(out, np.clip(np.where(y < 0, 0.1 * y, y), -1.0, 2.0), what="epilogue")
+
+
 # --------------------------------------------------------------------------- edge cases
 
 
