@@ -547,10 +547,15 @@ def test_dtype_is_preserved_and_float64_is_computed_in_float64():
         (6, 16, 1, 1, "forward", "direct"),  # LeNet c2
         ((64, 6), 16, 1, 1, "forward", "im2col"),  # ... but at batch 64 (output elements past the bound)
         (6, 16, 1, 2, "forward", "im2col"),  # ... but strided
-        (6, 16, 1, 1, "grad_input", "im2col"),  # ungrouped grad input
-        (64, 64, 8, 1, "grad_input", "direct"),  # grouped, 8 x 8 channels a group
-        (64, 64, 4, 1, "grad_input", "im2col"),  # grouped, 16 x 16
-        (6, 16, 1, 1, "grad_weight", "im2col"),
+        (6, 16, 1, 1, "grad_input", "direct"),  # small convolutions: the backward too
+        (6, 16, 1, 1, "grad_weight", "direct"),
+        ((64, 6), 16, 1, 1, "grad_weight", "im2col"),  # ... but not at batch 64
+        ((64, 6), 16, 1, 1, "grad_input", "im2col"),
+        ((64, 64), 64, 8, 1, "grad_input", "direct"),  # grouped, 8 x 8 channels a group
+        ((64, 64), 64, 16, 1, "forward", "direct"),  # grouped, 4 x 4
+        ((64, 64), 64, 8, 1, "grad_weight", "direct"),
+        ((64, 64), 64, 4, 1, "grad_input", "im2col"),  # grouped, 16 x 16
+        ((64, 64), 64, 8, 2, "forward", "im2col"),  # grouped, but strided
         (64, 64, 1, 1, "forward", "im2col"),
     ],
 )
