@@ -144,17 +144,20 @@ def _avg_backward(go, gx, first, count, divisor):
 
 
 @parallel_kernel(streaming=True)
-def _whole_plane_avg(x, out, divisor):
-    """out[p] = sum(x[p, :]) / divisor: global pooling, each window a whole (flat) plane.
+def _whole_plane_avg(x, out, L, divisor):
+    """out[p] = sum(x[p * L:(p + 1) * L]) / divisor: global pooling, each window a whole plane of
+    the flat input.
 
     ``_avg_forward``'s loops cost a few dozen cycles per window besides the sum, which is most
-    of the time when a window is a 7x7 plane: (8, 512, 7, 7) took 57 us there, 14 us here.
+    of the time when a window is a 7x7 plane: (8, 512, 7, 7) took 57 us there, 14 us here. Flat,
+    with the divisor in the array's dtype: indexed as (P, L) with a float64 divisor the same
+    kernel took 55 us against 37 in a slower hour.
     """
-    P, L = x.shape
-    for p in prange(P):
+    for p in prange(out.shape[0]):
+        base = p * L
         acc = out.dtype.type(0)
         for i in range(L):
-            acc += x[p, U(i)]
+            acc += x[U(base + i)]
         out[p] = acc / divisor
 
 
@@ -229,7 +232,7 @@ def avg_forward(x, out, geom, count_include_pad=False, divisor_override=None):
     first, count = g.windows()
     whole = _whole_plane_divisor(g, first, count, count_include_pad, divisor_override)
     if whole is not None:
-        _whole_plane_avg(_flat(x), out.reshape(out.size), whole)
+        _whole_plane_avg(x.reshape(x.size), out.reshape(out.size), math.prod(x.shape[2:]), x.dtype.type(whole))
         return
     _avg_forward(_planes(x, g.in_size), _planes(out, g.out_size), first, count,
                  g.divisors(count_include_pad, divisor_override))
