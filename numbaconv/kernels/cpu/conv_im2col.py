@@ -443,7 +443,6 @@ def forward(x, w, b, out, geom, workspace, epilogue=IDENTITY, residual=None):
     pass over their output for the bias, the residual and the activation together
     (conv_direct.epilogue_pass)."""
     G = geom.groups
-    w3 = w.reshape(G, w.shape[0] // G, -1)
     if _on_grid_layout(geom):
         grid, K = Grid(geom), geom.out_channels
         w3 = _depth_rows(w, geom, grid)
@@ -455,7 +454,7 @@ def forward(x, w, b, out, geom, workspace, epilogue=IDENTITY, residual=None):
             _from_grid(res.reshape(cols.shape[0], G, grid.depth_taps, K // G, -1, grid.positions), n0, out, b, r,
                        grid.shape[1:], grid.depth_step, *(out.dtype.type(v) for v in epilogue))
         return
-    out4 = _grouped(out, geom.groups)
+    w3, out4 = w.reshape(G, w.shape[0] // G, -1), _grouped(out, G)
     for n0, n1, cols in _columns(x, geom, workspace):
         np.matmul(w3, cols, out=out4[n0:n1])
     if epilogue != IDENTITY or residual is not None:
