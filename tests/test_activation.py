@@ -205,6 +205,12 @@ def test_elementwise_nan_and_inf_as_torch(torch, op, dtype):
     x = np.array(SPECIAL, dtype)
     grad_out = np.array([1.0, 2.0, -1.0, 1.0, 1.0, np.nan, np.inf, 1.0, 1.0, -2.0, 0.5, 1.0, 1.0], dtype)
     y_ref, g_ref = torch_grad(torch, torch_fn(torch, op), x, grad_out)
+    if op.name == "elu":
+        # PyTorch's elu gradient at a NaN input is grad_out in its scalar code (x <= 0 is false)
+        # but NaN in its AVX2 float64 vector loop, so within one call it depends on where the
+        # element falls (measured, torch 2.13 on AVX2: NaN for 40 elements, grad_out for 3).
+        # numbaconv follows the scalar rule everywhere.
+        g_ref = np.where(np.isnan(x), grad_out, g_ref)
     with np.errstate(all="ignore"):  # the comparison itself meets inf - inf
         np.testing.assert_allclose(op.forward(x), y_ref, rtol=1e-6, equal_nan=True, err_msg=f"{op} forward")
         np.testing.assert_allclose(op.backward(grad_out, x), g_ref, rtol=1e-6, equal_nan=True, err_msg=f"{op} backward")
