@@ -382,8 +382,8 @@ def test_depthwise_same_size_3x3_pads_the_taps_past_a_row(monkeypatch, route, m,
 @pytest.mark.parametrize("nd", [1, 2, 3])
 def test_im2col_chunks_give_the_same_result(monkeypatch, workspace, nd, columns, transposed):
     """A tiny workspace forces the batch through im2col one sample (or a few) at a time, the
-    grid layout's GEMMs take one sample, two or the whole chunk side by side, and the weight
-    gradient's products run in either orientation."""
+    grid layout's GEMMs (and the exact columns' forward GEMMs) take one sample, two or the
+    whole chunk side by side, and the weight gradient's products run in either orientation."""
     rng = np.random.default_rng(nd)
     spatial = {1: (11,), 2: (7, 6), 3: (4, 5, 4)}[nd]
     x = rng.standard_normal((5, 4) + spatial)
@@ -399,9 +399,20 @@ def test_im2col_chunks_give_the_same_result(monkeypatch, workspace, nd, columns,
     tgo = rng.standard_normal(tref.shape)
     tgrads = naive.conv_transpose_backward(tgo, x, tw, **tkw)
 
+    # strided: exact columns, the forward's samples side by side (one, two, three or all six)
+    xs = rng.standard_normal((6, 4) + spatial)
+    skw = dict(stride=2, padding=1, dilation=1, groups=2)
+    sref = naive.conv(xs, w, b, **skw)
+    sgo = rng.standard_normal(sref.shape)
+    sgrads = naive.conv_backward(sgo, xs, w, **skw)
+
     monkeypatch.setattr(numbaconv.config, "WORKSPACE_BYTES", workspace)
     monkeypatch.setattr(conv_im2col, "GRID_GEMM_COLUMNS", columns)
     monkeypatch.setattr(conv_im2col, "TRANSPOSED_WEIGHT_GRAD_MAX", transposed)
+    assert_close(conv_fn(nd)(xs, w, b, algorithm="im2col", **skw), sref, what="strided forward")
+    for name, got, want in zip(("grad_x", "grad_weight", "grad_bias"),
+                               conv_backward_fn(nd)(sgo, xs, w, algorithm="im2col", **skw), sgrads):
+        assert_close(got, want, what=f"strided {name}")
     assert_close(conv_fn(nd)(x, w, b, algorithm="im2col", **kw), ref, what="forward")
     for name, got, want in zip(("grad_x", "grad_weight", "grad_bias"),
                                conv_backward_fn(nd)(go, x, w, algorithm="im2col", **kw), grads):
