@@ -289,8 +289,12 @@ def _grid_chunk_size(geom, grid, itemsize, workspace):
 def _side_by_side(n, grid):
     """How many of a chunk's n samples one GEMM takes side by side: as many as fit in
     ``GRID_GEMM_COLUMNS`` columns and divide n."""
-    most = min(n, grid.most_side_by_side())
-    return next(m for m in range(most, 0, -1) if n % m == 0)
+    return _largest_divisor(n, grid.most_side_by_side())
+
+
+def _largest_divisor(n, most):
+    """The largest divisor of n that is at most ``most`` (at least 1)."""
+    return next(m for m in range(max(1, min(n, most)), 0, -1) if n % m == 0)
 
 
 def workspace_bytes(geom, itemsize, workspace):
@@ -364,10 +368,7 @@ def _exact_side_by_side(n, geom):
     """How many of a chunk's n samples the forward's exact columns lay side by side (a divisor
     of n)."""
     positions = math.prod(geom.out_size)
-    if positions > EXACT_SIDE_BY_SIDE_POSITIONS:
-        return 1
-    most = max(1, min(n, GRID_GEMM_COLUMNS // positions))
-    return next(m for m in range(most, 0, -1) if n % m == 0)
+    return 1 if positions > EXACT_SIDE_BY_SIDE_POSITIONS else _largest_divisor(n, GRID_GEMM_COLUMNS // positions)
 
 
 def _columns(x, geom, workspace, side_by_side=False):
