@@ -382,8 +382,8 @@ def test_depthwise_same_size_3x3_pads_the_taps_past_a_row(monkeypatch, route, m,
 @pytest.mark.parametrize("nd", [1, 2, 3])
 def test_im2col_chunks_give_the_same_result(monkeypatch, workspace, nd, columns, transposed):
     """A tiny workspace forces the batch through im2col one sample (or a few) at a time, the
-    grid layout's GEMMs (and the exact columns' forward GEMMs) take one sample, two or the
-    whole chunk side by side, and the weight gradient's products run in either orientation."""
+    grid layout's GEMMs take one sample, two or the whole chunk side by side (the exact
+    columns interleave the chunk's samples), and the weight gradient's products run in either orientation."""
     rng = np.random.default_rng(nd)
     spatial = {1: (11,), 2: (7, 6), 3: (4, 5, 4)}[nd]
     x = rng.standard_normal((5, 4) + spatial)
@@ -399,7 +399,7 @@ def test_im2col_chunks_give_the_same_result(monkeypatch, workspace, nd, columns,
     tgo = rng.standard_normal(tref.shape)
     tgrads = naive.conv_transpose_backward(tgo, x, tw, **tkw)
 
-    # strided: exact columns, the forward's samples side by side (one, two, three or all six)
+    # strided: exact columns, the chunk's samples interleaved (one, two, three or all six)
     xs = rng.standard_normal((6, 4) + spatial)
     skw = dict(stride=2, padding=1, dilation=1, groups=2)
     sref = naive.conv(xs, w, b, **skw)
@@ -421,6 +421,50 @@ def test_im2col_chunks_give_the_same_result(monkeypatch, workspace, nd, columns,
     for name, got, want in zip(("grad_x", "grad_weight", "grad_bias"),
                                conv_transpose_backward_fn(nd)(tgo, x, tw, algorithm="im2col", **tkw), tgrads):
         assert_close(got, want, what=f"transpose {name}")
+
+
+#: (spatial, kernel, stride, padding, dilation, groups): exact im2col columns (strided, or more
+#: output channels a group than the grid layout takes), rows narrower than INTERLEAVE_MAX_WIDTH.
+INTERLEAVED = [
+    ((9,), 3, 2, 1, 1, 1), ((7, 6), 3, 2, (1, 0), 1, 2), ((6, 5), (2, 3), 1, 1, (2, 1), 1),
+    ((4, 5, 6), 2, (1, 2, 1), 1, 1, 1), ((8, 8), 3, 3, 2, 1, 1),
+]
+
+
+@pytest.mark.parametrize("interleave", [True, False])
+@pytest.mark.parametrize("workspace", [1, 9000, 1 << 24])
+@pytest.mark.parametrize("spatial, kernel, stride, padding, dilation, groups", INTERLEAVED)
+def test_im2col_interleaved_samples_match_naive(monkeypatch, interleave, workspace, spatial, kernel, stride,
+                                                padding, dilation, groups):
+    """The exact columns with a chunk's samples interleaved (one sample per chunk, a few, or the
+    whole batch of five) and one by one: the forward with its fused epilogue and a residual,
+    both gradients, against the naive reference."""
+    from numbaconv._geometry import conv_geometry
+
+    nd = len(spatial)
+    rng = np.random.default_rng(sum(spatial))
+    c_in, c_out = 2 * groups, 36 * groups  # 36 a group: past the grid layout's 32
+    x = rng.standard_normal((5, c_in) + spatial)
+    kernel = (kernel,) * nd if isinstance(kernel, int) else kernel
+    w = rng.standard_normal((c_out, c_in // groups) + kernel)
+    b = rng.standard_normal(c_out)
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    monkeypatch.setattr(numbaconv.config, "WORKSPACE_BYTES", workspace)
+    monkeypatch.setattr(conv_im2col, "INTERLEAVE_MAX_WIDTH", 1 << 20 if interleave else 0)
+    geom = conv_geometry(f"conv{nd}d", x, w, b, stride, padding, dilation, groups, "zeros", nd)
+    assert conv_im2col._interleaves(geom) == interleave and not conv_im2col._on_grid_layout(geom)
+    ref = naive.conv(x, w, b, **kw)
+    assert_close(conv_fn(nd)(x, w, b, algorithm="im2col", **kw), ref, what="forward")
+    go = rng.standard_normal(ref.shape)
+    for name, got, want in zip(("grad_x", "grad_weight", "grad_bias"),
+                               conv_backward_fn(nd)(go, x, w, algorithm="im2col", **kw),
+                               naive.conv_backward(go, x, w, **kw)):
+        assert_close(got, want, what=name)
+    out, r = np.empty((*ref.shape[:2], *geom.out_size)), rng.standard_normal((*ref.shape[:2], *geom.out_size))
+    x5 = x.reshape(*x.shape[:2], *geom.in_size)
+    conv_im2col.forward(x5, w.reshape(*w.shape[:2], *geom.kernel), b, out, geom, workspace, (0.1, -1.0, 2.0), r)
+    y = ref.reshape(out.shape) + r
+    assert_close(out, np.clip(np.where(y < 0, 0.1 * y, y), -1.0, 2.0), what="epilogue")
 
 
 #: (kernel, padding, dilation, groups, padding_mode, c_out): 3-D kernels more than one deep whose

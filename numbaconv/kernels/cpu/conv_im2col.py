@@ -7,6 +7,11 @@ are contiguous, so ``cols.reshape(n, G, C/G * taps, P)`` lines up with the outpu
 ``grad_out`` as it is, with no transposing copies. The GEMM is NumPy's matmul (the BLAS NumPy
 was built with), which runs near the machine's peak.
 
+Where output rows are short (``_interleaves``), a chunk's samples are interleaved instead, sample
+innermost: ``cols[c * taps + tap, p, j]``, unfolded from a copy of the input laid out the same
+way, so each copied row holds every sample's and the chunk is one GEMM; ``_deinterleave`` puts
+the result back in the output's layout, with the bias and epilogue on the same pass.
+
 The batch is processed in chunks so the column buffer stays under ``workspace`` bytes. A
 pointwise convolution (1x1x1 kernel, stride 1, no padding, equal sizes) needs no columns at all: the input
 already is the column matrix.
@@ -30,16 +35,17 @@ from .conv_direct import run_epilogue
 
 
 @njit(cache=True)
-def _im2col(x, n0, cols, kernel, stride, dilation, padding, out_size):
-    """cols[j // m, c*taps + t, j % m, :] = what tap t of channel c sees of sample n0 + j (0 in
-    padding), m samples side by side."""
-    N, C, D, H, W = x.shape
+def _im2col(xt, cols, kernel, stride, dilation, padding, out_size):
+    """cols[a, c*taps + t, od, oh, ow*m + s] = what tap t of channel c sees of sample s of group
+    a (0 in padding), from xt[a, c, i, j, l*m + s]: groups of m samples interleaved, sample
+    innermost (``_interleave``; m = 1 is x as it is)."""
+    A, C, D, H = xt.shape[:4]
     OD, OH, OW = out_size
+    m = cols.shape[4] // OW
+    W = xt.shape[4] // m
     sd, sh, sw = stride
     taps = cols.shape[1] // C
-    m = cols.shape[2]
-    for j in range(cols.shape[0] * m):
-        a, s = j // m, j % m
+    for a in range(A):
         for r in range(cols.shape[1]):
             c = r // taps
             offd, offh, offw = tap_offsets(r % taps, kernel, dilation, padding)
@@ -47,32 +53,40 @@ def _im2col(x, n0, cols, kernel, stride, dilation, padding, out_size):
             for od in range(OD):
                 i = od * sd + offd
                 for oh in range(OH):
-                    jj, base = oh * sh + offh, (od * OH + oh) * OW
+                    jj = oh * sh + offh
                     if i < 0 or i >= D or jj < 0 or jj >= H:  # the whole row reads padding
                         lo = hi = OW
                     else:
                         lo, hi = ow0, ow1
-                    for ow in range(lo):  # every element is written once: zero, copy, zero
-                        cols[a, r, s, U(base + ow)] = 0
-                    if sw == 1:  # unit stride spelled out: a contiguous copy LLVM vectorizes
+                    for e in range(lo * m):  # every element is written once: zero, copy, zero
+                        cols[a, r, od, oh, U(e)] = 0
+                    if sw == 1:  # unit stride: one contiguous copy of the row's m samples, vectorized
+                        for e in range(lo * m, hi * m):
+                            cols[a, r, od, oh, U(e)] = xt[a, c, i, jj, U(e + offw * m)]
+                    elif m == 1:
                         for ow in range(lo, hi):
-                            cols[a, r, s, U(base + ow)] = x[n0 + j, c, i, jj, U(ow + offw)]
+                            cols[a, r, od, oh, U(ow)] = xt[a, c, i, jj, U(ow * sw + offw)]
                     else:
                         for ow in range(lo, hi):
-                            cols[a, r, s, U(base + ow)] = x[n0 + j, c, i, jj, U(ow * sw + offw)]
-                    for ow in range(hi, OW):
-                        cols[a, r, s, U(base + ow)] = 0
+                            src = (ow * sw + offw) * m
+                            for e in range(m):
+                                cols[a, r, od, oh, U(ow * m + e)] = xt[a, c, i, jj, U(src + e)]
+                    for e in range(hi * m, OW * m):
+                        cols[a, r, od, oh, U(e)] = 0
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _col2im(cols, n0, gx, kernel, stride, dilation, padding, out_size):
-    """gx[n0 + j] = the sum of every column entry back onto the input element it was read from."""
-    N, C, D, H, W = gx.shape
+def _col2im(cols, gxt, kernel, stride, dilation, padding, out_size):
+    """gxt = the sum of every column entry back onto the input element it was read from
+    (``_im2col``'s adjoint, in its layouts)."""
+    A, C, D, H = gxt.shape[:4]
     OD, OH, OW = out_size
+    m = cols.shape[4] // OW
+    W = gxt.shape[4] // m
     sd, sh, sw = stride
     taps = cols.shape[1] // C
-    for j in range(cols.shape[0]):
-        gx[n0 + j] = 0
+    for a in range(A):
+        gxt[a] = 0
         for r in range(cols.shape[1]):
             c = r // taps
             offd, offh, offw = tap_offsets(r % taps, kernel, dilation, padding)
@@ -81,9 +95,39 @@ def _col2im(cols, n0, gx, kernel, stride, dilation, padding, out_size):
             ow0, ow1 = valid_outputs(offw, sw, W, OW)
             for od in range(od0, od1):
                 for oh in range(oh0, oh1):
-                    i, jj, base = od * sd + offd, oh * sh + offh, (od * OH + oh) * OW
-                    for ow in range(ow0, ow1):
-                        gx[n0 + j, c, i, jj, U(ow * sw + offw)] += cols[j, r, U(base + ow)]
+                    i, jj = od * sd + offd, oh * sh + offh
+                    if sw == 1:
+                        for e in range(ow0 * m, ow1 * m):
+                            gxt[a, c, i, jj, U(e + offw * m)] += cols[a, r, od, oh, U(e)]
+                    elif m == 1:
+                        for ow in range(ow0, ow1):
+                            gxt[a, c, i, jj, U(ow * sw + offw)] += cols[a, r, od, oh, U(ow)]
+                    else:
+                        for ow in range(ow0, ow1):
+                            dst = (ow * sw + offw) * m
+                            for e in range(m):
+                                gxt[a, c, i, jj, U(dst + e)] += cols[a, r, od, oh, U(ow * m + e)]
+
+
+@njit(cache=True)
+def _deinterleave(res, n0, out, b, residual, slope, lo, hi):
+    """out[n0 + a*m + s, k, p] = activate(res[a, k, p*m + s] + b[k] + residual[n0 + a*m + s, k, p])
+    (residual of size 0: none): ``_interleave``'s inverse, with the forward's epilogue on the
+    same pass. Each (a, k) block of res is read m samples at a time while it is in cache."""
+    A, K, Pm = res.shape
+    P = out.shape[2]
+    m = Pm // P
+    with_residual = residual.size > 0
+    for a in range(A):
+        for k in range(K):
+            bk = b[k]
+            for s in range(m):
+                j = n0 + a * m + s
+                for p in range(P):
+                    v = res[a, k, U(p * m + s)] + bk
+                    if with_residual:
+                        v += residual[j, k, U(p)]
+                    out[j, k, U(p)] = activate(v, slope, lo, hi)
 
 
 @njit(cache=True)
@@ -258,7 +302,7 @@ def _stacks_depth(geom):
 
 def _on_plain_grid(geom):
     """Whether the columns are unfolded onto the grid with every tap (``Grid``, not stacked)."""
-    return (geom.stride == (1, 1, 1) and not _is_pointwise(geom)
+    return (geom.stride == (1, 1, 1) and not _is_pointwise(geom) and not _interleaves(geom)
             and geom.out_channels // geom.groups <= GRID_MAX_OUT_PER_GROUP)
 
 
@@ -305,20 +349,24 @@ def workspace_bytes(geom, itemsize, workspace):
     if _on_grid_layout(geom):
         grid = Grid(geom)
         return _grid_chunk_size(geom, grid, itemsize, workspace) * grid.per_sample(geom) * itemsize
-    return _chunk_size(geom, itemsize, workspace) * _exact_per_sample(geom) * itemsize
+    interleaved = _interleaves(geom)
+    return _chunk_size(geom, itemsize, workspace, interleaved) * _exact_per_sample(geom, interleaved) * itemsize
 
 
-def _chunk_size(geom, itemsize, workspace):
-    """Samples per chunk: the column buffer (and the per-sample weight-gradient products of a
-    chunk, or the forward's GEMM result with samples side by side) stay under ``workspace``
-    bytes; at least one sample."""
-    return int(max(1, min(geom.batch, workspace // (_exact_per_sample(geom) * itemsize))))
+def _chunk_size(geom, itemsize, workspace, interleaved=False):
+    """Samples per chunk of the exact columns: a chunk's scratch (``_exact_per_sample``) stays
+    under ``workspace`` bytes; at least one sample."""
+    return int(max(1, min(geom.batch, workspace // (_exact_per_sample(geom, interleaved) * itemsize))))
 
 
-def _exact_per_sample(geom):
+def _exact_per_sample(geom, interleaved=False):
     """Scratch elements per sample of the exact columns: columns, and the larger of the weight
-    gradient's per-sample products and the side-by-side forward's GEMM result."""
+    gradient's per-sample products and a GEMM result; interleaved (``_interleaves``), columns
+    and the interleaved copies of the input (or input gradient) and of the output (or grad_out),
+    the weight gradient's one product summing over the chunk inside its GEMM."""
     rows, positions = geom.in_channels * math.prod(geom.kernel), math.prod(geom.out_size)
+    if interleaved:
+        return rows * positions + geom.in_channels * math.prod(geom.in_size) + geom.out_channels * positions
     return rows * positions + max(rows * (geom.out_channels // geom.groups), geom.out_channels * positions)
 
 
@@ -343,53 +391,61 @@ def _scratch_array(name, shape, dtype):
     return held[:nbytes].view(dtype).reshape(shape)
 
 
-def _buffer(geom, size, dtype):
-    """A (n, G, C/G * taps, P) column buffer for chunks of up to ``size`` samples, from the
-    per-thread scratch."""
-    rows = geom.in_channels * math.prod(geom.kernel)
-    count = size * rows * math.prod(geom.out_size)
-    flat = _scratch_array("cols", (count,), dtype)
-
-    def view(n):
-        return flat[:n * count // size].reshape(n, geom.groups, rows // geom.groups, -1)
-
-    return view
-
-
-#: The forward's exact columns lay samples side by side, up to ``GRID_GEMM_COLUMNS`` columns,
-#: when a sample has at most this many output positions: BLAS ran a batch of GEMMs of a few
-#: dozen columns each well below one GEMM of them all. Measured, 8 samples, batched -> side by
-#: side: ResNet-18's layer 4 (512 x 4608, 49 positions) 16.2 -> 12.7 ms; at 196 positions
-#: 14.4 -> 14.0, at 784 and 3136 nothing.
-EXACT_SIDE_BY_SIDE_POSITIONS = 100
+#: The exact columns interleave a chunk's samples when output rows are at most this wide.
+#: Unfolding copies one output row per channel, tap and row of the output: rows of a few
+#: elements (7x7 planes) make it a loop of short copies, and per-sample GEMMs of a few dozen
+#: columns run far below BLAS's peak. With the samples innermost a row is m samples long and the
+#: chunk is one GEMM, for two transposing copies (the input's, the output's). Measured, forward,
+#: the samples side by side -> interleaved: ResNet-18's layer 4 at batch 8 (512 channels, 7x7)
+#: 10.3 -> 7.6 ms, layer 3 (14x14) 10.1 -> 8.2 ms, its 3x3/2 into 14x14 5.0 -> 4.1 ms; the grid
+#: layout -> interleaved: LeNet's c2 at batch 64 (16 channels, 10x10) 1.08 -> 0.74 ms; at 28x28
+#: (ResNet's layer 2, b8) no difference. Backward (both gradients), the same shapes: 20.7 -> 13.2,
+#: 16.8 -> 12.9, 10.4 -> 7.5 and 2.1 -> 1.9 ms.
+INTERLEAVE_MAX_WIDTH = 16
 
 
-def _exact_side_by_side(n, geom):
-    """How many of a chunk's n samples the forward's exact columns lay side by side (a divisor
-    of n)."""
-    positions = math.prod(geom.out_size)
-    return 1 if positions > EXACT_SIDE_BY_SIDE_POSITIONS else _largest_divisor(n, GRID_GEMM_COLUMNS // positions)
+def _interleaves(geom):
+    """Whether the exact columns interleave the samples of a chunk (``INTERLEAVE_MAX_WIDTH``):
+    not with a single sample, a pointwise convolution (no columns) or the depth stacked, nor
+    when the columns hold fewer elements than the input, whose interleaved copy would then cost
+    more than the short rows (a 1x1 kernel at stride 2: (8, 256, 14x14) -> 512, 0.64 -> 0.80 ms)."""
+    return (geom.batch > 1 and geom.out_size[2] <= INTERLEAVE_MAX_WIDTH and not _is_pointwise(geom)
+            and not _stacks_depth(geom)
+            and math.prod(geom.kernel) * math.prod(geom.out_size) >= math.prod(geom.in_size))
 
 
-def _columns(x, geom, workspace, side_by_side=False):
-    """Yield (n0, n1, cols) per chunk, cols of shape (n/m, G, C/G * taps, m * P): m samples side
-    by side (``_exact_side_by_side`` when asked, else one). A pointwise convolution's columns
-    are views of x, chunked all the same: grad_weight's per-sample products grow with the
-    chunk, and the workspace bound is what keeps them in check."""
+def _interleave(a, n0, n1, m, name):
+    """a[n0:n1] (n, C, *spatial) with m samples interleaved, sample innermost: (n/m, C, S * m),
+    S the spatial size, a copy into the per-thread scratch ``name``; for m = 1 a view."""
+    n, C = n1 - n0, a.shape[1]
+    if m == 1:
+        return a[n0:n1].reshape(n, C, -1)
+    dst = _scratch_array(name, (n // m, C, math.prod(a.shape[2:]), m), a.dtype)
+    np.copyto(dst, a[n0:n1].reshape(n // m, m, C, -1).transpose(0, 2, 3, 1))
+    return dst.reshape(n // m, C, -1)
+
+
+def _columns(x, geom, workspace):
+    """Yield (n0, n1, cols) per chunk, cols of shape (n/m, G, C/G * taps, P * m): the chunk's
+    samples interleaved (m = n, ``_interleaves``) or one by one (m = 1). A pointwise
+    convolution's columns are views of x, chunked all the same: grad_weight's per-sample
+    products grow with the chunk, and the workspace bound is what keeps them in check."""
     G = geom.groups
-    size = _chunk_size(geom, x.itemsize, workspace)
+    interleaved = _interleaves(geom)
+    size = _chunk_size(geom, x.itemsize, workspace, interleaved)
     if _is_pointwise(geom):
         for n0, n1 in _chunks(geom, size):
             yield n0, n1, _grouped(x[n0:n1], G)
         return
-    view = _buffer(geom, size, x.dtype)
-    rows, positions = x.shape[1] * math.prod(geom.kernel), math.prod(geom.out_size)
+    C, (D, H, W), (OD, OH, OW) = x.shape[1], geom.in_size, geom.out_size
+    rows = C * math.prod(geom.kernel)
     for n0, n1 in _chunks(geom, size):
         n = n1 - n0
-        m = _exact_side_by_side(n, geom) if side_by_side else 1
-        cols = view(n).reshape(n // m, rows, m, positions)
-        _im2col(x, n0, cols, geom.kernel, geom.stride, geom.dilation, geom.padding, geom.out_size)
-        yield n0, n1, cols.reshape(n // m, G, rows // G, m * positions)
+        m = n if interleaved else 1
+        cols = _scratch_array("cols", (n // m, rows, OD, OH, OW * m), x.dtype)
+        xt = _interleave(x, n0, n1, m, "padded").reshape(n // m, C, D, H, W * m)
+        _im2col(xt, cols, geom.kernel, geom.stride, geom.dilation, geom.padding, geom.out_size)
+        yield n0, n1, cols.reshape(n // m, G, rows // G, -1)
 
 
 def _grid_columns(x, geom, grid, workspace):
@@ -429,6 +485,15 @@ def _quiet(entry):
             entry(*args)
     run.__name__, run.__doc__ = entry.__name__, entry.__doc__
     return run
+
+
+def _epilogue_args(out, b, epilogue=IDENTITY, residual=None):
+    """The bias, residual and epilogue arguments of ``_deinterleave`` and ``_from_grid``, in
+    out's dtype (zeros for no bias, an empty residual for none)."""
+    b = np.zeros(out.shape[1], dtype=out.dtype) if b is None else b
+    r = (np.empty((0,) * out.ndim, out.dtype) if residual is None
+         else np.ascontiguousarray(residual).reshape(out.shape))
+    return (b, r, *(out.dtype.type(v) for v in epilogue))
 
 
 def _grouped(a, groups):
@@ -475,28 +540,25 @@ def forward(x, w, b, out, geom, workspace, epilogue=IDENTITY, residual=None):
     if _on_grid_layout(geom):
         grid, K = Grid(geom), geom.out_channels
         w3 = _depth_rows(w, geom, grid)
-        b = np.zeros(K, dtype=out.dtype) if b is None else b
-        r = (np.empty((0,) * 5, out.dtype) if residual is None
-             else np.ascontiguousarray(residual).reshape(out.shape))
+        b, r, *activation = _epilogue_args(out, b, epilogue, residual)
         for n0, n1, cols in _grid_columns(x, geom, grid, workspace):
             res = np.matmul(w3, cols, out=_scratch_array("result", (cols.shape[0], *w3.shape[:2], cols.shape[3]), out.dtype))
             _from_grid(res.reshape(cols.shape[0], G, grid.depth_taps, K // G, -1, grid.positions), n0, out, b, r,
-                       grid.shape[1:], grid.depth_step, *(out.dtype.type(v) for v in epilogue))
+                       grid.shape[1:], grid.depth_step, *activation)
         return
     w3, out4 = w.reshape(G, w.shape[0] // G, -1), _grouped(out, G)
-    for n0, n1, cols in _columns(x, geom, workspace, side_by_side=True):
-        n, m = n1 - n0, (n1 - n0) // cols.shape[0]
-        if m == 1:
+    for n0, n1, cols in _columns(x, geom, workspace):
+        if cols.shape[0] == n1 - n0:  # one sample per GEMM, written in place
             np.matmul(w3, cols, out=out4[n0:n1])
+            r = None if residual is None else residual[n0:n1]
+            if epilogue != IDENTITY or r is not None:
+                run_epilogue(out[n0:n1], b, epilogue, r)
+            elif b is not None:
+                out[n0:n1] += b.reshape(-1, 1, 1, 1)
             continue
-        res = np.matmul(w3, cols, out=_scratch_array("result", (n // m, G, w3.shape[1], cols.shape[3]), out.dtype))
-        # (n/m, G, K/G, m, P) -> out's (n/m, m, G, K/G, P): one strided copy
-        np.copyto(out4[n0:n1].reshape(n // m, m, *out4.shape[1:]),
-                  res.reshape(n // m, G, w3.shape[1], m, -1).transpose(0, 3, 1, 2, 4))
-    if epilogue != IDENTITY or residual is not None:
-        run_epilogue(out, b, epilogue, residual)
-    elif b is not None:
-        out += b.reshape(-1, 1, 1, 1)
+        res = np.matmul(w3, cols, out=_scratch_array("result", (1, G, w3.shape[1], cols.shape[3]), out.dtype))
+        out3 = out.reshape(*out.shape[:2], -1)
+        _deinterleave(res.reshape(1, out.shape[1], -1), n0, out3, *_epilogue_args(out3, b, epilogue, residual))
 
 
 @_quiet
@@ -525,12 +587,19 @@ def grad_input(go, w, gx, geom, workspace):
             _fold_grid(_unsplit(cols, grid), gxp, grid.shifts)
             gx[(slice(n0, n1), slice(None), *inner)] = gxp.reshape(n, gx.shape[1], *grid.shape)[(..., *outer)]
         return
-    size = _chunk_size(geom, go.itemsize, workspace)
-    view = _buffer(geom, size, go.dtype)
-    for n0, n1 in _chunks(geom, size):
-        cols = np.matmul(w3t, go4[n0:n1], out=view(n1 - n0))
-        _col2im(cols.reshape(n1 - n0, gx.shape[1] * math.prod(geom.kernel), -1), n0, gx,
+    interleaved = _interleaves(geom)
+    C, (D, H, W), (OD, OH, OW) = gx.shape[1], geom.in_size, geom.out_size
+    for n0, n1 in _chunks(geom, _chunk_size(geom, go.itemsize, workspace, interleaved)):
+        n = n1 - n0
+        m = n if interleaved else 1
+        got = _interleave(go, n0, n1, m, "result").reshape(n // m, G, w3t.shape[2], -1)
+        cols = np.matmul(w3t, got, out=_scratch_array("cols", (n // m, G, w3t.shape[1], got.shape[3]), go.dtype))
+        gxt = gx[n0:n1] if m == 1 else _scratch_array("padded", (1, C, D, H, W * m), gx.dtype)
+        _col2im(cols.reshape(n // m, -1, OD, OH, OW * m), gxt.reshape(n // m, C, D, H, W * m),
                 geom.kernel, geom.stride, geom.dilation, geom.padding, geom.out_size)
+        if m > 1:
+            gx3 = gx.reshape(*gx.shape[:2], -1)
+            _deinterleave(gxt.reshape(1, C, -1), n0, gx3, *_epilogue_args(gx3, None))
 
 
 #: The most weight-gradient elements whose products ``_add_weight_grad`` computes transposed.
@@ -586,6 +655,6 @@ def grad_weight(go, x, gw, geom, workspace):
                 _add_weight_grad(part, gog, cols[..., d * grid.depth_step:d * grid.depth_step + grid.outputs])
                 gw6[:, :, :, d] += part.reshape(gw6.shape[:3] + (grid.taps,))
         return
-    go4 = _grouped(go, geom.groups)
     for n0, n1, cols in _columns(x, geom, workspace):
-        _add_weight_grad(gw3, go4[n0:n1], cols)
+        m = (n1 - n0) // cols.shape[0]
+        _add_weight_grad(gw3, _interleave(go, n0, n1, m, "result").reshape(cols.shape[0], *gw3.shape[:2], -1), cols)
