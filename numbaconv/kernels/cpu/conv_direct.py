@@ -242,20 +242,24 @@ def _grad_weight_flat(gog, xp, gw, dilation):
     Kg = K // (C // Cg)
     plane = xp.shape[2:]
     q_end = gog.shape[2]
+    taps = KD * KH * KW
     xf = xp.reshape(N, C, -1)
     for kc in prange(K * Cg):  # one (output, input channel) filter per task
         k, cl = kc // Cg, kc % Cg
         c = (k // Kg) * Cg + cl
-        for kd in range(KD):
-            for kh in range(KH):
-                for kw in range(KW):
-                    shift = _tap_shift(kd, kh, kw, plane, dilation)
-                    gw[k, cl, kd, kh, kw] = 0
-                    acc = gw[k, cl, kd, kh, kw]  # a zero of the array's own dtype
-                    for n in range(N):
-                        for q in range(q_end):
-                            acc += gog[n, k, U(q)] * xf[n, c, U(q + shift)]
-                    gw[k, cl, kd, kh, kw] = acc
+        acc = np.zeros(taps, dtype=gw.dtype)
+        # samples outside, taps inside: a sample's two planes stay in L1 while every tap reads
+        # them (taps outside read all N planes from L2 once per tap: c1 of LeNet at batch 64,
+        # 0.44 -> 0.31 ms; (8, 64, 56x56) -> 64, 3x3, 47 -> 25 ms)
+        for n in range(N):
+            for t in range(taps):
+                shift = _tap_shift(t // (KH * KW), (t // KW) % KH, t % KW, plane, dilation)
+                total = acc[t]
+                for q in range(q_end):
+                    total += gog[n, k, U(q)] * xf[n, c, U(q + shift)]
+                acc[t] = total
+        for t in range(taps):
+            gw[k, cl, t // (KH * KW), (t // KW) % KH, t % KW] = acc[t]
 
 
 def _grid_shape(geom):
