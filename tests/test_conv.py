@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import naive
 import numbaconv
-from numbaconv.kernels.cpu import conv_im2col
+from numbaconv.kernels.cpu import conv_direct, conv_im2col
 from conftest import DTYPES, LAYOUTS, assert_close, assert_unmodified, check, int_or_tuple, make_array, snapshot
 
 ALGORITHMS = ("direct", "im2col", "auto")
@@ -326,6 +326,48 @@ def test_depthwise_kernels(monkeypatch, nd, k, stride, dilation, padding, m, siz
         tscales = naive.conv_transpose_backward(_abs(gt), _abs(x), _abs(w), **tkw)
         for name, got, ref, scale in zip(("grad_x", "grad_weight", "grad_bias"), tgrads, trefs, tscales):
             check(got, ref, scale, np.float32, "transposed " + name)
+
+
+#: one input channel into several at stride 1 (nd, kernel, dilation, padding, batch, outputs):
+#: a 1x9 and a 5x5 kernel (not whole 3x3 blocks), dilation with padding, 3-D, and LeNet's c1.
+SINGLE_INPUT_CHANNEL = [(1, 9, 1, 0, 2, 4), (2, 5, 1, 0, 3, 6), (2, 3, 2, 2, 2, 5), (3, 3, 1, 1, 2, 3),
+                        (2, 5, 1, 0, 4, 6)]
+
+
+@pytest.mark.parametrize("nd, k, dilation, padding, batch, c_out", SINGLE_INPUT_CHANNEL)
+def test_single_input_channel_weight_gradient_runs_the_flat_loops(monkeypatch, nd, k, dilation, padding, batch,
+                                                                  c_out):
+    """A single input channel into several at stride 1 (``conv_direct._single_input_channel``)
+    takes its weight gradient from the flat loops, never the depthwise ones; so does the weight
+    gradient of the transposed convolution back to one channel. Both gradients of each against
+    the naive reference, on the serial and the parallel kernels."""
+    def refuse(*args):
+        raise AssertionError("the depthwise weight gradient ran")
+
+    flat, calls = conv_direct._grad_weight_flat, []
+    monkeypatch.setattr(conv_direct.depthwise, "grad_weight", refuse)
+    monkeypatch.setattr(conv_direct, "_grad_weight_flat", lambda *a: calls.append(1) or flat(*a))
+    rng = np.random.default_rng(k * 10 + nd)
+    size = 32 if batch == 4 else {1: 40, 2: 11, 3: 6}[nd]
+    x = rng.standard_normal((batch, 1) + (size,) * nd)
+    w = rng.standard_normal((c_out, 1) + (k,) * nd)
+    kw = dict(padding=padding, dilation=dilation)
+    for threshold in (1 << 30, 1):  # the one-thread twin, then the parallel kernel
+        monkeypatch.setattr(numbaconv.config, "PARALLEL_MIN_ELEMENTS", threshold)
+        y = conv_fn(nd)(x, w, algorithm="direct", **kw)
+        go = rng.standard_normal(y.shape)
+        grads = conv_backward_fn(nd)(go, x, w, algorithm="direct", **kw)
+        refs, scales = naive.conv_backward(go, x, w, **kw), naive.conv_backward(_abs(go), _abs(x), _abs(w), **kw)
+        for name, got, ref, scale in zip(("grad_x", "grad_weight", "grad_bias"), grads, refs, scales):
+            check(got, ref, scale, np.float64, name)
+        # transposed: c_out -> 1 channel, weight (c_out, 1, *k) read as (C_in, C_out, *k)
+        gt = rng.standard_normal(x.shape)
+        tgrads = conv_transpose_backward_fn(nd)(gt, y, w, algorithm="direct", **kw)
+        trefs = naive.conv_transpose_backward(gt, y, w, **kw)
+        tscales = naive.conv_transpose_backward(_abs(gt), _abs(y), _abs(w), **kw)
+        for name, got, ref, scale in zip(("grad_x", "grad_weight", "grad_bias"), tgrads, trefs, tscales):
+            check(got, ref, scale, np.float64, "transposed " + name)
+    assert len(calls) == 4
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the reference's inf * 0

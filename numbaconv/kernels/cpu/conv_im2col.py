@@ -194,24 +194,6 @@ def _from_grid(res, n0, out, b, residual, plane, step, slope, lo, hi):
                             out[n0 + j, k, od, oh, U(ow)] = activate(out[n0 + j, k, od, oh, U(ow)], slope, lo, hi)
 
 
-@njit(cache=True)
-def _to_grid(go, n0, gog, plane):
-    """gog[j // m, k, j % m] = go[n0 + j, k] on the grid's output positions, zeros on the
-    others (``_from_grid``'s adjoint): those columns must add nothing to the gradients."""
-    K, m = gog.shape[1:3]
-    n = gog.shape[0] * m
-    OD, OH, OW = go.shape[2:]
-    Hp, Wp = plane
-    for j in range(n):
-        for k in range(K):
-            gog[j // m, k, j % m] = 0
-            for od in range(OD):
-                for oh in range(OH):
-                    base = (od * Hp + oh) * Wp
-                    for ow in range(OW):
-                        gog[j // m, k, j % m, U(base + ow)] = go[n0 + j, k, od, oh, U(ow)]
-
-
 def _is_pointwise(geom):
     """Input and output positions correspond one to one (a transposed convolution's
     output_padding can add outputs that no input reaches, hence the size check)."""
@@ -468,7 +450,7 @@ def _grid_grad_out(go, n0, n1, geom, grid):
     n, K = n1 - n0, go.shape[1]
     m = _side_by_side(n, grid)
     gog = _scratch_array("result", (n // m, K, m, grid.outputs), go.dtype)
-    _to_grid(go, n0, gog, grid.shape[1:])
+    conv_direct.to_grid(go, n0, gog, grid.shape[1:])
     return gog.reshape(n // m, geom.groups, K // geom.groups, -1)
 
 
