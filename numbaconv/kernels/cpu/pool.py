@@ -244,7 +244,7 @@ def avg_backward(go, gx, geom, count_include_pad=False, divisor_override=None):
     first, count = g.windows()
     whole = _whole_plane_divisor(g, first, count, count_include_pad, divisor_override)
     if whole is not None:
-        _whole_plane_avg_backward(go.reshape(go.size), _flat(gx), whole)
+        _whole_plane_avg_backward(go.reshape(go.size), _flat(gx), gx.dtype.type(whole))
         return
     _avg_backward(_planes(go, g.out_size), _planes(gx, g.in_size), first, count,
                   g.divisors(count_include_pad, divisor_override))
