@@ -167,5 +167,22 @@ def test_bad_input_raises_naming_the_argument(call, exception, match):
 
 
 
+def test_memoized_geometry_keeps_every_check():
+    """The geometry is memoized on plain arguments (``_geometry._memoized``): a valid call first
+    must not let a bool (equal to 1) through afterwards, a failing call must not be remembered,
+    and arguments the cache does not take (lists, NumPy integers) give the same result."""
+    good = numbaconv.conv2d(X, W, B, stride=1, groups=2)
+    for stride in (True, (1, True)):
+        with pytest.raises(TypeError, match="stride"):
+            numbaconv.conv2d(X, W, B, stride=stride, groups=2)
+    with pytest.raises(ValueError, match="groups"):
+        numbaconv.conv2d(X, W, B, groups=3)
+    for stride in ([1, 1], np.int64(1), (np.int64(1), 1)):
+        np.testing.assert_array_equal(numbaconv.conv2d(X, W, B, stride=stride, groups=2), good)
+    with pytest.raises(TypeError, match="padding"):
+        numbaconv.conv_transpose2d(TX, TW, stride=2, groups=2, padding=(0, False))
+    assert numbaconv.conv_transpose2d(TX, TW, stride=2, groups=2).shape == TGO.shape
+
+
 def test_battery_in_a_subprocess():
     assert_battery_survives("test_bad_input")
