@@ -118,16 +118,18 @@ def _check_bias(op, bias_shape, channels):
 
 
 def _memoized(compute, *args):
-    """``compute(*args)``, from its cache when every argument is a plain int, str or None, or a
-    tuple of them: every call of a layer has the same geometry, and building it (checking each
-    argument, working out the sizes) took about 13 us of a 45-us LeNet conv2d at batch 1.
-    Anything else (lists, NumPy integers, bools, which compare equal to ints and must still be
-    refused) is computed afresh, so the checks and their errors are the same either way; errors
-    are never cached."""
-    def plain(v):
-        return v is None or type(v) in (int, str) or (type(v) is tuple and all(plain(e) for e in v))
+    """``compute(*args)``, from its cache (``functools.lru_cache(typed=True)``) when every
+    argument is plain: None, an int, a str or a bool, or a tuple of ints, Nones and such tuples.
+    Every call of a layer has the same geometry, and building it (checking each argument,
+    working out the sizes) took about 13 us of a 45-us LeNet conv2d at batch 1. ``typed`` keeps
+    a bool argument apart from the int it equals; inside tuples only exact ints are taken, for
+    the same reason. Anything else (lists, NumPy integers) is computed afresh, so the checks and
+    their errors are the same either way; errors are never cached."""
+    def plain(v, top):
+        return (v is None or type(v) in ((int, str, bool) if top else (int,))
+                or (type(v) is tuple and all(plain(e, False) for e in v)))
 
-    if all(plain(a) for a in args):
+    if all(plain(a, True) for a in args):
         return compute(*args)
     return compute.__wrapped__(*args)
 
@@ -139,7 +141,7 @@ def conv_geometry(op, x, weight, bias, stride, padding, dilation, groups, paddin
                      padding, dilation, groups, padding_mode, ndim)
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=1024, typed=True)
 def _conv_geometry(op, x_shape, weight_shape, bias_shape, stride, padding, dilation, groups, padding_mode, ndim):
     N, C = x_shape[:2]
     K = weight_shape[0]
@@ -196,7 +198,7 @@ def conv_transpose_geometry(op, x, weight, bias, stride, padding, output_padding
                      stride, padding, output_padding, groups, dilation, ndim)
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=1024, typed=True)
 def _conv_transpose_geometry(op, x_shape, weight_shape, bias_shape, stride, padding, output_padding, groups, dilation,
                              ndim):
     N, C = x_shape[:2]
@@ -401,12 +403,17 @@ def pool_geometry(op, x, ndim, kernel_size, stride=None, padding=0, dilation=1, 
     the undilated kernel size, also for dilated max pooling).
     """
     check_pool_input(op, x, ndim)
+    return _memoized(_pool_geometry, op, x.shape, ndim, kernel_size, stride, padding, dilation, ceil_mode)
+
+
+@functools.lru_cache(maxsize=1024, typed=True)
+def _pool_geometry(op, x_shape, ndim, kernel_size, stride, padding, dilation, ceil_mode):
     kernel = int_tuple(op, "kernel_size", kernel_size, ndim, 1)
     stride = kernel if stride is None else int_tuple(op, "stride", stride, ndim, 1)
     padding = int_tuple(op, "padding", padding, ndim, 0)
     dilation = int_tuple(op, "dilation", dilation, ndim, 1)
     ceil_mode = check_bool(op, "ceil_mode", ceil_mode)
-    size = tuple(x.shape[2:])
+    size = tuple(x_shape[2:])
     for dim, (k, p) in enumerate(zip(kernel, padding)):
         if p > k // 2:
             raise ValueError(
@@ -418,9 +425,9 @@ def pool_geometry(op, x, ndim, kernel_size, stride=None, padding=0, dilation=1, 
         if o < 1:
             raise ValueError(
                 f"{op}: kernel_size {kernel} (dilated extent {d * (k - 1) + 1} in spatial dim {dim}) is larger than the "
-                f"padded input (size {n} + {2 * p} padding); x shape {x.shape}"
+                f"padded input (size {n} + {2 * p} padding); x shape {x_shape}"
             )
-    return _sliding_geometry(ndim, x.shape[0], x.shape[1], size, kernel, stride, padding, dilation, out)
+    return _sliding_geometry(ndim, x_shape[0], x_shape[1], size, kernel, stride, padding, dilation, out)
 
 
 @functools.lru_cache(maxsize=256)
@@ -439,7 +446,12 @@ def adaptive_pool_geometry(op, x, ndim, output_size):
     """Check an adaptive pooling's arguments and return its geometry: output position i of a
     length-L dimension reads [floor(i * L / out), ceil((i + 1) * L / out)); None keeps L."""
     check_pool_input(op, x, ndim)
-    size = tuple(x.shape[2:])
+    return _memoized(_adaptive_pool_geometry, op, x.shape, ndim, output_size)
+
+
+@functools.lru_cache(maxsize=1024, typed=True)
+def _adaptive_pool_geometry(op, x_shape, ndim, output_size):
+    size = tuple(x_shape[2:])
     single = output_size is None or type(output_size) is int or isinstance(output_size, Integral)
     items = (output_size,) * ndim if single else output_size
     if not isinstance(items, (tuple, list)) or len(items) != ndim or isinstance(output_size, bool) or not all(
@@ -449,7 +461,7 @@ def adaptive_pool_geometry(op, x, ndim, output_size):
     out = tuple(n if v is None else int(v) for n, v in zip(size, items))
     if min(out) < 1:
         raise ValueError(f"{op}: output_size must be >= 1 in every dimension, got {output_size!r}")
-    return _adaptive_geometry(ndim, x.shape[0], x.shape[1], size, out)
+    return _adaptive_geometry(ndim, x_shape[0], x_shape[1], size, out)
 
 
 @functools.lru_cache(maxsize=256)

@@ -168,7 +168,7 @@ def test_bad_input_raises_naming_the_argument(call, exception, match):
 
 
 def test_memoized_geometry_keeps_every_check():
-    """The geometry is memoized on plain arguments (``_geometry._memoized``): a valid call first
+    """Geometries are memoized on plain arguments (``_geometry._memoized``): a valid call first
     must not let a bool (equal to 1) through afterwards, a failing call must not be remembered,
     and arguments the cache does not take (lists, NumPy integers) give the same result."""
     good = numbaconv.conv2d(X, W, B, stride=1, groups=2)
@@ -182,6 +182,14 @@ def test_memoized_geometry_keeps_every_check():
     with pytest.raises(TypeError, match="padding"):
         numbaconv.conv_transpose2d(TX, TW, stride=2, groups=2, padding=(0, False))
     assert numbaconv.conv_transpose2d(TX, TW, stride=2, groups=2).shape == TGO.shape
+    pooled = numbaconv.max_pool2d(X, 2)
+    for kernel_size in (True, (2, True)):
+        with pytest.raises(TypeError, match="kernel_size"):
+            numbaconv.max_pool2d(X, kernel_size)
+    np.testing.assert_array_equal(numbaconv.max_pool2d(X, [2, 2]), pooled)
+    assert numbaconv.adaptive_avg_pool2d(X, (2, None)).shape == (1, 4, 2, 5)
+    with pytest.raises(TypeError, match="output_size"):
+        numbaconv.adaptive_avg_pool2d(X, (2, True))
 
 
 def test_battery_in_a_subprocess():
