@@ -390,8 +390,15 @@ def _interleaves(geom):
     """Whether the exact columns interleave the samples of a chunk (``INTERLEAVE_MAX_WIDTH``):
     not with a single sample, a pointwise convolution (no columns) or the depth stacked, nor
     when the columns hold fewer elements than the input, whose interleaved copy would then cost
-    more than the short rows (a 1x1 kernel at stride 2: (8, 256, 14x14) -> 512, 0.64 -> 0.80 ms)."""
-    return (geom.batch > 1 and geom.out_size[2] <= INTERLEAVE_MAX_WIDTH and not _is_pointwise(geom)
+    more than the short rows (a 1x1 kernel at stride 2: (8, 256, 14x14) -> 512, 0.64 -> 0.80 ms).
+
+    Strided rows must be half as short: there a column row is copied m samples at a time per
+    output, not in one run, and at small batches those copies cost more than the GEMM gains.
+    Measured, 3x3/2, one by one -> interleaved, forward: (2, 64, 32x32) -> 64 (16 wide) 0.49 ->
+    0.91 ms, (2, 128, 28x28) -> 256 (14 wide) 1.41 -> 2.12, at batch 8 a tie; (8, 256, 14x14) ->
+    512 (7 wide) 6.40 -> 4.54, (16, 32, 16x16) -> 32 (8 wide) 0.52 -> 0.44."""
+    width = INTERLEAVE_MAX_WIDTH if geom.stride[2] == 1 else INTERLEAVE_MAX_WIDTH // 2
+    return (geom.batch > 1 and geom.out_size[2] <= width and not _is_pointwise(geom)
             and not _stacks_depth(geom)
             and math.prod(geom.kernel) * math.prod(geom.out_size) >= math.prod(geom.in_size))
 
