@@ -382,7 +382,9 @@ def _scratch_array(name, shape, dtype):
 #: 10.3 -> 7.6 ms, layer 3 (14x14) 10.1 -> 8.2 ms, its 3x3/2 into 14x14 5.0 -> 4.1 ms; the grid
 #: layout -> interleaved: LeNet's c2 at batch 64 (16 channels, 10x10) 1.08 -> 0.74 ms; at 28x28
 #: (ResNet's layer 2, b8) no difference. Backward (both gradients), the same shapes: 20.7 -> 13.2,
-#: 16.8 -> 12.9, 10.4 -> 7.5 and 2.1 -> 1.9 ms.
+#: 16.8 -> 12.9, 10.4 -> 7.5 and 2.1 -> 1.9 ms. Strided rows take half this width
+#: (``_interleaves``): the 3x3/2 into 14x14 now runs one sample at a time, against which
+#: interleaving gained 2-6% at batch 8 and lost up to 1.5x at batch 2.
 INTERLEAVE_MAX_WIDTH = 16
 
 
