@@ -641,6 +641,10 @@ def test_dtype_is_preserved_and_float64_is_computed_in_float64():
         (64, 128, 64, 2, "grad_weight", "direct"),
         (64, 64, 32, 1, "grad_input", "direct"),
         (1, 6, 1, 1, "forward", "direct"),  # LeNet c1
+        ((256, 1), 6, 1, 1, "forward", "direct"),  # ... past the output bound too: one channel into at most 8
+        ((256, 1), 6, 1, 1, "grad_weight", "im2col"),  # ... its forward only
+        ((256, 1), 6, 1, 2, "forward", "im2col"),  # ... but not strided
+        ((256, 1), 16, 1, 1, "forward", "im2col"),  # ... nor into more than 8
         (6, 16, 1, 1, "forward", "direct"),  # LeNet c2
         ((64, 6), 16, 1, 1, "forward", "im2col"),  # ... but at batch 64 (output elements past the bound)
         (6, 16, 1, 2, "forward", "im2col"),  # ... but strided
