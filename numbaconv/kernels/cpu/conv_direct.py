@@ -213,6 +213,7 @@ def _forward_flat(xp, w, b, out, dilation, slope, lo, hi):
     Kg = K // (C // Cg)
     plane = xp.shape[2:]
     q_end = _flat_span(plane, (KD, KH, KW), dilation)
+    dw = dilation[2]
     xf = xp.reshape(N, C, -1)
     for nk in prange(N * K):  # one (sample, output channel) plane per task
         n, k = nk // K, nk % K
@@ -222,8 +223,18 @@ def _forward_flat(xp, w, b, out, dilation, slope, lo, hi):
         for c in range(Cg):
             for kd in range(KD):
                 for kh in range(KH):
-                    for kw in range(KW):
-                        shift = _tap_shift(kd, kh, kw, plane, dilation)
+                    row = _tap_shift(kd, kh, 0, plane, dilation)
+                    kw = 0
+                    while kw + 3 <= KW:  # three taps of the row per pass: one load and store of acc for three
+                        s0 = row + kw * dw
+                        s1, s2 = s0 + dw, s0 + 2 * dw
+                        w0, w1, w2 = w[k, c, kd, kh, kw], w[k, c, kd, kh, kw + 1], w[k, c, kd, kh, kw + 2]
+                        for q in range(q_end):
+                            acc[U(q)] += (w0 * xf[n, c0 + c, U(q + s0)] + w1 * xf[n, c0 + c, U(q + s1)]
+                                          + w2 * xf[n, c0 + c, U(q + s2)])
+                        kw += 3
+                    for kw in range(kw, KW):
+                        shift = row + kw * dw
                         wv = w[k, c, kd, kh, kw]
                         for q in range(q_end):
                             acc[U(q)] += wv * xf[n, c0 + c, U(q + shift)]
