@@ -328,6 +328,30 @@ def test_depthwise_kernels(monkeypatch, nd, k, stride, dilation, padding, m, siz
             check(got, ref, scale, np.float32, "transposed " + name)
 
 
+@pytest.mark.parametrize("route", ["serial", "parallel"])
+@pytest.mark.parametrize("kw, dw", [(1, 1), (2, 3), (3, 1), (4, 2), (5, 1), (6, 2), (7, 3)])
+def test_direct_flat_loops_take_taps_in_threes(monkeypatch, route, kw, dw):
+    """The stride-1 direct loops take a kernel row's taps three per pass (the forward and the
+    weight gradient on three accumulators, the input gradient gathered from grad_out with a
+    margin of zeros): every row width from 1 to 7 (whole triples, one or two left over), width
+    dilations up to 3, padding, on the serial and the parallel kernels, against the naive
+    reference."""
+    if route == "parallel":
+        monkeypatch.setattr(numbaconv.config, "PARALLEL_MIN_ELEMENTS", 1)
+    rng = np.random.default_rng(kw * 10 + dw)
+    x = rng.standard_normal((2, 3, 7, 6 + kw * dw))
+    w = rng.standard_normal((4, 3, 2, kw))
+    b = rng.standard_normal(4)
+    kw_ = dict(padding=(1, dw), dilation=(2, dw))
+    y = numbaconv.conv2d(x, w, b, algorithm="direct", **kw_)
+    check(y, naive.conv(x, w, b, **kw_), naive.conv(_abs(x), _abs(w), _abs(b), **kw_), np.float64, "forward")
+    go = rng.standard_normal(y.shape)
+    grads = numbaconv.conv2d_backward(go, x, w, algorithm="direct", **kw_)
+    refs, scales = naive.conv_backward(go, x, w, **kw_), naive.conv_backward(_abs(go), _abs(x), _abs(w), **kw_)
+    for name, got, ref, scale in zip(("grad_x", "grad_weight", "grad_bias"), grads, refs, scales):
+        check(got, ref, scale, np.float64, name)
+
+
 #: one input channel into several at stride 1 (nd, kernel, dilation, padding, batch, outputs):
 #: a 1x9 and a 5x5 kernel (not whole 3x3 blocks), dilation with padding, 3-D, and LeNet's c1.
 SINGLE_INPUT_CHANNEL = [(1, 9, 1, 0, 2, 4), (2, 5, 1, 0, 3, 6), (2, 3, 2, 2, 2, 5), (3, 3, 1, 1, 2, 3),

@@ -186,11 +186,12 @@ def _tap_shift(kd, kh, kw, plane_shape, dilation):
 
 
 @njit(cache=True)
-def to_grid(go, n0, gog, plane):
-    """gog[j // m, k, j % m] = go[n0 + j, k] on the grid's output positions, zeros on the
-    others: those columns must add nothing to the gradients. gog is (n/m, K, m, Q), Q the grid
-    positions up to the last output (``_flat_span``): m samples side by side, as im2col's grid
-    layout has them (m = 1 for the flat loops here). One pass, each element written once."""
+def to_grid(go, n0, gog, plane, margin=0):
+    """gog[j // m, k, j % m, margin:] = go[n0 + j, k] on the grid's output positions, zeros on
+    the others and in the ``margin`` before them: those columns must add nothing to the
+    gradients. gog is (n/m, K, m, Q + margins), Q the grid positions up to the last output
+    (``_flat_span``): m samples side by side, as im2col's grid layout has them (m = 1 for the
+    flat loops here). One pass, each element written once."""
     K, m = gog.shape[1:3]
     n = gog.shape[0] * m
     OD, OH, OW = go.shape[2:]
@@ -200,7 +201,7 @@ def to_grid(go, n0, gog, plane):
             gog[j // m, k, j % m] = 0
             for od in range(OD):
                 for oh in range(OH):
-                    base = (od * Hp + oh) * Wp
+                    base = margin + (od * Hp + oh) * Wp
                     for ow in range(OW):
                         gog[j // m, k, j % m, U(base + ow)] = go[n0 + j, k, od, oh, U(ow)]
 
@@ -246,12 +247,15 @@ def _forward_flat(xp, w, b, out, dilation, slope, lo, hi):
 
 
 @parallel_kernel
-def _grad_input_flat(gog, w, gxp, dilation):
+def _grad_input_flat(gog, w, gxp, dilation, margin):
+    """gxp = the input gradient on the grid, from grad_out on the grid with ``margin`` >= 2 *
+    dilation zeros on either side (``_on_grid``)."""
     N, C = gxp.shape[:2]
     K, Cg, KD, KH, KW = w.shape
     Kg = K // (C // Cg)
     plane = gxp.shape[2:]
-    q_end = gog.shape[2]
+    q_end = gog.shape[2] - 2 * margin
+    dw = dilation[2]
     gxf = gxp.reshape(N, C, -1)
     for nc in prange(N * C):  # one input plane per task: the scatter below never races
         n, c = nc // C, nc % C
@@ -260,11 +264,24 @@ def _grad_input_flat(gog, w, gxp, dilation):
         for k in range(k0, k0 + Kg):
             for kd in range(KD):
                 for kh in range(KH):
-                    for kw in range(KW):
-                        shift = _tap_shift(kd, kh, kw, plane, dilation)
+                    row = _tap_shift(kd, kh, 0, plane, dilation)
+                    kw = 0
+                    while kw + 3 <= KW:
+                        # three taps of the row per pass, gathered: each input position takes
+                        # its three products in one load and store, reading the margin's zeros
+                        # where a tap does not reach it ((8, 64, 56x56) -> 64, 3x3: 30 -> 21 ms)
+                        s0 = row + kw * dw
+                        w0, w1, w2 = w[k, cl, kd, kh, kw], w[k, cl, kd, kh, kw + 1], w[k, cl, kd, kh, kw + 2]
+                        g0 = margin - s0  # grad_out of tap kw at input position p: gog[p + g0]
+                        for p in range(s0, s0 + 2 * dw + q_end):
+                            gxf[n, c, U(p)] += (w0 * gog[n, k, U(p + g0)] + w1 * gog[n, k, U(p + g0 - dw)]
+                                                + w2 * gog[n, k, U(p + g0 - 2 * dw)])
+                        kw += 3
+                    for kw in range(kw, KW):
+                        shift = row + kw * dw
                         wv = w[k, cl, kd, kh, kw]
                         for q in range(q_end):
-                            gxf[n, c, U(q + shift)] += wv * gog[n, k, U(q)]
+                            gxf[n, c, U(q + shift)] += wv * gog[n, k, U(margin + q)]
 
 
 @parallel_kernel
@@ -337,12 +354,14 @@ def _padded(x, geom):
     return place_on_grid(x, geom, np.empty((*x.shape[:2], *_grid_shape(geom)), dtype=x.dtype))
 
 
-def _on_grid(go, geom):
+def _on_grid(go, geom, margin=0):
     """grad_out placed on the grid's output positions, zeros elsewhere, flattened to what the
-    flat kernels read: the dropped columns must contribute nothing to the gradients."""
+    flat kernels read: the dropped columns must contribute nothing to the gradients. With
+    ``margin`` zeros before and after the grid positions too (``_grad_input_flat``)."""
     grid = _grid_shape(geom)
-    gog = np.empty((*go.shape[:2], 1, _flat_span(grid, geom.kernel, geom.dilation)), dtype=go.dtype)
-    to_grid(go, 0, gog, grid[1:])
+    q_end = _flat_span(grid, geom.kernel, geom.dilation)
+    gog = np.empty((*go.shape[:2], 1, q_end + 2 * margin), dtype=go.dtype)
+    to_grid(go, 0, gog, grid[1:], margin)
     return gog.reshape(*go.shape[:2], -1)
 
 
@@ -386,7 +405,8 @@ def grad_input(go, w, gx, geom, workspace=None):
         depthwise.grad_input(go, w, gx, geom)
     elif geom.stride == (1, 1, 1):
         gxp = np.empty((*gx.shape[:2], *_grid_shape(geom)), dtype=gx.dtype)
-        _grad_input_flat(_on_grid(go, geom), w, gxp, geom.dilation)
+        margin = 2 * geom.dilation[2]  # what the gathered triples of taps read past the grid positions
+        _grad_input_flat(_on_grid(go, geom, margin), w, gxp, geom.dilation, margin)
         inner, outer = _window(gx.shape[2:], geom.padding, gxp.shape[2:])
         gx[...] = 0
         gx[(..., *inner)] = gxp[(..., *outer)]
