@@ -188,8 +188,8 @@ def _tap_shift(kd, kh, kw, plane_shape, dilation):
 @njit(cache=True)
 def to_grid(go, n0, gog, plane, margin=0):
     """gog[j // m, k, j % m, margin:] = go[n0 + j, k] on the grid's output positions, zeros on
-    the others and in the ``margin`` before them: those columns must add nothing to the
-    gradients. gog is (n/m, K, m, Q + margins), Q the grid positions up to the last output
+    the others and in the rest of the row (the ``margin`` before the grid positions and
+    whatever follows them): those columns must add nothing to the gradients. gog is (n/m, K, m, Q + margins), Q the grid positions up to the last output
     (``_flat_span``): m samples side by side, as im2col's grid layout has them (m = 1 for the
     flat loops here). One pass, each element written once."""
     K, m = gog.shape[1:3]
