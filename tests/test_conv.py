@@ -694,3 +694,27 @@ def test_auto_rule(c_in, c_out, groups, stride, direction, expected):
     w = np.zeros((c_out, c_in // groups, 3, 3), np.float32)
     geom = conv_geometry("conv2d", x, w, None, stride, 1, 1, groups, "zeros", 2)
     assert choose_algorithm(geom, direction) == expected
+
+
+@pytest.mark.parametrize("nd, k, dilation, padding, batch, c_out", SINGLE_INPUT_CHANNEL)
+def test_single_input_channel_forward_runs_either_kernel(monkeypatch, nd, k, dilation, padding, batch, c_out):
+    """A single input channel into several at stride 1 runs its forward pass on the depthwise
+    loops when small and on the stacked grids when large (``SINGLE_CHANNEL_STACKED_WORK``): both
+    routes, with a bias, against the naive reference, and the route taken is the
+    one the threshold names."""
+    rng = np.random.default_rng(k * 10 + nd + 1)
+    size = 32 if batch == 4 else {1: 40, 2: 11, 3: 6}[nd]
+    x = rng.standard_normal((batch, 1) + (size,) * nd)
+    w = rng.standard_normal((c_out, 1) + (k,) * nd)
+    b = rng.standard_normal(c_out)
+    ref = naive.conv(x, w, b, padding=padding, dilation=dilation)
+    scale = naive.conv(_abs(x), _abs(w), _abs(b), padding=padding, dilation=dilation)
+    stacked, depthwise_forward = conv_direct._correlate_stacked, conv_direct.depthwise.forward
+    for work, route in ((1 << 40, "depthwise"), (0, "stacked")):
+        calls = []
+        monkeypatch.setattr(conv_direct, "SINGLE_CHANNEL_STACKED_WORK", work)
+        monkeypatch.setattr(conv_direct, "_correlate_stacked", lambda *a: calls.append("stacked") or stacked(*a))
+        monkeypatch.setattr(conv_direct.depthwise, "forward", lambda *a: calls.append("depthwise") or depthwise_forward(*a))
+        y = conv_fn(nd)(x, w, b, padding=padding, dilation=dilation, algorithm="direct")
+        assert calls == [route]
+        check(y, ref, scale, np.float64, route)

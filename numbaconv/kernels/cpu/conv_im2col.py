@@ -504,7 +504,7 @@ def _depth_rows(w, geom, grid):
 
 def _adjoint(geom):
     """The input gradient of a stride-1 convolution as a forward one: the correlation of
-    grad_out with the flipped kernel (``_flipped``), at the complementary padding dilation *
+    grad_out with the flipped kernel (``conv_direct.flipped``), at the complementary padding dilation *
     (k - 1) - padding; None when that padding is negative somewhere (a crop, which the forward
     cannot take)."""
     pad = tuple(d * (k - 1) - p for d, k, p in zip(geom.dilation, geom.kernel, geom.padding))
@@ -513,13 +513,6 @@ def _adjoint(geom):
     return dataclasses.replace(
         geom, in_channels=geom.out_channels, out_channels=geom.in_channels, in_size=geom.out_size,
         out_size=geom.in_size, padding=pad, mode_padding=((0, 0),) * 3, padding_mode="zeros")
-
-
-def _flipped(w, geom):
-    """The kernel of ``_adjoint``: every tap reversed, input and output channels swapped per group."""
-    G, K, Cg = geom.groups, w.shape[0], w.shape[1]
-    w6 = w.reshape(G, K // G, Cg, *geom.kernel)[..., ::-1, ::-1, ::-1]
-    return np.ascontiguousarray(w6.transpose(0, 2, 1, 3, 4, 5)).reshape(G * Cg, K // G, *geom.kernel)
 
 
 @_quiet
@@ -564,7 +557,7 @@ def grad_input(go, w, gx, geom, workspace):
     if adjoint is not None and _stacks_depth(adjoint):
         # as a forward convolution its columns stack the depth, where a GEMM into columns and
         # their fold would hold and scatter-add KD times as many
-        forward(go, _flipped(w, geom), None, gx, adjoint, workspace)
+        forward(go, conv_direct.flipped(w, geom), None, gx, adjoint, workspace)
         return
     if _on_plain_grid(geom):
         grid = Grid(geom, stacked=False)
