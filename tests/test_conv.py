@@ -359,18 +359,18 @@ SINGLE_INPUT_CHANNEL = [(1, 9, 1, 0, 2, 4), (2, 5, 1, 0, 3, 6), (2, 3, 2, 2, 2, 
 
 
 @pytest.mark.parametrize("nd, k, dilation, padding, batch, c_out", SINGLE_INPUT_CHANNEL)
-def test_single_input_channel_weight_gradient_runs_the_flat_loops(monkeypatch, nd, k, dilation, padding, batch,
+def test_single_input_channel_weight_gradient_runs_the_stacked_loops(monkeypatch, nd, k, dilation, padding, batch,
                                                                   c_out):
     """A single input channel into several at stride 1 (``conv_direct._single_input_channel``)
-    takes its weight gradient from the flat loops, never the depthwise ones; so does the weight
+    takes its weight gradient from the stacked grids' loops, never the depthwise ones; so does the weight
     gradient of the transposed convolution back to one channel. Both gradients of each against
     the naive reference, on the serial and the parallel kernels."""
     def refuse(*args):
         raise AssertionError("the depthwise weight gradient ran")
 
-    flat, calls = conv_direct._grad_weight_flat, []
+    flat, calls = conv_direct._grad_weight_stacked, []
     monkeypatch.setattr(conv_direct.depthwise, "grad_weight", refuse)
-    monkeypatch.setattr(conv_direct, "_grad_weight_flat", lambda *a: calls.append(1) or flat(*a))
+    monkeypatch.setattr(conv_direct, "_grad_weight_stacked", lambda *a: calls.append(1) or flat(*a))
     rng = np.random.default_rng(k * 10 + nd)
     size = 32 if batch == 4 else {1: 40, 2: 11, 3: 6}[nd]
     x = rng.standard_normal((batch, 1) + (size,) * nd)

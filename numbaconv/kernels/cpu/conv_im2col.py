@@ -161,6 +161,26 @@ def _fold_grid(cols, gxf, shifts):
 
 
 @njit(cache=True)
+def _to_grid(go, n0, gog, plane):
+    """gog[j // m, k, j % m] = go[n0 + j, k] on the grid's output positions, zeros on the
+    others: those columns must add nothing to the gradients. gog is (n/m, K, m, Q), Q the grid
+    positions up to the last output (``Grid.outputs``): m samples side by side, as the grid
+    layout has them. One pass, each element written once."""
+    K, m = gog.shape[1:3]
+    n = gog.shape[0] * m
+    OD, OH, OW = go.shape[2:]
+    Hp, Wp = plane
+    for j in range(n):
+        for k in range(K):
+            gog[j // m, k, j % m] = 0
+            for od in range(OD):
+                for oh in range(OH):
+                    base = (od * Hp + oh) * Wp
+                    for ow in range(OW):
+                        gog[j // m, k, j % m, U(base + ow)] = go[n0 + j, k, od, oh, U(ow)]
+
+
+@njit(cache=True)
 def _from_grid(res, n0, out, b, residual, plane, step, slope, lo, hi):
     """out[n0 + j, g*Kg + k] = activate(the sum over depth taps d of res[j // m, g, d, k, j % m]
     at the grid's output positions + d * step, + b + residual): the columns past the output
@@ -203,7 +223,7 @@ def _is_pointwise(geom):
 
 class Grid:
     """The stride-1 layout: positions on the zero-padded input's grid, flattened (conv_direct's
-    flat loops use the same), so that tap t of output position q reads input position
+    stride-1 loops use the same), so that tap t of output position q reads input position
     q + shifts[t] and every column row is one contiguous copy. Rows of a few outputs (LeNet's
     10x10) made the exact unfolding a copy loop per output row: (64, 6, 14x14), 5x5: 0.64 ms to
     unfold exactly against 0.12 ms on the grid, for 36% more GEMM columns (the positions past
@@ -459,7 +479,7 @@ def _grid_grad_out(go, n0, n1, geom, grid):
     n, K = n1 - n0, go.shape[1]
     m = _side_by_side(n, grid)
     gog = _scratch_array("result", (n // m, K, m, grid.outputs), go.dtype)
-    conv_direct.to_grid(go, n0, gog, grid.shape[1:])
+    _to_grid(go, n0, gog, grid.shape[1:])
     return gog.reshape(n // m, geom.groups, K // geom.groups, -1)
 
 
