@@ -666,7 +666,7 @@ def test_dtype_is_preserved_and_float64_is_computed_in_float64():
         (64, 64, 32, 1, "grad_input", "direct"),
         (1, 6, 1, 1, "forward", "direct"),  # LeNet c1
         ((256, 1), 6, 1, 1, "forward", "direct"),  # ... past the output bound too: one channel into at most 8
-        ((256, 1), 6, 1, 1, "grad_weight", "im2col"),  # ... its forward only
+        ((256, 1), 6, 1, 1, "grad_weight", "im2col"),  # ... its forward only (on this 9x9 grid)
         ((256, 1), 6, 1, 2, "forward", "im2col"),  # ... but not strided
         ((256, 1), 16, 1, 1, "forward", "im2col"),  # ... nor into more than 8
         (6, 16, 1, 1, "forward", "direct"),  # LeNet c2
@@ -694,6 +694,32 @@ def test_auto_rule(c_in, c_out, groups, stride, direction, expected):
     w = np.zeros((c_out, c_in // groups, 3, 3), np.float32)
     geom = conv_geometry("conv2d", x, w, None, stride, 1, 1, groups, "zeros", 2)
     assert choose_algorithm(geom, direction) == expected
+
+
+@pytest.mark.parametrize(
+    "x_shape, c_out, k, padding, expected",
+    [
+        ((64, 3, 32, 32), 16, 5, 2, "direct"),  # few output channels, most of the grid output
+        ((8, 32, 32, 32), 32, 3, 1, "direct"),  # ... up to 32 into 32 at 3x3
+        ((64, 1, 32, 32), 6, 5, 0, "direct"),  # LeNet's c1 (fill 0.77): its gradients too
+        ((64, 6, 14, 14), 16, 5, 0, "im2col"),  # LeNet's c2: half its grid dropped
+        ((8, 32, 32, 32), 64, 3, 1, "im2col"),  # more than 32 output channels
+        ((64, 16, 32, 32), 32, 5, 2, "im2col"),  # past the work bound
+        ((8, 16, 32, 32), 16, 1, 0, "im2col"),  # pointwise: a GEMM on the input itself
+        ((8, 1, 1, 16000), 64, (1, 9), (0, 4), "im2col"),  # one channel into 64 (audio)
+    ],
+)
+def test_auto_rule_by_grid_fill(x_shape, c_out, k, padding, expected):
+    """At stride 1, few output channels a group over a grid that is mostly output run the direct
+    loops in every direction (``DIRECT_MIN_FILL`` and its bounds, in choose_algorithm)."""
+    from numbaconv._geometry import conv_geometry
+    from numbaconv.functional.conv import choose_algorithm
+
+    kernel = k if isinstance(k, tuple) else (k, k)
+    x = np.zeros(x_shape, np.float32)
+    w = np.zeros((c_out, x_shape[1], *kernel), np.float32)
+    geom = conv_geometry("conv2d", x, w, None, 1, padding, 1, 1, "zeros", 2)
+    assert [choose_algorithm(geom, d) for d in ("forward", "grad_input", "grad_weight")] == [expected] * 3
 
 
 @pytest.mark.parametrize("nd, k, dilation, padding, batch, c_out", SINGLE_INPUT_CHANNEL)

@@ -29,6 +29,14 @@ ALGORITHM_CHOICES = ("auto", "tune", *ALGORITHMS)
 #: convolution that the direct loops run (see ``choose_algorithm``).
 DIRECT_MAX_OUTPUTS = 1 << 16
 
+#: The bounds within which the rules run a larger stride-1 convolution on the direct loops, every
+#: direction (see ``choose_algorithm``): output channels per group, multiply-adds per output
+#: position per group (32 channels into 32 at 3x3), and the share of the grid's positions that
+#: are outputs.
+DIRECT_MAX_OUT_PER_GROUP = 32
+DIRECT_MAX_WORK = 32 * 32 * 9
+DIRECT_MIN_FILL = 0.75
+
 
 def choose_algorithm(geom, direction="forward"):
     """The algorithm ``algorithm="auto"`` runs for one direction ("forward", "grad_input" or
@@ -46,20 +54,27 @@ def choose_algorithm(geom, direction="forward"):
     - K/g <= 2 (depthwise and alike): direct, every direction, any stride (5-10x faster).
     - C/g == 1 and K/g <= 8 at stride 1 (a first layer of a few filters on one channel, as
       LeNet's c1): direct forward at any size. im2col's GEMM would have at most eight rows over
-      a column buffer taps times the input. LeNet c1 (1 -> 6, 5x5), direct against im2col,
-      medians of two runs: 0.17-0.19 against 0.27-0.31 ms at batch 16, 0.64-0.67 against
-      0.84-0.86 at batch 64; inside a training step at batch 64, 0.76-0.85 against 0.87-1.04.
-      Its weight gradient, 0.84-0.88 against 1.03 alone, was a tie inside the step (1.20-1.32
-      against 1.07-1.29: its parallel loops run right after the next layer's GEMMs), and keeps
-      the rules below. One channel into 64 (audio: (1, 1, 16000), k = 9) stays with im2col, 4x
-      faster there.
+      a column buffer taps times the input. LeNet's c1 takes its gradients from the direct
+      loops by the next rule (one channel into 64, audio, keeps im2col there).
+    - stride 1, at most ``DIRECT_MAX_OUT_PER_GROUP`` output channels per group, at most
+      ``DIRECT_MAX_WORK`` multiply-adds per output position a group (C/g * K/g * taps, a
+      kernel wider than 1x1) and ``DIRECT_MIN_FILL`` of the grid's positions outputs: direct,
+      every direction. The stride-1 loops compute at every position of the padded grid, two
+      output channels and six taps per pass (``conv_direct._correlate_stacked``); where most of
+      the grid is output and a GEMM would have few rows, that beats unfolding. Measured, ms,
+      direct / im2col, forward, input gradient, weight gradient (``bench/algorithms.py``, 2-core
+      AVX2): (64, 3, 32x32) -> 16, 5x5, pad 2 (fill 0.79) 5.5 / 7.4, 6.9 / 8.4, 4.8 / 7.7;
+      (8, 16, 32x32) -> 16, 3x3 1.2 / 1.9, 1.1 / 2.0, 1.1 / 1.9; (8, 32, 32x32) -> 32, 3x3 3.9 /
+      4.3, 3.8 / 4.2, 3.8 / 4.3; (8, 64, 28x28) -> 64 in 4 groups of 16 3.6 / 5.4, 3.7 / 6.7,
+      3.1 / 5.6; LeNet's c1 at batch 64 (fill 0.77) 0.56 / 1.34, 1.20 / 1.25, 0.69 / 1.94. Not:
+      LeNet's c2 at batch 64 (fill 0.51: half the loops' work is dropped) 1.55 / 0.92 and
+      alike; 64 channels into 64 a tie at batch 8 and im2col's at batch 1 (5.4 / 2.9); one
+      channel into 64 (audio: (8, 1, 16000), k = 9) im2col's, 7.3 / 4.5.
     - stride 1, C/g * K/g <= 128 and at most ``DIRECT_MAX_OUTPUTS`` output elements: direct,
-      every direction (LeNet's layers at batch 1: 1.2-1.5x faster, backward too). At batch 64
-      im2col's unfolding onto the grid (kernels/cpu/conv_im2col.Grid) and one BLAS GEMM win
-      instead (LeNet c2: 1.2-1.3 ms against 2.2-2.7, each direction).
+      every direction (LeNet's layers at batch 1: 1.2-1.5x faster, backward too).
     - stride 1, grouped, C/g * K/g <= 64: direct, every direction (the per-group GEMMs are tiny
       and the columns are unfolded for all of them: (8, 64, 28x28) in 16 groups of 4, 2.5-3.2
-      against 6.7-7.1 ms; in 8 groups of 8, 3.5-3.9 against 6.0-6.2 ms; in 4 groups of 16 a tie).
+      against 6.7-7.1 ms; in 8 groups of 8, 3.5-3.9 against 6.0-6.2 ms).
     - otherwise im2col, by 1.2x to 30x on larger channel counts and every strided shape.
 
     The rules are a fixed guess made on one machine; where they guess wrong for a shape, the
@@ -78,7 +93,16 @@ def choose_algorithm(geom, direction="forward"):
             return "direct"
         if geom.groups > 1 and work <= 64:
             return "direct"
+        if (per_group_out <= DIRECT_MAX_OUT_PER_GROUP and 1 < math.prod(geom.kernel)
+                and work * math.prod(geom.kernel) <= DIRECT_MAX_WORK
+                and math.prod(geom.out_size) >= DIRECT_MIN_FILL * math.prod(_grid(geom))):
+            return "direct"
     return "im2col"
+
+
+def _grid(geom):
+    """The stride-1 loops' grid: the output plus the dilated kernel's reach."""
+    return tuple(o + d * (k - 1) for o, d, k in zip(geom.out_size, geom.dilation, geom.kernel))
 
 
 def _kernel(op, algorithm, geom, direction):
