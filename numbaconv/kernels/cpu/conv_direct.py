@@ -365,6 +365,7 @@ def _shifts(grid, kernel, dilation):
 
 
 def _correlate(xs, w, b, out, geom, origin, slope, lo, hi):
+    """``_correlate_stacked`` of the stacked xs with w over this geometry's grid."""
     grid = _grid_shape(geom)
     _correlate_stacked(xs, w.reshape(w.shape[0], -1), b, out, _tap_shifts(grid, geom), origin,
                        max(1, STACK_BLOCK // grid[2]), grid, slope, lo, hi)
@@ -383,11 +384,12 @@ def _single_input_channel(geom):
     grayscale images or mono audio): its weight gradient runs the stacked grids' loops, not the
     depthwise ones, and so does its forward pass when it is large (``_stacks_single_channel``).
     The depthwise loops fill their plane buffer again for every output channel and pad the
-    kernel to whole 3x3 blocks (5x5 to 6x6, 1x9 to 3x9), while the stacked loops keep their blocks
-    of both grids in L1 for every tap. Measured, weight gradient, whole calls, depthwise -> flat: LeNet's c1
-    (1 -> 6, 5x5, 32x32) at batch 64 1.66 -> 0.87 ms, at batch 16 0.44 -> 0.31; (8, 1, 16000)
-    -> 16, k = 9, 3.6 -> 2.3. Every shape with more input channels per group stays with the
-    depthwise loops (3x3 and 5x5, multiplier 1 or 4: the depthwise weight gradient 1.0-4.8x
+    kernel to whole 3x3 blocks (5x5 to 6x6, 1x9 to 3x9), while the stacked loops keep their
+    blocks of both grids in L1 for every tap. Measured, weight gradient, whole calls, depthwise
+    -> the per-sample flat loops that preceded the stacked ones (which are faster still): LeNet's
+    c1 (1 -> 6, 5x5, 32x32) at batch 64 1.66 -> 0.87 ms, at batch 16 0.44 -> 0.31; (8, 1,
+    16000) -> 16, k = 9, 3.6 -> 2.3. Every shape with more input channels per group stays with
+    the depthwise loops (3x3 and 5x5, multiplier 1 or 4: the depthwise weight gradient 1.0-4.8x
     faster)."""
     return geom.in_channels == 1 < geom.out_channels and geom.stride == (1, 1, 1)
 
