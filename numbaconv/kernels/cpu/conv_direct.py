@@ -178,8 +178,11 @@ def _grad_weight(go, x, gw, stride, dilation, padding, groups):
 
 
 @njit(inline="always", cache=True)
-def _tap_shift(kd, kh, kw, plane_shape, dilation):
-    return (kd * dilation[0] * plane_shape[1] + kh * dilation[1]) * plane_shape[2] + kw * dilation[2]
+def _channel_pair(kp, pairs, Kg):
+    """Output channels (k0, k1) of pair kp, ``pairs`` to a group of Kg: the group's last channel
+    twice when Kg is odd."""
+    k0 = (kp // pairs) * Kg + 2 * (kp % pairs)
+    return k0, min(k0 + 1, (kp // pairs + 1) * Kg - 1)
 
 
 @parallel_kernel
@@ -213,8 +216,7 @@ def _correlate_stacked(xs, w, b, out, shifts, origin, rows_per_block, grid, slop
     xf = xs.reshape(-1)
     for task in prange(K // Kg * pairs * blocks):
         kp, block = task // blocks, task % blocks
-        k0 = (kp // pairs) * Kg + 2 * (kp % pairs)
-        k1 = min(k0 + 1, (kp // pairs + 1) * Kg - 1)
+        k0, k1 = _channel_pair(kp, pairs, Kg)
         r0, r1 = block * rows_per_block, min(rows, (block + 1) * rows_per_block)
         q0 = r0 * Wp
         n_q = max(0, min(r1 * Wp, q_end) - q0)
@@ -275,8 +277,7 @@ def _grad_weight_stacked(gs, xs, gw, shifts, block):
     q_end = L - shifts[T - 1]
     for task in prange(K // Kg * pairs * Cg):
         kp, cl = task // Cg, task % Cg
-        k0 = (kp // pairs) * Kg + 2 * (kp % pairs)
-        k1 = min(k0 + 1, (kp // pairs + 1) * Kg - 1)
+        k0, k1 = _channel_pair(kp, pairs, Kg)
         c = (k0 // Kg) * Cg + cl
         acc = np.zeros((2, T), dtype=gw.dtype)
         for q0 in range(0, q_end, block):
@@ -351,11 +352,11 @@ def _stacked(a, geom, origin):
 
 
 def _tap_shifts(grid, geom):
-    return _shifts(grid, geom.kernel, geom.dilation)
+    return tap_shifts(grid, geom.kernel, geom.dilation)
 
 
 @functools.lru_cache(maxsize=256)
-def _shifts(grid, kernel, dilation):
+def tap_shifts(grid, kernel, dilation):
     """The offset of every kernel tap on the flat grid, in the weight's tap order (read-only:
     shared by every call of the geometry)."""
     kd, kh, kw = np.indices(kernel).reshape(3, -1) * np.array(dilation).reshape(3, 1)

@@ -251,9 +251,8 @@ class Grid:
         stacked = _stacks_depth(geom) if stacked is None else stacked
         self.depth_taps = geom.kernel[0] if stacked else 1
         self.depth_step = geom.dilation[0] * Hp * Wp
-        self.shifts = np.array([conv_direct._tap_shift(kd, kh, kw, self.shape, geom.dilation)
-                                for kd in range(geom.kernel[0] // self.depth_taps)
-                                for kh in range(geom.kernel[1]) for kw in range(geom.kernel[2])], dtype=np.int64)
+        self.shifts = conv_direct.tap_shifts(self.shape, (geom.kernel[0] // self.depth_taps, *geom.kernel[1:]),
+                                             geom.dilation)
         self.taps = len(self.shifts)
         self.positions = self.size - int(self.shifts[-1])
         self.outputs = self.positions - (self.depth_taps - 1) * self.depth_step
