@@ -20,6 +20,7 @@ from .inference.from_nn import compile
 __version__ = "0.1.0"
 
 _threads.start()
+_threads.quiet_blas()
 # At exit the interpreter collects every object still alive. Numba's typing and lowering
 # registries, loaded by the first kernel, make that collection 0.2-0.4 s of a short script's
 # wall time (half again the import). Freezing what is alive at exit skips it; Python promises

@@ -14,6 +14,15 @@ on 2 cores a parallel kernel right after a GEMM waited 6-7 ms for a core. Two wa
   ``lock`` (see ``kernels/cpu/_window.parallel_kernel``).
 
 A choice the user made (``NUMBA_THREADING_LAYER``, or an OpenMP wait variable) is kept.
+
+NumPy's own BLAS threads are the other half (``quiet_blas``). OpenBLAS, which NumPy's wheels
+bundle, lets its workers spin for 2^28 cycles (a tenth of a second) after each call before
+they sleep, so every Numba kernel between two GEMMs shares its cores with a spinning thread: max
+pooling over (1, 64, 112x112) took 4.2 ms right after a GEMM against 2.2 ms alone. OpenBLAS
+reads its ``OPENBLAS_THREAD_TIMEOUT`` only when it starts its threads, so numbaconv sets it
+and restarts them, which only a process with no other thread yet can do safely (a restart under
+a running GEMM would pull its workers away), and not under the workqueue layer. Then im2col's copy kernels, serial while BLAS
+spins, run parallel too (``_window.parallel_kernel(beside_blas=True)``).
 """
 
 import ctypes
@@ -36,6 +45,22 @@ serialize = False
 
 #: Held by a parallel kernel while it runs, when ``serialize`` is set.
 lock = threading.RLock()
+
+#: OpenBLAS's idle wait, as ``OPENBLAS_THREAD_TIMEOUT`` spells it: its workers spin for
+#: 2**n cycles after a call (16: about 25 us), then sleep. Measured against its default in one
+#: process, calls alternating, with im2col's copies parallel (2 cores): ResNet-18 inference
+#: 0.84-0.93x the time at batch 1 and 0.82-0.91x at batch 8, a LeNet-5 training step 0.90-0.97x;
+#: ResNet-18 training on (2, 3, 64x64) 1.03-1.04x (its many small GEMMs wake the workers). 4,
+#: OpenBLAS's least, did no better on inference and worse on training (1.01-1.09x); 20 gave
+#: inference back half the gain.
+BLAS_THREAD_TIMEOUT = 16
+
+#: True while NumPy's BLAS threads may still spin after each call (``quiet_blas`` did not or
+#: could not make them sleep): im2col's copy kernels then stay on one thread.
+blas_spins = True
+
+#: What ``quiet_blas`` found or did, in words (``numbaconv info`` prints it).
+blas_reason = "not checked"
 
 
 def _openmp_loaded():
@@ -84,3 +109,57 @@ def start():
         serialize = numba.threading_layer() == "workqueue"
     except ValueError:  # no layer started
         serialize = False
+
+
+def _openblas():
+    """NumPy's OpenBLAS as a ctypes library, when it is loaded and has the entry points
+    ``quiet_blas`` needs; else None. Found in the process's memory map (Linux)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+            if all(hasattr(lib, f) for f in ("openblas_read_env", "blas_thread_shutdown_", "blas_thread_init")):
+                return lib
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+def quiet_blas(timeout=BLAS_THREAD_TIMEOUT):
+    """Make NumPy's OpenBLAS threads sleep ``timeout`` (``OPENBLAS_THREAD_TIMEOUT``'s scale)
+    after each call, by restarting them with that setting (see the module docstring). Sets
+    ``blas_spins`` and ``blas_reason``; does nothing when the user chose a timeout, when the BLAS
+    is not OpenBLAS, when another thread exists that might be inside a BLAS call, or under
+    Numba's workqueue layer (``serialize``): there, measured the same way as
+    ``BLAS_THREAD_TIMEOUT``, parallel copies made a LeNet-5 training step 1.10-1.15x slower and
+    a short BLAS spin without them slowed every model (1.04-1.17x)."""
+    global blas_spins, blas_reason
+    import numpy  # noqa: F401  (loads the BLAS, which starts its threads)
+
+    if "OPENBLAS_THREAD_TIMEOUT" in os.environ or "GOTO_THREAD_TIMEOUT" in os.environ:
+        blas_reason = "its idle wait chosen by the user (OPENBLAS_THREAD_TIMEOUT)"
+        return
+    if serialize:
+        blas_reason = ("left spinning: Numba's workqueue layer hands each parallel kernel to its threads "
+                       "too slowly for im2col's copies to gain")
+        return
+    lib = _openblas()
+    if lib is None:
+        blas_reason = "not OpenBLAS, or not one numbaconv can reach: threads left as they are"
+        return
+    if threading.active_count() > 1:
+        blas_reason = "OpenBLAS: other threads were running at import, so its threads were left spinning"
+        return
+    os.environ["OPENBLAS_THREAD_TIMEOUT"] = str(timeout)
+    try:
+        lib.openblas_read_env()  # its copy of the variable, read again
+        lib.blas_thread_shutdown_()
+        lib.blas_thread_init()  # the workers restart now, reading the timeout
+    finally:
+        del os.environ["OPENBLAS_THREAD_TIMEOUT"]
+    blas_spins = False
+    blas_reason = f"OpenBLAS, its threads sleep after 2^{timeout} cycles idle (numbaconv)"

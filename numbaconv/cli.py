@@ -156,6 +156,7 @@ def info(args):
             ("numpy", np.__version__),
             ("numba", numba.__version__),
             ("blas", _blas()),
+            ("blas idle threads", numbaconv._threads.blas_reason),
             ("threading layer", _threading_layer()),
             ("thread start env", _thread_env()),
             ("threads", numba.get_num_threads()),

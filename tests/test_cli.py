@@ -1,5 +1,6 @@
 """The command line: ``python -m numbaconv info`` and ``demo`` in new processes, ``main`` here."""
 
+import json
 import os
 import re
 import subprocess
@@ -42,6 +43,7 @@ INFO_KEYS = [
     "numpy",
     "numba",
     "blas",
+    "blas idle threads",
     "threading layer",
     "thread start env",
     "threads",
@@ -185,3 +187,60 @@ def test_exit_skips_collecting_what_numba_loaded():
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["9.0", "frozen", "True"]
+
+
+QUIET_BLAS = """
+import json, os, sys, threading, time
+if sys.argv[1] == "thread":
+    threading.Thread(target=time.sleep, args=(5,), daemon=True).start()
+if sys.argv[1] == "openmp":
+    import ctypes
+    ctypes.CDLL("libgomp.so.1", mode=os.RTLD_GLOBAL)  # what importing torch first does
+import numpy as np
+import numbaconv
+from numbaconv import _threads
+lib = _threads._openblas()
+a = np.random.default_rng(0).standard_normal((300, 200))
+print(json.dumps({"openblas": lib is not None, "spins": _threads.blas_spins, "reason": _threads.blas_reason,
+                  "timeout": lib.openblas_thread_timeout() if lib is not None else None,
+                  "env": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
+                  "gemm": bool(np.allclose(a @ a.T, np.einsum("ik,jk->ij", a, a)))}))
+"""
+
+
+@pytest.mark.parametrize("case", ["fresh", "thread", "user", "openmp"])
+def test_blas_threads_sleep_when_idle(case):
+    """In a process with no other thread yet, numbaconv restarts NumPy's OpenBLAS threads with a
+    short idle spin and gives the environment back; GEMMs then still work. Another thread
+    running at import, a timeout the user chose, or Numba's workqueue layer (OpenMP loaded
+    first, as by PyTorch) leaves OpenBLAS as it is: its threads spin, so im2col's copies stay
+    serial."""
+    if case == "openmp":
+        try:
+            import ctypes
+            ctypes.CDLL("libgomp.so.1")
+        except OSError:
+            pytest.skip("GNU OpenMP (libgomp.so.1) is not on this machine")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME",
+                        "NUMBA_THREADING_LAYER")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    if case == "user":
+        env["OPENBLAS_THREAD_TIMEOUT"] = "20"
+    done = subprocess.run([sys.executable, "-c", QUIET_BLAS, case], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["gemm"]
+    if case == "user":
+        assert got["spins"] and "user" in got["reason"] and got["env"] == "20"
+    elif case == "openmp" or "workqueue" in got["reason"]:
+        assert got["spins"] and "workqueue" in got["reason"]
+    elif not got["openblas"]:  # another BLAS: nothing to restart
+        assert got["spins"] and "not OpenBLAS" in got["reason"]
+    elif case == "thread":
+        assert got["spins"] and "other threads" in got["reason"] and got["timeout"] == 0
+    else:
+        from numbaconv._threads import BLAS_THREAD_TIMEOUT
+
+        assert not got["spins"] and got["timeout"] == BLAS_THREAD_TIMEOUT and got["env"] is None

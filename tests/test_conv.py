@@ -744,3 +744,75 @@ def test_single_input_channel_forward_runs_either_kernel(monkeypatch, nd, k, dil
         y = conv_fn(nd)(x, w, b, padding=padding, dilation=dilation, algorithm="direct")
         assert calls == [route]
         check(y, ref, scale, np.float64, route)
+
+
+#: (spatial, kernel, stride, padding, dilation, groups, c_out, layouts): im2col's layouts, each
+#: of whose copy kernels runs between GEMMs, as ``layouts`` names them with samples interleaved
+#: and not: exact columns interleaved or one sample at a time, the grid, the grid with the depth
+#: stacked.
+IM2COL_LAYOUTS = [
+    ((7, 6), 3, 2, (1, 0), 1, 2, 72, ("interleaved", "exact")),
+    ((6, 5), (2, 3), 1, 1, (2, 1), 1, 36, ("interleaved", "exact")),
+    ((9, 8), 3, 1, 1, 1, 1, 4, ("interleaved", "grid")),
+    ((6, 10, 10), 3, 1, 1, 1, 1, 4, ("stacked", "stacked")),
+]
+
+
+def _im2col_layout(geom):
+    if conv_im2col._stacks_depth(geom):
+        return "stacked"
+    if conv_im2col._on_grid_layout(geom):
+        return "grid"
+    return "interleaved" if conv_im2col._interleaves(geom) else "exact"
+
+
+@pytest.mark.parametrize("route", ["serial", "parallel"])
+@pytest.mark.parametrize("interleave", [True, False])
+@pytest.mark.parametrize("spatial, kernel, stride, padding, dilation, groups, c_out, layouts", IM2COL_LAYOUTS)
+def test_im2col_copies_run_parallel_or_serial(monkeypatch, route, interleave, spatial, kernel, stride, padding,
+                                              dilation, groups, c_out, layouts):
+    """im2col's copy kernels (unfold, fold, the interleaved result put back, the grid's placing
+    and picking, the epilogue) run parallel when BLAS's threads sleep when idle and serial while
+    they spin: the forward with its epilogue and a residual, and both gradients, against the
+    naive reference either way."""
+    from numbaconv import _threads
+    from numbaconv._geometry import conv_geometry
+
+    monkeypatch.setattr(_threads, "blas_spins", route == "serial")
+    monkeypatch.setattr(numbaconv.config, "PARALLEL_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(conv_im2col, "INTERLEAVE_MAX_WIDTH", 1 << 20 if interleave else 0)
+    nd = len(spatial)
+    rng = np.random.default_rng(c_out + nd)
+    x = rng.standard_normal((3, 2 * groups) + spatial)
+    kernel = (kernel,) * nd if isinstance(kernel, int) else kernel
+    w = rng.standard_normal((c_out, 2) + kernel)
+    b = rng.standard_normal(c_out)
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    geom = conv_geometry(f"conv{nd}d", x, w, b, stride, padding, dilation, groups, "zeros", nd)
+    assert _im2col_layout(geom) == layouts[0 if interleave else 1]
+    ref = naive.conv(x, w, b, **kw)
+    assert_close(conv_fn(nd)(x, w, b, algorithm="im2col", **kw), ref, what="forward")
+    go = rng.standard_normal(ref.shape)
+    for name, got, want in zip(("grad_x", "grad_weight", "grad_bias"),
+                               conv_backward_fn(nd)(go, x, w, algorithm="im2col", **kw),
+                               naive.conv_backward(go, x, w, **kw)):
+        assert_close(got, want, what=name)
+    out, r = np.empty((*ref.shape[:2], *geom.out_size)), rng.standard_normal((*ref.shape[:2], *geom.out_size))
+    conv_im2col.forward(x.reshape(*x.shape[:2], *geom.in_size), w.reshape(*w.shape[:2], *geom.kernel), b, out,
+                        geom, 1 << 24, (0.1, -1.0, 2.0), r)
+    y = ref.reshape(out.shape) + r
+    assert_close(out, np.clip(np.where(y < 0, 0.1 * y, y), -1.0, 2.0), what="epilogue")
+
+
+def test_copies_between_gemms_stay_serial_while_blas_spins(monkeypatch):
+    """The rule behind the test above: a kernel that runs between GEMMs goes parallel only past
+    the size threshold and only while BLAS's threads do not spin; other kernels ignore BLAS."""
+    from numbaconv import _threads
+    from numbaconv.kernels.cpu._window import runs_serial
+
+    monkeypatch.setattr(numbaconv.config, "PARALLEL_MIN_ELEMENTS", 100)
+    for spins in (True, False):
+        monkeypatch.setattr(_threads, "blas_spins", spins)
+        assert runs_serial(99) and not runs_serial(100)
+        assert runs_serial(10**9, beside_blas=True) == spins
+        assert runs_serial(99, beside_blas=True)

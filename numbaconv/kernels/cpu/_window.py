@@ -22,11 +22,15 @@ U = np.uint64
 STREAMING_FACTOR = 16
 
 
-def parallel_kernel(py_func=None, *, streaming=False):
+def parallel_kernel(py_func=None, *, streaming=False, beside_blas=False):
     """``@njit(parallel=True, cache=True, fastmath=FASTMATH)``, run as a serial twin on the calling
     thread when its largest array has fewer than ``config.PARALLEL_MIN_ELEMENTS`` elements
     (times ``STREAMING_FACTOR`` for a ``streaming`` kernel, or times ``streaming`` itself when it
     is a number: a kernel that does more per element read than plain streaming).
+
+    A kernel ``beside_blas`` runs between GEMMs (im2col's copies): it also stays serial while
+    NumPy's BLAS threads spin after each call (``_threads.blas_spins``). Parallel, it would share
+    the cores with them, and ran 2-6 ms instead of 5 us (2 cores); serial, it runs beside them.
 
     Waking Numba's sleeping worker threads costs about 70 us (measured, 2 cores, passive OpenMP
     wait): more than a small kernel takes on one thread (softmax over (64, 1000): 170 us
@@ -41,7 +45,7 @@ def parallel_kernel(py_func=None, *, streaming=False):
     against 81 us).
     """
     if py_func is None:
-        return functools.partial(parallel_kernel, streaming=streaming)
+        return functools.partial(parallel_kernel, streaming=streaming, beside_blas=beside_blas)
     compiled = njit(parallel=True, cache=True, fastmath=FASTMATH)(py_func)
     factor = STREAMING_FACTOR if streaming is True else (streaming or 1)
     serial = []  # the serial twin, made at the first small call
@@ -57,7 +61,7 @@ def parallel_kernel(py_func=None, *, streaming=False):
     @functools.wraps(py_func)
     def run(*args):
         largest = max((a.size for a in args if isinstance(a, np.ndarray)), default=0)
-        if largest < config.PARALLEL_MIN_ELEMENTS * factor:
+        if runs_serial(largest, factor, beside_blas):
             return serial_twin()(*args)
         if _threads.serialize:  # a threading layer that aborts when entered twice at once
             with _threads.lock:
@@ -66,6 +70,12 @@ def parallel_kernel(py_func=None, *, streaming=False):
 
     run.compiled = compiled
     return run
+
+def runs_serial(largest, factor=1, beside_blas=False):
+    """Whether a ``parallel_kernel`` call whose largest array has ``largest`` elements runs its
+    serial twin (see ``parallel_kernel``)."""
+    return largest < config.PARALLEL_MIN_ELEMENTS * factor or (beside_blas and _threads.blas_spins)
+
 
 #: fastmath flags for kernels: contraction to FMA and reassociation of sums (what lets LLVM
 #: vectorize reductions). No 'nnan'/'ninf': NaN and inf must propagate as in PyTorch.

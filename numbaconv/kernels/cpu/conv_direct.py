@@ -47,22 +47,22 @@ from numba import njit, prange
 from . import depthwise
 from ._window import IDENTITY, U, activate, is_identity, parallel_kernel, valid_outputs
 
-@njit(cache=True)
+@parallel_kernel(streaming=True, beside_blas=True)
 def epilogue_pass(out3, b, residual3, slope, lo, hi):
     """out3[n, k, :] = activate(out3[n, k, :] + b[k] + residual3[n, k, :]), in one pass over out3
-    (residual3 of size 0: none). Serial, as im2col's copy kernels are (see conv_im2col.py): it
-    runs between GEMMs."""
+    (residual3 of size 0: none). It runs between GEMMs, as im2col's copy kernels do (see
+    conv_im2col.py)."""
     N, K, P = out3.shape
     with_residual = residual3.size > 0
-    for n in range(N):
-        for k in range(K):
-            bk = b[k]
-            if with_residual:
-                for p in range(P):
-                    out3[n, k, U(p)] = activate(out3[n, k, U(p)] + bk + residual3[n, k, U(p)], slope, lo, hi)
-            else:
-                for p in range(P):
-                    out3[n, k, U(p)] = activate(out3[n, k, U(p)] + bk, slope, lo, hi)
+    for task in prange(N * K):
+        n, k = task // K, task % K
+        bk = b[k]
+        if with_residual:
+            for p in range(P):
+                out3[n, k, U(p)] = activate(out3[n, k, U(p)] + bk + residual3[n, k, U(p)], slope, lo, hi)
+        else:
+            for p in range(P):
+                out3[n, k, U(p)] = activate(out3[n, k, U(p)] + bk, slope, lo, hi)
 
 
 def run_epilogue(out, b, epilogue, residual):

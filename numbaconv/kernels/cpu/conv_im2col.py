@@ -16,10 +16,12 @@ The batch is processed in chunks so the column buffer stays under ``workspace`` 
 pointwise convolution (1x1x1 kernel, stride 1, no padding, equal sizes) needs no columns at all: the input
 already is the column matrix.
 
-The copy kernels run on one thread on purpose. NumPy's BLAS keeps its worker threads spinning
-for a while after each GEMM; a parallel Numba kernel between two GEMMs fights those threads for
-the cores (measured on 2 cores: 2-6 ms instead of 5 us for a small kernel right after a GEMM),
-while a serial one runs beside them undisturbed.
+The copy kernels run between GEMMs. NumPy's BLAS keeps its worker threads spinning for a while
+after each GEMM unless numbaconv could make them sleep at once (``_threads.quiet_blas``), and a
+parallel Numba kernel between two GEMMs fights spinning threads for the cores (measured on 2
+cores: 2-6 ms instead of 5 us for a small kernel right after a GEMM), while a serial one runs
+beside them undisturbed. So they are parallel kernels that run serial while BLAS spins
+(``parallel_kernel(beside_blas=True)``).
 """
 
 import dataclasses
@@ -27,14 +29,14 @@ import math
 import threading
 
 import numpy as np
-from numba import njit
+from numba import prange
 
 from . import conv_direct
-from ._window import FASTMATH, IDENTITY, U, activate, is_identity, tap_offsets, valid_outputs
+from ._window import IDENTITY, U, activate, is_identity, parallel_kernel, tap_offsets, valid_outputs
 from .conv_direct import run_epilogue
 
 
-@njit(cache=True)
+@parallel_kernel(streaming=True, beside_blas=True)
 def _im2col(xt, cols, kernel, stride, dilation, padding, out_size):
     """cols[a, c*taps + t, od, oh, ow*m + s] = what tap t of channel c sees of sample s of group
     a (0 in padding), from xt[a, c, i, j, l*m + s]: groups of m samples interleaved, sample
@@ -45,50 +47,52 @@ def _im2col(xt, cols, kernel, stride, dilation, padding, out_size):
     W = xt.shape[4] // m
     sd, sh, sw = stride
     taps = cols.shape[1] // C
-    for a in range(A):
-        for r in range(cols.shape[1]):
-            c = r // taps
-            offd, offh, offw = tap_offsets(r % taps, kernel, dilation, padding)
-            ow0, ow1 = valid_outputs(offw, sw, W, OW)
-            for od in range(OD):
-                i = od * sd + offd
-                for oh in range(OH):
-                    jj = oh * sh + offh
-                    if i < 0 or i >= D or jj < 0 or jj >= H:  # the whole row reads padding
-                        lo = hi = OW
-                    else:
-                        lo, hi = ow0, ow1
-                    for e in range(lo * m):  # every element is written once: zero, copy, zero
-                        cols[a, r, od, oh, U(e)] = 0
-                    if sw == 1:  # unit stride: one contiguous copy of the row's m samples, vectorized
-                        for e in range(lo * m, hi * m):
-                            cols[a, r, od, oh, U(e)] = xt[a, c, i, jj, U(e + offw * m)]
-                    elif m == 1:
-                        for ow in range(lo, hi):
-                            cols[a, r, od, oh, U(ow)] = xt[a, c, i, jj, U(ow * sw + offw)]
-                    else:
-                        for ow in range(lo, hi):
-                            src = (ow * sw + offw) * m
-                            for e in range(m):
-                                cols[a, r, od, oh, U(ow * m + e)] = xt[a, c, i, jj, U(src + e)]
-                    for e in range(hi * m, OW * m):
-                        cols[a, r, od, oh, U(e)] = 0
+    R = cols.shape[1]
+    for task in prange(A * R):  # one column row per task
+        a, r = task // R, task % R
+        c = r // taps
+        offd, offh, offw = tap_offsets(r % taps, kernel, dilation, padding)
+        ow0, ow1 = valid_outputs(offw, sw, W, OW)
+        for od in range(OD):
+            i = od * sd + offd
+            for oh in range(OH):
+                jj = oh * sh + offh
+                if i < 0 or i >= D or jj < 0 or jj >= H:  # the whole row reads padding
+                    lo = hi = OW
+                else:
+                    lo, hi = ow0, ow1
+                for e in range(lo * m):  # every element is written once: zero, copy, zero
+                    cols[a, r, od, oh, U(e)] = 0
+                if sw == 1:  # unit stride: one contiguous copy of the row's m samples, vectorized
+                    for e in range(lo * m, hi * m):
+                        cols[a, r, od, oh, U(e)] = xt[a, c, i, jj, U(e + offw * m)]
+                elif m == 1:
+                    for ow in range(lo, hi):
+                        cols[a, r, od, oh, U(ow)] = xt[a, c, i, jj, U(ow * sw + offw)]
+                else:
+                    for ow in range(lo, hi):
+                        src = (ow * sw + offw) * m
+                        for e in range(m):
+                            cols[a, r, od, oh, U(ow * m + e)] = xt[a, c, i, jj, U(src + e)]
+                for e in range(hi * m, OW * m):
+                    cols[a, r, od, oh, U(e)] = 0
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@parallel_kernel(streaming=True, beside_blas=True)
 def _col2im(cols, gxt, kernel, stride, dilation, padding, out_size):
     """gxt = the sum of every column entry back onto the input element it was read from
-    (``_im2col``'s adjoint, in its layouts)."""
+    (``_im2col``'s adjoint, in its layouts). One input channel per task: its rows are the only
+    ones that add into it."""
     A, C, D, H = gxt.shape[:4]
     OD, OH, OW = out_size
     m = cols.shape[4] // OW
     W = gxt.shape[4] // m
     sd, sh, sw = stride
     taps = cols.shape[1] // C
-    for a in range(A):
-        gxt[a] = 0
-        for r in range(cols.shape[1]):
-            c = r // taps
+    for task in prange(A * C):
+        a, c = task // C, task % C
+        gxt[a, c] = 0
+        for r in range(c * taps, (c + 1) * taps):
             offd, offh, offw = tap_offsets(r % taps, kernel, dilation, padding)
             od0, od1 = valid_outputs(offd, sd, D, OD)
             oh0, oh1 = valid_outputs(offh, sh, H, OH)
@@ -109,7 +113,7 @@ def _col2im(cols, gxt, kernel, stride, dilation, padding, out_size):
                                 gxt[a, c, i, jj, U(dst + e)] += cols[a, r, od, oh, U(ow * m + e)]
 
 
-@njit(cache=True)
+@parallel_kernel(streaming=True, beside_blas=True)
 def _deinterleave(res, n0, out, b, residual, slope, lo, hi):
     """out[n0 + a*m + s, k, p] = activate(res[a, k, p*m + s] + b[k] + residual[n0 + a*m + s, k, p])
     (residual of size 0: none): ``_interleave``'s inverse, with the forward's epilogue on the
@@ -118,49 +122,49 @@ def _deinterleave(res, n0, out, b, residual, slope, lo, hi):
     P = out.shape[2]
     m = Pm // P
     with_residual = residual.size > 0
-    for a in range(A):
-        for k in range(K):
-            bk = b[k]
-            for s in range(m):
-                j = n0 + a * m + s
-                for p in range(P):
-                    v = res[a, k, U(p * m + s)] + bk
-                    if with_residual:
-                        v += residual[j, k, U(p)]
-                    out[j, k, U(p)] = activate(v, slope, lo, hi)
+    for task in prange(A * K):
+        a, k = task // K, task % K
+        bk = b[k]
+        for s in range(m):
+            j = n0 + a * m + s
+            for p in range(P):
+                v = res[a, k, U(p * m + s)] + bk
+                if with_residual:
+                    v += residual[j, k, U(p)]
+                out[j, k, U(p)] = activate(v, slope, lo, hi)
 
 
-@njit(cache=True)
+@parallel_kernel(streaming=True, beside_blas=True)
 def _unfold_grid(xf, cols, shifts):
     """cols[j // m, c*taps + t, j % m, q] = xf[j, c, q + shifts[t]]: the stride-1 columns on
     the padded input's flat grid (``Grid``), m samples side by side, one contiguous copy per
     sample, channel and tap."""
     n, C = xf.shape[:2]
     T, m, Q = shifts.shape[0], cols.shape[2], cols.shape[3]
-    for j in range(n):
-        for c in range(C):
-            for t in range(T):
-                s = shifts[t]
-                for q in range(Q):
-                    cols[j // m, c * T + t, j % m, U(q)] = xf[j, c, U(q + s)]
+    for task in prange(n * C):
+        j, c = task // C, task % C
+        for t in range(T):
+            s = shifts[t]
+            for q in range(Q):
+                cols[j // m, c * T + t, j % m, U(q)] = xf[j, c, U(q + s)]
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@parallel_kernel(streaming=True, beside_blas=True)
 def _fold_grid(cols, gxf, shifts):
     """gxf[j, c, q + shifts[t]] = the sum of cols[j // m, c*taps + t, j % m, q]
     (``_unfold_grid``'s adjoint)."""
     n, C = gxf.shape[:2]
     T, m, Q = shifts.shape[0], cols.shape[2], cols.shape[3]
-    for j in range(n):
-        for c in range(C):
-            gxf[j, c] = 0
-            for t in range(T):
-                s = shifts[t]
-                for q in range(Q):
-                    gxf[j, c, U(q + s)] += cols[j // m, c * T + t, j % m, U(q)]
+    for task in prange(n * C):
+        j, c = task // C, task % C
+        gxf[j, c] = 0
+        for t in range(T):
+            s = shifts[t]
+            for q in range(Q):
+                gxf[j, c, U(q + s)] += cols[j // m, c * T + t, j % m, U(q)]
 
 
-@njit(cache=True)
+@parallel_kernel(streaming=True, beside_blas=True)
 def _to_grid(go, n0, gog, plane):
     """gog[j // m, k, j % m] = go[n0 + j, k] on the grid's output positions, zeros on the
     others: those columns must add nothing to the gradients. gog is (n/m, K, m, Q), Q the grid
@@ -170,17 +174,17 @@ def _to_grid(go, n0, gog, plane):
     n = gog.shape[0] * m
     OD, OH, OW = go.shape[2:]
     Hp, Wp = plane
-    for j in range(n):
-        for k in range(K):
-            gog[j // m, k, j % m] = 0
-            for od in range(OD):
-                for oh in range(OH):
-                    base = (od * Hp + oh) * Wp
-                    for ow in range(OW):
-                        gog[j // m, k, j % m, U(base + ow)] = go[n0 + j, k, od, oh, U(ow)]
+    for task in prange(n * K):
+        j, k = task // K, task % K
+        gog[j // m, k, j % m] = 0
+        for od in range(OD):
+            for oh in range(OH):
+                base = (od * Hp + oh) * Wp
+                for ow in range(OW):
+                    gog[j // m, k, j % m, U(base + ow)] = go[n0 + j, k, od, oh, U(ow)]
 
 
-@njit(cache=True)
+@parallel_kernel(streaming=True, beside_blas=True)
 def _from_grid(res, n0, out, b, residual, plane, step, slope, lo, hi):
     """out[n0 + j, g*Kg + k] = activate(the sum over depth taps d of res[j // m, g, d, k, j % m]
     at the grid's output positions + d * step, + b + residual): the columns past the output
@@ -192,26 +196,26 @@ def _from_grid(res, n0, out, b, residual, plane, step, slope, lo, hi):
     Hp, Wp = plane
     with_residual = residual.size > 0
     fused = not is_identity(slope, lo, hi)
-    for j in range(n):
+    for task in prange(n * G * Kg):
+        j, k = task // (G * Kg), task % (G * Kg)
         a, s = j // m, j % m
-        for k in range(G * Kg):
-            g, kl = k // Kg, k % Kg
-            bk = b[k]
-            for od in range(OD):
-                for oh in range(OH):
-                    base = (od * Hp + oh) * Wp
+        g, kl = k // Kg, k % Kg
+        bk = b[k]
+        for od in range(OD):
+            for oh in range(OH):
+                base = (od * Hp + oh) * Wp
+                for ow in range(OW):
+                    v = res[a, g, 0, kl, s, U(base + ow)] + bk
+                    if with_residual:
+                        v += residual[n0 + j, k, od, oh, U(ow)]
+                    out[n0 + j, k, od, oh, U(ow)] = v
+                for d in range(1, KD):
+                    shifted = base + d * step
                     for ow in range(OW):
-                        v = res[a, g, 0, kl, s, U(base + ow)] + bk
-                        if with_residual:
-                            v += residual[n0 + j, k, od, oh, U(ow)]
-                        out[n0 + j, k, od, oh, U(ow)] = v
-                    for d in range(1, KD):
-                        shifted = base + d * step
-                        for ow in range(OW):
-                            out[n0 + j, k, od, oh, U(ow)] += res[a, g, d, kl, s, U(shifted + ow)]
-                    if fused:
-                        for ow in range(OW):
-                            out[n0 + j, k, od, oh, U(ow)] = activate(out[n0 + j, k, od, oh, U(ow)], slope, lo, hi)
+                        out[n0 + j, k, od, oh, U(ow)] += res[a, g, d, kl, s, U(shifted + ow)]
+                if fused:
+                    for ow in range(OW):
+                        out[n0 + j, k, od, oh, U(ow)] = activate(out[n0 + j, k, od, oh, U(ow)], slope, lo, hi)
 
 
 def _is_pointwise(geom):
