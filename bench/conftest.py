@@ -10,10 +10,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # benchmark the checkout this suite belongs to
 
+if os.environ.get("NUMBACONV_BENCH_IMPORT_ORDER", "torch") == "numbaconv":
+    # numbaconv first: its thread settings apply (OpenMP layer, quiet BLAS threads), as in a
+    # process without PyTorch; PyTorch's OpenMP threads then wait passively too
+    # (``numbaconv bench --import-order numbaconv`` is the same choice).
+    import numbaconv  # noqa: F401
 try:
-    # PyTorch before numbaconv: both can share one OpenMP runtime, which keeps the settings of
-    # whoever loads it first. PyTorch is the reference, so it keeps its own defaults, and
-    # numbaconv's config.OPENMP_ENV does not apply in this suite (a conservative choice for it).
+    # By default PyTorch before numbaconv: both can share one OpenMP runtime, which keeps the
+    # settings of whoever loads it first. PyTorch is the reference, so it keeps its own
+    # defaults, and numbaconv's config.OPENMP_ENV does not apply in this suite (a conservative
+    # choice for it).
     import torch  # noqa: F401
 except ImportError:
     pass
