@@ -135,8 +135,8 @@ def quiet_blas(timeout=BLAS_THREAD_TIMEOUT):
     ``blas_spins`` and ``blas_reason``; does nothing when the user chose a timeout, when the BLAS
     is not OpenBLAS, when another thread exists that might be inside a BLAS call, or under
     Numba's workqueue layer (``serialize``): there, measured the same way as
-    ``BLAS_THREAD_TIMEOUT``, parallel copies made a LeNet-5 training step 1.10-1.15x slower and
-    a short BLAS spin without them slowed every model (1.04-1.17x)."""
+    ``BLAS_THREAD_TIMEOUT``, the change made a LeNet-5 training step 1.08-1.15x slower, and a
+    short BLAS spin with serial copies slowed every model (1.04-1.17x)."""
     global blas_spins, blas_reason
     import numpy  # noqa: F401  (loads the BLAS, which starts its threads)
 
