@@ -3,7 +3,10 @@
 import atexit
 import gc
 
-from . import _threads, config, functional, nn
+from . import _threads  # first: NumPy must load with the BLAS settings it chooses
+
+_threads.quiet_blas_env()
+from . import config, functional, nn  # noqa: E402
 from .io import load, save
 from ._device import cuda_status, to_device, to_host
 from ._random import manual_seed
@@ -20,7 +23,7 @@ from .inference.from_nn import compile
 __version__ = "0.1.0"
 
 _threads.start()
-_threads.quiet_blas()
+_threads.check_blas()
 # At exit the interpreter collects every object still alive. Numba's typing and lowering
 # registries, loaded by the first kernel, make that collection 0.2-0.4 s of a short script's
 # wall time (half again the import). Freezing what is alive at exit skips it; Python promises

@@ -15,18 +15,21 @@ on 2 cores a parallel kernel right after a GEMM waited 6-7 ms for a core. Two wa
 
 A choice the user made (``NUMBA_THREADING_LAYER``, or an OpenMP wait variable) is kept.
 
-NumPy's own BLAS threads are the other half (``quiet_blas``). OpenBLAS, which NumPy's wheels
-bundle, lets its workers spin for 2^28 cycles (a tenth of a second) after each call before
-they sleep, so every Numba kernel between two GEMMs shares its cores with a spinning thread: max
-pooling over (1, 64, 112x112) took 4.2 ms right after a GEMM against 2.2 ms alone. OpenBLAS
-reads its ``OPENBLAS_THREAD_TIMEOUT`` only when it starts its threads, so numbaconv sets it
-and restarts them, which only a process with no other thread yet can do safely (a restart under
-a running GEMM would pull its workers away), and not under the workqueue layer. Then im2col's copy kernels, serial while BLAS
-spins, run parallel too (``_window.parallel_kernel(beside_blas=True)``).
+NumPy's own BLAS threads are the other half (``quiet_blas_env``, ``check_blas``). OpenBLAS,
+which NumPy's wheels bundle, lets its workers spin for 2^28 cycles (a tenth of a second) after
+each call before they sleep, so every Numba kernel between two GEMMs shares its cores with a
+spinning thread: max pooling over (1, 64, 112x112) took 4.2 ms right after a GEMM against 2.2
+ms alone. OpenBLAS reads ``OPENBLAS_THREAD_TIMEOUT`` once, when NumPy loads it, so numbaconv
+can set it only when it is imported before NumPy; then im2col's copy kernels, serial while BLAS
+spins, run parallel too (``_window.parallel_kernel(beside_blas=True)``). Restarting OpenBLAS's
+threads after the fact (its ``blas_thread_shutdown_`` and ``blas_thread_init``) also worked,
+but with it ``tests/test_pool.py`` aborted on a corrupted heap in 3 of 24 runs from an empty
+kernel cache, against none of 28 without it: not done.
 """
 
 import ctypes
 import os
+import sys
 import threading
 
 from . import config
@@ -55,12 +58,18 @@ lock = threading.RLock()
 #: inference back half the gain.
 BLAS_THREAD_TIMEOUT = 16
 
-#: True while NumPy's BLAS threads may still spin after each call (``quiet_blas`` did not or
-#: could not make them sleep): im2col's copy kernels then stay on one thread.
+#: The variables by which OpenBLAS takes its idle wait.
+_BLAS_TIMEOUT_VARIABLES = ("OPENBLAS_THREAD_TIMEOUT", "GOTO_THREAD_TIMEOUT")
+
+#: True while NumPy's BLAS threads may still spin after each call (``check_blas``): im2col's
+#: copy kernels then stay on one thread.
 blas_spins = True
 
-#: What ``quiet_blas`` found or did, in words (``numbaconv info`` prints it).
+#: What ``check_blas`` found, in words (``numbaconv info`` prints it).
 blas_reason = "not checked"
+
+#: Whether ``quiet_blas_env`` set OpenBLAS's idle wait while NumPy loaded it.
+_blas_env_set = False
 
 
 def _openmp_loaded():
@@ -112,8 +121,8 @@ def start():
 
 
 def _openblas():
-    """NumPy's OpenBLAS as a ctypes library, when it is loaded and has the entry points
-    ``quiet_blas`` needs; else None. Found in the process's memory map (Linux)."""
+    """NumPy's OpenBLAS as a ctypes library, when it is loaded and says which idle wait it
+    runs with; else None. Found in the process's memory map (Linux)."""
     try:
         with open("/proc/self/maps") as maps:
             paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line}
@@ -122,44 +131,52 @@ def _openblas():
     for path in sorted(paths):
         try:
             lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
-            if all(hasattr(lib, f) for f in ("openblas_read_env", "blas_thread_shutdown_", "blas_thread_init")):
+            if hasattr(lib, "openblas_thread_timeout"):
                 return lib
         except (OSError, AttributeError):
             continue
     return None
 
 
-def quiet_blas(timeout=BLAS_THREAD_TIMEOUT):
-    """Make NumPy's OpenBLAS threads sleep ``timeout`` (``OPENBLAS_THREAD_TIMEOUT``'s scale)
-    after each call, by restarting them with that setting (see the module docstring). Sets
-    ``blas_spins`` and ``blas_reason``; does nothing when the user chose a timeout, when the BLAS
-    is not OpenBLAS, when another thread exists that might be inside a BLAS call, or under
-    Numba's workqueue layer (``serialize``): there, measured the same way as
-    ``BLAS_THREAD_TIMEOUT``, the change made a LeNet-5 training step 1.08-1.15x slower, and a
-    short BLAS spin with serial copies slowed every model (1.04-1.17x)."""
-    global blas_spins, blas_reason
-    import numpy  # noqa: F401  (loads the BLAS, which starts its threads)
-
-    if "OPENBLAS_THREAD_TIMEOUT" in os.environ or "GOTO_THREAD_TIMEOUT" in os.environ:
-        blas_reason = "its idle wait chosen by the user (OPENBLAS_THREAD_TIMEOUT)"
+def quiet_blas_env():
+    """Load NumPy with ``OPENBLAS_THREAD_TIMEOUT=BLAS_THREAD_TIMEOUT`` in the environment, then
+    give the environment back: OpenBLAS reads it when it loads. Only when NumPy is not loaded
+    yet and the user did not choose a timeout; any other BLAS ignores the variable. Runs before
+    anything of numbaconv imports NumPy."""
+    global _blas_env_set
+    if "numpy" in sys.modules or any(v in os.environ for v in _BLAS_TIMEOUT_VARIABLES):
+        import numpy  # noqa: F401
         return
-    if serialize:
-        blas_reason = ("left spinning: Numba's workqueue layer hands each parallel kernel to its threads "
-                       "too slowly for im2col's copies to gain")
-        return
-    lib = _openblas()
-    if lib is None:
-        blas_reason = "not OpenBLAS, or not one numbaconv can reach: threads left as they are"
-        return
-    if threading.active_count() > 1:
-        blas_reason = "OpenBLAS: other threads were running at import, so its threads were left spinning"
-        return
-    os.environ["OPENBLAS_THREAD_TIMEOUT"] = str(timeout)
+    os.environ["OPENBLAS_THREAD_TIMEOUT"] = str(BLAS_THREAD_TIMEOUT)
     try:
-        lib.openblas_read_env()  # its copy of the variable, read again
-        lib.blas_thread_shutdown_()
-        lib.blas_thread_init()  # the workers restart now, reading the timeout
+        import numpy  # noqa: F401  (loads the BLAS, which reads the variable)
     finally:
         del os.environ["OPENBLAS_THREAD_TIMEOUT"]
-    blas_spins = False
-    blas_reason = f"OpenBLAS, its threads sleep after 2^{timeout} cycles idle (numbaconv)"
+    _blas_env_set = True
+
+
+def check_blas():
+    """Set ``blas_spins`` and ``blas_reason`` from the idle wait NumPy's OpenBLAS runs with
+    (``openblas_thread_timeout``, what it read at load; 0 for its default). Copies go parallel
+    only when that wait is at most ``BLAS_THREAD_TIMEOUT`` and Numba's layer is not the
+    workqueue: there, measured as ``BLAS_THREAD_TIMEOUT`` is, the short wait made a LeNet-5
+    training step 1.08-1.15x slower with parallel copies, and every model 1.04-1.17x slower with
+    serial ones."""
+    global blas_spins, blas_reason
+    lib = _openblas()
+    timeout = lib.openblas_thread_timeout() if lib is not None else 0
+    quiet = 0 < timeout <= BLAS_THREAD_TIMEOUT
+    blas_spins = serialize or not quiet
+    if lib is None:
+        blas_reason = "not OpenBLAS, or not one numbaconv can reach: threads left as they are"
+    elif not quiet:
+        spin = min(max(timeout, 4), 30) if timeout else 28  # OpenBLAS's clamp, and its default
+        why = ("chosen by the user" if any(v in os.environ for v in _BLAS_TIMEOUT_VARIABLES)
+               else "NumPy was imported before numbaconv")
+        blas_reason = (f"OpenBLAS, its threads spin 2^{spin} cycles after each call ({why}; "
+                       f"OPENBLAS_THREAD_TIMEOUT={BLAS_THREAD_TIMEOUT} or importing numbaconv first quiets them)")
+    else:
+        who = "numbaconv" if _blas_env_set else "OPENBLAS_THREAD_TIMEOUT"
+        blas_reason = f"OpenBLAS, its threads sleep after 2^{max(timeout, 4)} cycles idle ({who})"
+        if serialize:
+            blas_reason += "; im2col's copies stay serial under the workqueue layer"

@@ -190,57 +190,63 @@ def test_exit_skips_collecting_what_numba_loaded():
 
 
 QUIET_BLAS = """
-import json, os, sys, threading, time
-if sys.argv[1] == "thread":
-    threading.Thread(target=time.sleep, args=(5,), daemon=True).start()
+import json, os, sys
+if sys.argv[1] == "numpy-first":
+    import numpy
 if sys.argv[1] == "openmp":
     import ctypes
     ctypes.CDLL("libgomp.so.1", mode=os.RTLD_GLOBAL)  # what importing torch first does
-import numpy as np
 import numbaconv
+import numpy as np
 from numbaconv import _threads
 lib = _threads._openblas()
 a = np.random.default_rng(0).standard_normal((300, 200))
 print(json.dumps({"openblas": lib is not None, "spins": _threads.blas_spins, "reason": _threads.blas_reason,
                   "timeout": lib.openblas_thread_timeout() if lib is not None else None,
-                  "env": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
+                  "env": os.environ.get("OPENBLAS_THREAD_TIMEOUT"), "serialize": _threads.serialize,
                   "gemm": bool(np.allclose(a @ a.T, np.einsum("ik,jk->ij", a, a)))}))
 """
 
 
-@pytest.mark.parametrize("case", ["fresh", "thread", "user", "openmp"])
+@pytest.mark.parametrize("case", ["fresh", "numpy-first", "user", "user-quiet", "openmp"])
 def test_blas_threads_sleep_when_idle(case):
-    """In a process with no other thread yet, numbaconv restarts NumPy's OpenBLAS threads with a
-    short idle spin and gives the environment back; GEMMs then still work. Another thread
-    running at import, a timeout the user chose, or Numba's workqueue layer (OpenMP loaded
-    first, as by PyTorch) leaves OpenBLAS as it is: its threads spin, so im2col's copies stay
-    serial."""
+    """Imported before NumPy, numbaconv has NumPy's OpenBLAS load with a short idle spin and
+    gives the environment back, and im2col's copies go parallel. NumPy imported first, or a
+    spin the user chose, leaves OpenBLAS as it is (copies parallel only if that spin is short
+    too); under Numba's workqueue layer (OpenMP loaded first, as by PyTorch) the copies stay
+    serial. GEMMs work throughout."""
     if case == "openmp":
         try:
             import ctypes
             ctypes.CDLL("libgomp.so.1")
         except OSError:
             pytest.skip("GNU OpenMP (libgomp.so.1) is not on this machine")
+    from numbaconv._threads import BLAS_THREAD_TIMEOUT
+
     env = {k: v for k, v in os.environ.items()
-           if k not in ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME",
-                        "NUMBA_THREADING_LAYER")}
+           if k not in ("OPENBLAS_THREAD_TIMEOUT", "GOTO_THREAD_TIMEOUT", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
+                        "KMP_BLOCKTIME", "NUMBA_THREADING_LAYER")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    if case == "user":
-        env["OPENBLAS_THREAD_TIMEOUT"] = "20"
+    if case.startswith("user"):
+        env["OPENBLAS_THREAD_TIMEOUT"] = "20" if case == "user" else "8"
     done = subprocess.run([sys.executable, "-c", QUIET_BLAS, case], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert got["gemm"]
-    if case == "user":
-        assert got["spins"] and "user" in got["reason"] and got["env"] == "20"
-    elif case == "openmp" or "workqueue" in got["reason"]:
-        assert got["spins"] and "workqueue" in got["reason"]
-    elif not got["openblas"]:  # another BLAS: nothing to restart
+    assert got["env"] == env.get("OPENBLAS_THREAD_TIMEOUT")  # the environment as it was
+    if not got["openblas"]:  # another BLAS: nothing to quiet
         assert got["spins"] and "not OpenBLAS" in got["reason"]
-    elif case == "thread":
-        assert got["spins"] and "other threads" in got["reason"] and got["timeout"] == 0
+        return
+    expected_timeout = {"fresh": BLAS_THREAD_TIMEOUT, "numpy-first": 0, "user": 20, "user-quiet": 8,
+                        "openmp": BLAS_THREAD_TIMEOUT}[case]
+    assert got["timeout"] == expected_timeout
+    if got["serialize"]:  # the workqueue layer (always so for "openmp")
+        assert got["spins"]
     else:
-        from numbaconv._threads import BLAS_THREAD_TIMEOUT
-
-        assert not got["spins"] and got["timeout"] == BLAS_THREAD_TIMEOUT and got["env"] is None
+        assert case != "openmp"
+        assert got["spins"] == (case in ("numpy-first", "user"))
+    said = {"fresh": "(numbaconv)", "numpy-first": "NumPy was imported before numbaconv",
+            "user": "chosen by the user", "user-quiet": "(OPENBLAS_THREAD_TIMEOUT)",
+            "openmp": "stay serial under the workqueue layer"}[case]
+    assert said in got["reason"]
