@@ -497,6 +497,24 @@ INTERLEAVED = [
 ]
 
 
+def _im2col_matches_naive(x, w, b, kw, geom, workspace, rng):
+    """im2col's forward, both gradients, and the forward with a fused epilogue (leaky slope 0.1,
+    clipped to [-1, 2]) and a residual, each against the naive reference."""
+    nd = x.ndim - 2
+    ref = naive.conv(x, w, b, **kw)
+    assert_close(conv_fn(nd)(x, w, b, algorithm="im2col", **kw), ref, what="forward")
+    go = rng.standard_normal(ref.shape)
+    for name, got, want in zip(("grad_x", "grad_weight", "grad_bias"),
+                               conv_backward_fn(nd)(go, x, w, algorithm="im2col", **kw),
+                               naive.conv_backward(go, x, w, **kw)):
+        assert_close(got, want, what=name)
+    out, r = np.empty((*ref.shape[:2], *geom.out_size)), rng.standard_normal((*ref.shape[:2], *geom.out_size))
+    conv_im2col.forward(x.reshape(*x.shape[:2], *geom.in_size), w.reshape(*w.shape[:2], *geom.kernel), b, out,
+                        geom, workspace, (0.1, -1.0, 2.0), r)
+    y = ref.reshape(out.shape) + r
+    assert_close(out, np.clip(np.where(y < 0, 0.1 * y, y), -1.0, 2.0), what="epilogue")
+
+
 @pytest.mark.parametrize("interleave", [True, False])
 @pytest.mark.parametrize("workspace", [1, 9000, 1 << 24])
 @pytest.mark.parametrize("spatial, kernel, stride, padding, dilation, groups", INTERLEAVED)
@@ -519,18 +537,7 @@ def test_im2col_interleaved_samples_match_naive(monkeypatch, interleave, workspa
     monkeypatch.setattr(conv_im2col, "INTERLEAVE_MAX_WIDTH", 1 << 20 if interleave else 0)
     geom = conv_geometry(f"conv{nd}d", x, w, b, stride, padding, dilation, groups, "zeros", nd)
     assert conv_im2col._interleaves(geom) == interleave and not conv_im2col._on_grid_layout(geom)
-    ref = naive.conv(x, w, b, **kw)
-    assert_close(conv_fn(nd)(x, w, b, algorithm="im2col", **kw), ref, what="forward")
-    go = rng.standard_normal(ref.shape)
-    for name, got, want in zip(("grad_x", "grad_weight", "grad_bias"),
-                               conv_backward_fn(nd)(go, x, w, algorithm="im2col", **kw),
-                               naive.conv_backward(go, x, w, **kw)):
-        assert_close(got, want, what=name)
-    out, r = np.empty((*ref.shape[:2], *geom.out_size)), rng.standard_normal((*ref.shape[:2], *geom.out_size))
-    x5 = x.reshape(*x.shape[:2], *geom.in_size)
-    conv_im2col.forward(x5, w.reshape(*w.shape[:2], *geom.kernel), b, out, geom, workspace, (0.1, -1.0, 2.0), r)
-    y = ref.reshape(out.shape) + r
-    assert_close(out, np.clip(np.where(y < 0, 0.1 * y, y), -1.0, 2.0), what="epilogue")
+    _im2col_matches_naive(x, w, b, kw, geom, workspace, rng)
 
 
 #: (kernel, padding, dilation, groups, padding_mode, c_out): 3-D kernels more than one deep whose
@@ -790,18 +797,7 @@ def test_im2col_copies_run_parallel_or_serial(monkeypatch, route, interleave, sp
     kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     geom = conv_geometry(f"conv{nd}d", x, w, b, stride, padding, dilation, groups, "zeros", nd)
     assert _im2col_layout(geom) == layouts[0 if interleave else 1]
-    ref = naive.conv(x, w, b, **kw)
-    assert_close(conv_fn(nd)(x, w, b, algorithm="im2col", **kw), ref, what="forward")
-    go = rng.standard_normal(ref.shape)
-    for name, got, want in zip(("grad_x", "grad_weight", "grad_bias"),
-                               conv_backward_fn(nd)(go, x, w, algorithm="im2col", **kw),
-                               naive.conv_backward(go, x, w, **kw)):
-        assert_close(got, want, what=name)
-    out, r = np.empty((*ref.shape[:2], *geom.out_size)), rng.standard_normal((*ref.shape[:2], *geom.out_size))
-    conv_im2col.forward(x.reshape(*x.shape[:2], *geom.in_size), w.reshape(*w.shape[:2], *geom.kernel), b, out,
-                        geom, 1 << 24, (0.1, -1.0, 2.0), r)
-    y = ref.reshape(out.shape) + r
-    assert_close(out, np.clip(np.where(y < 0, 0.1 * y, y), -1.0, 2.0), what="epilogue")
+    _im2col_matches_naive(x, w, b, kw, geom, 1 << 24, rng)
 
 
 def test_copies_between_gemms_stay_serial_while_blas_spins(monkeypatch):
