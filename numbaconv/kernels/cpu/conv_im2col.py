@@ -17,7 +17,7 @@ pointwise convolution (1x1x1 kernel, stride 1, no padding, equal sizes) needs no
 already is the column matrix.
 
 The copy kernels run between GEMMs. NumPy's BLAS keeps its worker threads spinning for a while
-after each GEMM unless numbaconv could make them sleep at once (``_threads.quiet_blas``), and a
+after each GEMM unless NumPy loaded it with a short idle wait (``_threads.quiet_blas_env``), and a
 parallel Numba kernel between two GEMMs fights spinning threads for the cores (measured on 2
 cores: 2-6 ms instead of 5 us for a small kernel right after a GEMM), while a serial one runs
 beside them undisturbed. So they are parallel kernels that run serial while BLAS spins
