@@ -145,7 +145,6 @@ def quiet_blas_env():
     anything of numbaconv imports NumPy."""
     global _blas_env_set
     if "numpy" in sys.modules or any(v in os.environ for v in _BLAS_TIMEOUT_VARIABLES):
-        import numpy  # noqa: F401
         return
     os.environ["OPENBLAS_THREAD_TIMEOUT"] = str(BLAS_THREAD_TIMEOUT)
     try:
