@@ -21,6 +21,22 @@ import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 
+# Under the simulator, every kernel launch is recorded so that test_cuda_compile.py can compile
+# each one for a real GPU (the simulator itself types nothing); see cuda_compile.py.
+if os.environ["NUMBA_ENABLE_CUDASIM"] not in ("", "0"):
+    try:
+        import numba.cuda  # noqa: F401
+    except ImportError:  # no numba-cuda: the CUDA tests skip, and there is nothing to record
+        pass
+    else:
+        import cuda_compile
+        cuda_compile.RECORDER.install()
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked "last" run after the others, whose launches they check."""
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)  # stable: the rest keep their order
+
 # CI runs the same examples every time (a failure there reproduces anywhere); local runs explore.
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
