@@ -4,11 +4,13 @@ The simulator runs kernels as Python, so the other CUDA tests cannot see a kerne
 cannot type, nor a launch that asks for more registers or shared memory than a GPU has.
 conftest installs ``cuda_compile.RECORDER`` under the simulator; the check below (which
 conftest runs after every other test, so that it sees their launches) compiles each recorded
-kernel and argument-type signature with NVVM for compute capability 9.0 and checks ptxas's
-registers and shared memory against the recorded launches. On a real GPU
+kernel and argument-type signature with NVVM for compute capability 9.0, and every variant of
+the kernel factories whose choice depends on the problem's size (VARIANTS), and checks ptxas's
+registers and shared memory against the recorded launches (each variant at its largest). On a real GPU
 (NUMBA_ENABLE_CUDASIM=0) the other tests compile every kernel for real, and this file skips.
 """
 
+import json
 import os
 
 import numpy as np
@@ -54,13 +56,57 @@ def numbaconvs(records):
     return [r for r in records if r["kernel"]["module"].startswith("numbaconv.")]
 
 
+def _direct_forward(record):
+    """Every (KB, staged) the direct forward kernel is made with, at its largest launch: THREADS
+    threads, and (staged) all the shared memory a block may take."""
+    from numbaconv.kernels.cuda import _launch
+    dtype = record["kernel"]["args"][0]
+    for KB in (1, 2, 4, 8):
+        for staged in (True, False):
+            yield [dtype, KB, staged], _launch.THREADS, _launch.SHARED_BYTES if staged else 0
+
+
+def _gemm(record):
+    """Every transposition and tile of the GEMM kernel, each at its tile's block."""
+    from numbaconv.kernels.cuda import gemm
+    dtype = record["kernel"]["args"][0]
+    for trans_a in (False, True):
+        for trans_b in (False, True):
+            for tile in gemm.TILES:
+                yield [dtype, trans_a, trans_b, {"tuple": list(tile)}], (tile.BN // tile.TN) * (tile.BM // tile.TM), 0
+
+
+#: Kernel factories whose variants depend on the problem's size: the tests' tiny shapes make only
+#: some of them (a ResNet layer takes KB = 8 and the largest GEMM tile; a 3-channel test does not).
+VARIANTS = {
+    ("numbaconv.kernels.cuda.conv_direct", "_forward_kernel"): _direct_forward,
+    ("numbaconv.kernels.cuda.gemm", "_kernel"): _gemm,
+}
+
+
+def with_variants(records):
+    """``records`` plus, for each factory of VARIANTS, every variant it can make, with the
+    argument types recorded and the largest block that variant is launched with."""
+    out = {json.dumps([r["kernel"], r["types"]], sort_keys=True): r for r in records}
+    for r in records:
+        origin = r["kernel"]
+        make = VARIANTS.get((origin["module"], origin.get("factory")))
+        for args, threads, shared in make(r) if make else ():
+            variant = dict(r, kernel=dict(origin, args=args), block=[threads, 1, 1], threads=threads,
+                           dynamic_shared=shared)
+            out.setdefault(json.dumps([variant["kernel"], r["types"]], sort_keys=True), variant)
+    return list(out.values())
+
+
 @pytest.mark.last
 def test_every_kernel_the_simulated_tests_launched_compiles_for_a_gpu():
     exercise()
     assert not cuda_compile.RECORDER.errors, cuda_compile.RECORDER.errors
-    records = numbaconvs(cuda_compile.RECORDER.records())
-    kernels = {r["qualname"] for r in records}
+    launched = numbaconvs(cuda_compile.RECORDER.records())
+    kernels = {r["qualname"] for r in launched}
     assert {"_forward_kernel.<locals>.forward", "_im2col", "_kernel.<locals>.gemm"} <= kernels, kernels
+    records = with_variants(launched)
+    assert len(records) > len(launched)
     report = report_for(records)
     failures = "\n\n".join(f"{f['kernel']}{f['signature']}:\n{f['error']}" for f in report["failures"])
     assert not report["failures"], f"{len(report['failures'])} of {len(records)} launches fail on a GPU:\n{failures}"
