@@ -14,8 +14,8 @@ memory per block. This module closes that gap on a machine with no GPU, in two h
   each kernel the same way (importing the module, calling the same factory with the same
   arguments), compiles it to PTX for compute capability 9.0 with NVVM, the compiler a real GPU
   run uses, has ``ptxas`` assemble the PTX and report registers, shared memory and spills, and
-  checks those against the launches recorded. It prints one JSON object: ``compiled`` and
-  ``failures``, or ``missing`` when the compiler is not installed (``numba-cuda[cu13]`` brings
+  checks those against the launches recorded. It prints one JSON object: ``compiled``,
+  ``failures`` and ``resources``, or ``missing`` when the compiler is not installed (``numba-cuda[cu13]`` brings
   NVVM; ``cuda-toolkit[nvcc]`` brings ptxas).
 
 The launch check covers what the tests launched (small shapes); kernels whose block size grows
@@ -259,8 +259,10 @@ def compile_records(records):
     try:
         from cuda.pathfinder import find_nvidia_binary_utility
         ptxas = find_nvidia_binary_utility("ptxas")
-    except Exception:  # an older numba-cuda without the pathfinder: no resource check
+    except ImportError:  # numba-cuda without NVIDIA's path finder: no wheels to look in
         ptxas = None
+    if ptxas is None:
+        return {"missing": "ptxas (the cuda-toolkit[nvcc] wheel)"}
     failures, compiled, resources = [], 0, []
     for record in records:
         name = f"{record['kernel']['module']}.{record['qualname']}"
@@ -275,8 +277,6 @@ def compile_records(records):
             failures.append({"kernel": name, "signature": str(sig), "error": f"{type(e).__name__}: {e}"[:3000]})
             continue
         compiled += 1
-        if ptxas is None:
-            continue
         try:
             registers, shared, spills = _resources(ptx, ptxas)
         except RuntimeError as e:
@@ -287,7 +287,7 @@ def compile_records(records):
         problems = launch_problems(record, registers, shared)
         if problems:
             failures.append({"kernel": name, "signature": str(sig), "error": "; ".join(problems)})
-    return {"compiled": compiled, "failures": failures, "ptxas": ptxas is not None, "resources": resources}
+    return {"compiled": compiled, "failures": failures, "resources": resources}
 
 
 def main(argv):
