@@ -1,12 +1,12 @@
 """The CUDA kernels compile for a real GPU and fit its launch limits, checked without one.
 
 The simulator runs kernels as Python, so the other CUDA tests cannot see a kernel that Numba
-cannot type, nor a launch that asks for more registers or shared memory than a GPU has.
-conftest installs ``cuda_compile.RECORDER`` under the simulator; the check below (which
-conftest runs after every other test, so that it sees their launches) compiles each recorded
-kernel and argument-type signature with NVVM for compute capability 9.0, and every variant of
-the kernel factories whose choice depends on the problem's size (VARIANTS), and checks ptxas's
-registers and shared memory against the recorded launches (each variant at its largest). On a real GPU
+cannot type, nor a launch that asks for more registers or shared memory than a GPU has. conftest
+installs ``cuda_compile.RECORDER`` under the simulator; the check below (which conftest runs
+after every other test, so that it sees their launches) compiles each recorded kernel and
+argument-type signature with NVVM for compute capability 9.0, and every variant of the kernel
+factories whose choice depends on the problem's size (VARIANTS), and checks ptxas's registers
+and shared memory against the recorded launches (each variant at its largest). On a real GPU
 (NUMBA_ENABLE_CUDASIM=0) the other tests compile every kernel for real, and this file skips.
 """
 
@@ -59,9 +59,9 @@ def numbaconvs(records):
 def _direct_forward(record):
     """Every (KB, staged) the direct forward kernel is made with, at its largest launch: THREADS
     threads, and (staged) all the shared memory a block may take."""
-    from numbaconv.kernels.cuda import _launch
+    from numbaconv.kernels.cuda import _launch, conv_direct
     dtype = record["kernel"]["args"][0]
-    for KB in (1, 2, 4, 8):
+    for KB in (2 ** i for i in range(conv_direct.MAX_KB.bit_length())):  # forward() takes powers of two
         for staged in (True, False):
             yield [dtype, KB, staged], _launch.THREADS, _launch.SHARED_BYTES if staged else 0
 
