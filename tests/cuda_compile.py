@@ -94,21 +94,24 @@ class Recorder:
 
         from numba.cuda.simulator import kernel as sim
 
+        def is_factory(obj):
+            return callable(obj) and (hasattr(obj, "cache_info")
+                                      or getattr(obj, "__qualname__", "").startswith("per_dtype."))
+
         pkg = importlib.import_module(package)
         for info in pkgutil.iter_modules(pkg.__path__):
             module = importlib.import_module(f"{package}.{info.name}")
             for name, obj in list(vars(module).items()):
-                if callable(obj) and (hasattr(obj, "cache_info") or getattr(obj, "__qualname__", "").startswith("per_dtype.")):
+                if is_factory(obj):
                     setattr(module, name, self._factory(module.__name__, name, obj))
-        recorder, launch, sim_kernel, context = self, sim.FakeCUDAKernel.__call__, sim.FakeCUDAKernel, sim
+        launch = sim.FakeCUDAKernel.__call__
 
         def call(kernel, *args):
-            if not kernel._device and not context._kernel_context:
-                recorder._launch(kernel, args)
+            if not kernel._device and not sim._kernel_context:  # a launch, not a device function's call
+                self._launch(kernel, args)
             return launch(kernel, *args)
 
-        sim_kernel.__call__ = call
-        self._sim_kernel = sim_kernel
+        sim.FakeCUDAKernel.__call__ = call
         return self
 
     def _factory(self, module, name, make):
@@ -146,8 +149,9 @@ class Recorder:
             self.errors.append(f"{fn.__module__}.{fn.__qualname__}: {e}")
             return
         key = json.dumps([origin, types], sort_keys=True)
-        record = self.launches.setdefault(key, {"kernel": origin, "types": types, "qualname": fn.__qualname__,
-                                                "block": [0, 0, 0], "grid": [0, 0, 0], "threads": 0, "dynamic_shared": 0})
+        record = self.launches.setdefault(key, {
+            "kernel": origin, "types": types, "qualname": fn.__qualname__,
+            "block": [0, 0, 0], "grid": [0, 0, 0], "threads": 0, "dynamic_shared": 0})
         block, grid = kernel.block_dim, kernel.grid_dim
         record["block"] = [max(a, int(b)) for a, b in zip(record["block"], block)]
         record["grid"] = [max(a, int(b)) for a, b in zip(record["grid"], grid)]
@@ -237,11 +241,12 @@ def launch_problems(record, registers, static_shared):
     warps = -(-threads // 32)
     per_warp = -(-registers * 32 // REGISTER_UNIT) * REGISTER_UNIT
     if warps * per_warp > REGISTERS_PER_SM:
-        problems.append(f"{registers} registers x {threads} threads need {warps * per_warp} of the SM's {REGISTERS_PER_SM}")
+        problems.append(f"{registers} registers x {threads} threads need {warps * per_warp} "
+                        f"of the SM's {REGISTERS_PER_SM}")
     shared = static_shared + record["dynamic_shared"]
     if shared > STATIC_SHARED:
-        problems.append(f"{shared} bytes of shared memory ({static_shared} static + {record['dynamic_shared']} dynamic) "
-                        f"exceed {STATIC_SHARED}")
+        problems.append(f"{shared} bytes of shared memory ({static_shared} static + "
+                        f"{record['dynamic_shared']} dynamic) exceed {STATIC_SHARED}")
     return problems
 
 
