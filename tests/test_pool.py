@@ -263,10 +263,13 @@ def test_ties_nan_and_inf_match_torch(torch, case, data):
     ty, tidx = _torch_call(torch, case, tx, return_indices=True)
     np.testing.assert_array_equal(y, ty.detach().numpy())
     np.testing.assert_array_equal(idx, tidx.numpy())
+    if not _reads_input_everywhere(case):
+        # a window of padding alone: PyTorch's backward writes through its index -1, outside
+        # the gradient (it aborted the process); see test_window_reading_no_input_matches_torch
+        return
     grad_out = np.ones_like(y)
     ty.backward(torch.from_numpy(grad_out))
-    if _reads_input_everywhere(case):  # else see test_window_reading_no_input_matches_torch
-        np.testing.assert_array_equal(case.backward(grad_out, x), tx.grad.numpy())
+    np.testing.assert_array_equal(case.backward(grad_out, x), tx.grad.numpy())
 
 
 def _reads_input_everywhere(case):
