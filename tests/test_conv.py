@@ -352,6 +352,60 @@ def test_direct_flat_loops_take_taps_in_threes(monkeypatch, route, kw, dw):
         check(got, ref, scale, np.float64, name)
 
 
+#: stride-1 forward passes whose samples interleave (``conv_direct.samples_interleaved``):
+#: (spatial, kernel, padding, dilation, groups, padding_mode, c_in, c_out, batch, samples a grid):
+#: 1-D to 3-D, a crop-free margin on one side only, dilation, groups with an odd channel count a
+#: group (the pair's last channel twice), the whole batch on one grid or in groups of a few.
+INTERLEAVED_DIRECT = [
+    ((9,), 3, 0, 1, 1, "zeros", 2, 3, 6, 6), ((7, 6), 3, (1, 0), 2, 1, "zeros", 3, 4, 6, 3),
+    ((6, 5), (2, 3), (0, 1), (2, 1), 2, "zeros", 4, 6, 5, 5), ((4, 5, 6), 2, (1, 0, 1), 1, 1, "zeros", 2, 5, 4, 2),
+    ((8, 8), 5, 2, 1, 3, "reflect", 6, 9, 6, 2), ((10, 10), 5, 0, 1, 1, "zeros", 6, 16, 8, 8),
+]
+
+
+@pytest.mark.parametrize("route", ["serial", "parallel"])
+@pytest.mark.parametrize("spatial, kernel, padding, dilation, groups, mode, c_in, c_out, batch, m",
+                         INTERLEAVED_DIRECT)
+def test_direct_forward_with_interleaved_samples_matches_naive(monkeypatch, route, spatial, kernel, padding,
+                                                              dilation, groups, mode, c_in, c_out, batch, m):
+    """The stride-1 forward pass with m samples interleaved on each grid row, over every output
+    row's positions alone: the result, and the same pass with a fused epilogue (leaky slope
+    0.1, clipped to [-1, 2]) and a residual, against the naive reference."""
+    from numbaconv._geometry import conv_geometry
+
+    if route == "parallel":
+        monkeypatch.setattr(numbaconv.config, "PARALLEL_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(conv_direct, "INTERLEAVE_MIN_ROW", 1)  # whatever the rows and the margin
+    monkeypatch.setattr(conv_direct, "INTERLEAVE_BELOW_FILL", 2.0)
+    nd = len(spatial)
+    rng = np.random.default_rng(sum(spatial) + c_out)
+    kernel = (kernel,) * nd if isinstance(kernel, int) else kernel
+    x = rng.standard_normal((batch, c_in) + spatial)
+    w = rng.standard_normal((c_out, c_in // groups) + kernel)
+    b = rng.standard_normal(c_out)
+    kw = dict(padding=padding, dilation=dilation, groups=groups, padding_mode=mode)
+    geom = conv_geometry(f"conv{nd}d", x, w, b, 1, padding, dilation, groups, mode, nd)
+    grid_row = conv_direct._grid_shape(geom)[2]
+    monkeypatch.setattr(conv_direct, "STACK_BLOCK", grid_row * m)  # at most m samples a grid
+    assert conv_direct.samples_interleaved(geom) == m
+    placed, calls = conv_direct._place_interleaved, []
+    monkeypatch.setattr(conv_direct, "_place_interleaved", lambda *a: calls.append(1) or placed(*a))
+    ref = naive.conv(x, w, b, **kw)
+    check(conv_fn(nd)(x, w, b, algorithm="direct", **kw), ref, naive.conv(_abs(x), _abs(w), _abs(b), **kw),
+          np.float64, "forward")
+    assert calls, "the samples were not interleaved"
+    if mode == "zeros":  # the kernel entry point itself, as an inference graph calls it
+        out, r = np.empty((*ref.shape[:2], *geom.out_size)), rng.standard_normal((*ref.shape[:2], *geom.out_size))
+        conv_direct.forward(x.reshape(*x.shape[:2], *geom.in_size), w.reshape(*w.shape[:2], *geom.kernel), b, out,
+                            geom, None, (0.1, -1.0, 2.0), r)
+        y = ref.reshape(out.shape) + r
+        assert_close(out, np.clip(np.where(y < 0, 0.1 * y, y), -1.0, 2.0), what="epilogue")
+        conv_direct.forward(x.reshape(*x.shape[:2], *geom.in_size), w.reshape(*w.shape[:2], *geom.kernel), b, out,
+                            geom, None, (0.1, -1.0, 2.0))
+        assert_close(out, np.clip(np.where(ref < 0, 0.1 * ref, ref), -1.0, 2.0).reshape(out.shape),
+                     what="fused epilogue")
+
+
 #: one input channel into several at stride 1 (nd, kernel, dilation, padding, batch, outputs):
 #: a 1x9 and a 5x5 kernel (not whole 3x3 blocks), dilation with padding, 3-D, and LeNet's c1.
 SINGLE_INPUT_CHANNEL = [(1, 9, 1, 0, 2, 4), (2, 5, 1, 0, 3, 6), (2, 3, 2, 2, 2, 5), (3, 3, 1, 1, 2, 3),
@@ -675,9 +729,10 @@ def test_dtype_is_preserved_and_float64_is_computed_in_float64():
         ((256, 1), 6, 1, 1, "forward", "direct"),  # ... past the output bound too: one channel into at most 8
         ((256, 1), 6, 1, 1, "grad_weight", "im2col"),  # ... its forward only (on this 9x9 grid)
         ((256, 1), 6, 1, 2, "forward", "im2col"),  # ... but not strided
-        ((256, 1), 16, 1, 1, "forward", "im2col"),  # ... nor into more than 8
+        ((256, 1), 16, 1, 1, "forward", "direct"),  # ... into more than 8 as its samples interleave
+        ((256, 1), 48, 1, 1, "forward", "im2col"),  # ... but not into more than 32
         (6, 16, 1, 1, "forward", "direct"),  # LeNet c2
-        ((64, 6), 16, 1, 1, "forward", "im2col"),  # ... but at batch 64 (output elements past the bound)
+        ((64, 6), 16, 1, 1, "forward", "direct"),  # ... and at batch 64, its samples interleaved
         (6, 16, 1, 2, "forward", "im2col"),  # ... but strided
         (6, 16, 1, 1, "grad_input", "direct"),  # small convolutions: the backward too
         (6, 16, 1, 1, "grad_weight", "direct"),
@@ -709,7 +764,9 @@ def test_auto_rule(c_in, c_out, groups, stride, direction, expected):
         ((64, 3, 32, 32), 16, 5, 2, "direct"),  # few output channels, most of the grid output
         ((8, 32, 32, 32), 32, 3, 1, "direct"),  # ... up to 32 into 32 at 3x3
         ((64, 1, 32, 32), 6, 5, 0, "direct"),  # LeNet's c1 (fill 0.77): its gradients too
-        ((64, 6, 14, 14), 16, 5, 0, "im2col"),  # LeNet's c2: half its grid dropped
+        ((64, 6, 14, 14), 16, 5, 0, ("direct", "im2col", "im2col")),  # LeNet's c2: half its grid
+        # dropped, but the forward pass interleaves its samples and skips the margin
+        ((2, 8, 20, 20), 24, 5, 0, "im2col"),  # a third margin, rows too short to interleave
         ((8, 32, 32, 32), 64, 3, 1, "im2col"),  # more than 32 output channels
         ((64, 16, 32, 32), 32, 5, 2, "im2col"),  # past the work bound
         ((8, 16, 32, 32), 16, 1, 0, "im2col"),  # pointwise: a GEMM on the input itself
@@ -718,7 +775,8 @@ def test_auto_rule(c_in, c_out, groups, stride, direction, expected):
 )
 def test_auto_rule_by_grid_fill(x_shape, c_out, k, padding, expected):
     """At stride 1, few output channels a group over a grid that is mostly output run the direct
-    loops in every direction (``DIRECT_MIN_FILL`` and its bounds, in choose_algorithm)."""
+    loops in every direction (``DIRECT_MIN_FILL`` and its bounds, in choose_algorithm), and the
+    forward pass over any grid when its samples interleave."""
     from numbaconv._geometry import conv_geometry
     from numbaconv.functional.conv import choose_algorithm
 
@@ -726,7 +784,8 @@ def test_auto_rule_by_grid_fill(x_shape, c_out, k, padding, expected):
     x = np.zeros(x_shape, np.float32)
     w = np.zeros((c_out, x_shape[1], *kernel), np.float32)
     geom = conv_geometry("conv2d", x, w, None, 1, padding, 1, 1, "zeros", 2)
-    assert [choose_algorithm(geom, d) for d in ("forward", "grad_input", "grad_weight")] == [expected] * 3
+    expected = (expected,) * 3 if isinstance(expected, str) else expected
+    assert tuple(choose_algorithm(geom, d) for d in ("forward", "grad_input", "grad_weight")) == expected
 
 
 @pytest.mark.parametrize("nd, k, dilation, padding, batch, c_out", SINGLE_INPUT_CHANNEL)

@@ -338,12 +338,7 @@ def _grid_chunk_size(geom, grid, itemsize, workspace):
 def _side_by_side(n, grid):
     """How many of a chunk's n samples one GEMM takes side by side: as many as fit in
     ``GRID_GEMM_COLUMNS`` columns and divide n."""
-    return _largest_divisor(n, grid.most_side_by_side())
-
-
-def _largest_divisor(n, most):
-    """The largest divisor of n that is at most ``most`` (at least 1)."""
-    return next(m for m in range(max(1, min(n, most)), 0, -1) if n % m == 0)
+    return conv_direct.largest_divisor(n, grid.most_side_by_side())
 
 
 def workspace_bytes(geom, itemsize, workspace):
