@@ -493,6 +493,54 @@ def test_depthwise_same_size_3x3_pads_the_taps_past_a_row(monkeypatch, route, m,
     assert set(ran) == {"_same3", "_weight_same3"}
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the reference's inf * 0
+@pytest.mark.parametrize("route", ["serial", "parallel"])
+@pytest.mark.parametrize("stack", [2, 3, 5])
+@pytest.mark.parametrize("m", [1, 2])
+def test_depthwise_same3_stacks_the_samples_of_a_channel(monkeypatch, route, stack, m):
+    """Small planes of MobileNet's depthwise 3x3 run several samples of a channel as one loop,
+    their planes one below the other with a row of zeros between. A batch of five in groups
+    of two and three leaves a last group short. An inf in a plane's first or last row, next to
+    the row between planes, must reach only its own plane's outputs: in the forward pass, with
+    the fused epilogue, and in the input gradient (the same kernel, flipped, m planes a task)."""
+    from numbaconv._geometry import conv_geometry
+    from numbaconv.kernels.cpu import depthwise
+
+    monkeypatch.setattr(numbaconv.config, "PARALLEL_MIN_ELEMENTS", 1 << 40 if route == "serial" else 1)
+    rng = np.random.default_rng(stack * 10 + m)
+    N, c, H, W = 5, 3, 4, 6
+    monkeypatch.setattr(depthwise, "STACK_POSITIONS", stack * H * W)
+    x = rng.standard_normal((N, c, H, W))
+    w = rng.standard_normal((c * m, 1, 3, 3))
+    b = rng.standard_normal(c * m)
+    x[1, 0, 0, 2] = np.inf
+    x[2, 1, H - 1, W - 1] = np.inf
+    x[3, 2, H - 1, 0] = -np.inf
+    kw = dict(padding=1, groups=c)
+    geom = conv_geometry("conv2d", x, w, b, 1, 1, 1, c, "zeros", 2)
+    assert depthwise._stacked(geom) == stack
+    ran, kernel = [], depthwise._same3
+    monkeypatch.setattr(depthwise, "_same3", lambda *a: (ran.append(a[5]), kernel(*a))[1])
+
+    def same(got, ref, what):
+        finite = np.isfinite(ref)
+        np.testing.assert_array_equal(np.isfinite(got), finite, err_msg=f"{what}: where the result is finite")
+        np.testing.assert_array_equal(got[~finite], ref[~finite], err_msg=f"{what}: the infinite results")
+        assert_close(np.where(finite, got, 0), np.where(finite, ref, 0), what=what)
+
+    ref = naive.conv(x, w, b, **kw)
+    same(numbaconv.conv2d(x, w, b, algorithm="direct", **kw), ref, "forward")
+    out = np.empty((N, c * m, 1, H, W))
+    conv_direct.forward(x.reshape(N, c, 1, H, W), w.reshape(c * m, 1, 1, 3, 3), b, out, geom, None, (0.1, -1.0, 2.0))
+    same(out.reshape(ref.shape), np.clip(np.where(ref < 0, 0.1 * ref, ref), -1.0, 2.0), "fused epilogue")
+    go = rng.standard_normal(ref.shape)
+    go[2, m * 1, 0, 3] = np.inf  # channel 1's first output, in the middle sample of a stack
+    x = np.where(np.isfinite(x), x, 0)
+    gx = numbaconv.conv2d_backward(go, x, w, algorithm="direct", **kw)[0]
+    same(gx, naive.conv_backward(go, x, w, **kw)[0], "grad_x")
+    assert ran == [stack] * 3
+
+
 # --------------------------------------------------------------------------- workspace chunking
 
 

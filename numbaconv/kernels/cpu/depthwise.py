@@ -317,11 +317,12 @@ def _edge_masks(width, length):
 
 
 @njit(inline="always", cache=True)
-def _fill_plane(xf, src, n, c, width):
-    """xf[width + 1:] = the flat plane src[n, c], one contiguous copy: the first width + 1
-    positions, and those past the plane, stay the zeros of padding rows."""
+def _fill_plane(xf, src, n, c, width, at):
+    """xf[at + width + 1:] = the flat plane src[n, c], one contiguous copy: the width + 1
+    positions before it, and those past the plane, stay the zeros of padding rows."""
+    at += width + 1
     for q in range(src.shape[2]):
-        xf[U(q + width + 1)] = src[n, c, U(q)]
+        xf[U(at + q)] = src[n, c, U(q)]
 
 
 @njit(inline="always", cache=True)
@@ -345,42 +346,78 @@ def _same3_at(xf, q, width, wb, left, right, zero):
     return lt + mid + rt
 
 
+#: ``_same3`` stacks the planes of several samples of a channel (which share its weights) into
+#: one loop of at least this many positions, where a plane is shorter than two of LLVM's
+#: vector passes (``FLAT_STEP``): a 7x7 plane's 49 positions ran as scalar code. Measured,
+#: 2 cores, one plane against the whole batch a task: (8, 1024, 7x7) 0.38 -> 0.24 ms,
+#: (8, 2048, 4x4) 0.50 -> 0.25, (8, 256, 10x10) 0.134 -> 0.118, (8, 512, 14x14) 0.23 either way.
+STACK_POSITIONS = 512
+
+
+def _stacked(geom):
+    """How many samples' planes ``_same3`` stacks into one loop (``STACK_POSITIONS``)."""
+    plane = geom.in_size[1] * geom.in_size[2]
+    if plane >= 2 * FLAT_STEP:
+        return 1
+    return min(geom.batch, -(-STACK_POSITIONS // plane))
+
+
 @parallel_kernel(streaming=SERIAL_FACTOR)
-def _same3(src, wt, b, dst, width, mul, div, slope, lo, hi, chunks):
-    """``_correlate`` for ``_is_same3`` convolutions, src and dst (N, C, H * W) flat planes
-    of rows of ``width``: forward and input gradient alike (the gradient of this convolution is
-    one too, with the kernel flipped).
+def _same3(src, wt, b, dst, width, stack, mul, div, slope, lo, hi, chunks):
+    """``_correlate`` for ``_is_same3`` convolutions, src (N, C, H * W) flat planes of rows of
+    ``width``, dst the (N, O, H * W) result flat: forward and input gradient alike (the gradient
+    of this convolution is one too, with the kernel flipped).
 
     Each plane is copied in one contiguous run between rows of zeros (``_fill_plane``), so the
     rows above and below the plane need no test, and the columns left and right of it are
-    zeros put in by select (``_same3_at``): no gap columns to fill and skip, and the results go
-    straight into dst. The copy and the writes then vectorize as the taps do, where rows of 7
-    or 14 made them scalar loops that took most of a small plane's time: (8, 1024, 7x7)
-    0.56 -> 0.21 ms (PyTorch 0.21), (8, 512, 14x14) 0.57 -> 0.28 ms (PyTorch 0.28)."""
-    N, O, L = dst.shape
+    zeros put in by select (``_same3_at``): no gap columns to fill and skip. The copy and the
+    taps then vectorize, where rows of 7 or 14 made them scalar loops that took most of a small
+    plane's time: (8, 1024, 7x7) 0.56 -> 0.21 ms (PyTorch 0.21), (8, 512, 14x14) 0.57 -> 0.28 ms
+    (PyTorch 0.28).
+
+    A task takes ``stack`` samples of one channel, their planes one below the other, one row
+    of zeros between (the padding below one plane is the padding above the next), so that the
+    taps run as one loop over all of them: each plane's outputs are then read out of the loop's
+    grid, and the rows between, which read two planes, are dropped. One plane is computed in
+    place in dst (dst flat, so that choosing it is not a view per task: a view's reference
+    count, shared by the threads, cost (8, 256, 28x28) a tenth more time)."""
+    N, _, L = src.shape
+    O = wt.shape[0]
     S = wt.shape[1]
-    left, right = _edge_masks(width, L)
+    step = L + width  # a plane and the row of zeros below it
+    n_grid = stack * step - width
+    left, right = _edge_masks(width, n_grid)
     zero = dst.dtype.type(0)
     fused = not is_identity(slope, lo, hi)
-    tasks = N * O
+    groups = -(-N // stack)
+    tasks = groups * O
     chunks = min(tasks, chunks)
     for chunk in prange(chunks):
-        xf = np.zeros(L + 2 * width + 2, dtype=src.dtype)
+        xf = np.zeros(stack * step + width + 2, dtype=src.dtype)
+        # a copy out of a separate grid costs a large plane a third more time
+        grid = dst if stack == 1 else np.empty(n_grid, dtype=dst.dtype)
         for t in range(chunk * tasks // chunks, (chunk + 1) * tasks // chunks):
-            n, o = t // O, t % O
+            n0, o = (t // O) * stack, t % O  # channel innermost: the planes read lie side by side
+            planes = min(stack, N - n0)
+            g0 = (n0 * O + o) * L if stack == 1 else 0
+            n_q = planes * step - width
             for s in range(S):
-                _fill_plane(xf, src, n, (o // div) * mul + s, width)
+                c = (o // div) * mul + s
+                for i in range(planes):
+                    _fill_plane(xf, src, n0 + i, c, width, i * step)
                 wb = _block(wt, o, s, 0, 0, 0)
                 if s == 0:
                     bias = b[o]
-                    for q in range(L):
-                        dst[n, o, U(q)] = bias + _same3_at(xf, q, width, wb, left, right, zero)
+                    for q in range(n_q):
+                        grid[U(g0 + q)] = bias + _same3_at(xf, q, width, wb, left, right, zero)
                 else:
+                    for q in range(n_q):
+                        grid[U(g0 + q)] += _same3_at(xf, q, width, wb, left, right, zero)
+            if fused or stack > 1:
+                for i in range(planes):
+                    d0, p0 = ((n0 + i) * O + o) * L, g0 + i * step
                     for q in range(L):
-                        dst[n, o, U(q)] += _same3_at(xf, q, width, wb, left, right, zero)
-            if fused:
-                for q in range(L):
-                    dst[n, o, U(q)] = activate(dst[n, o, U(q)], slope, lo, hi)
+                        dst[U(d0 + q)] = activate(grid[U(p0 + q)], slope, lo, hi)
 
 
 @parallel_kernel(streaming=SERIAL_FACTOR)
@@ -397,7 +434,7 @@ def _weight_same3(go, x, gw, width, m, chunks):
         for k in range(chunk * K // chunks, (chunk + 1) * K // chunks):
             a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = zero
             for n in range(N):
-                _fill_plane(xf, x, n, k // m, width)
+                _fill_plane(xf, x, n, k // m, width, 0)
                 for q in range(L):
                     v = go[n, k, U(q)]
                     q1, q2 = q + width, q + 2 * width
@@ -519,7 +556,7 @@ def forward(x, w, b, out, geom, slope, lo, hi):
     m = geom.out_channels // geom.in_channels
     b = np.zeros(w.shape[0], dtype=w.dtype) if b is None else b
     if _is_same3(geom):
-        _same3(_planes(x), w, b, _planes(out), geom.in_size[2], 1, m, slope, lo, hi, _chunks())
+        _same3(_planes(x), w, b, _planes(out).reshape(-1), geom.in_size[2], _stacked(geom), 1, m, slope, lo, hi, _chunks())
     else:
         _correlate(x, w, b, out, 1, m, (1, 1, 1), geom.padding, geom.stride, geom.dilation, slope, lo, hi, _chunks())
 
@@ -531,8 +568,8 @@ def grad_input(go, w, gx, geom):
     pad = tuple(d * (k - 1) - p for d, k, p in zip(geom.dilation, geom.kernel, geom.padding))
     one = gx.dtype.type(1)
     if _is_same3(geom):
-        _same3(_planes(go), np.ascontiguousarray(flipped), np.zeros(C, dtype=gx.dtype), _planes(gx), geom.in_size[2],
-               m, 1, one, -np.inf * one, np.inf * one, _chunks())
+        _same3(_planes(go), np.ascontiguousarray(flipped), np.zeros(C, dtype=gx.dtype), _planes(gx).reshape(-1), geom.in_size[2],
+               _stacked(geom), m, 1, one, -np.inf * one, np.inf * one, _chunks())
         return
     _correlate(go, np.ascontiguousarray(flipped), np.zeros(C, dtype=gx.dtype), gx, m, 1, geom.stride, pad, (1, 1, 1),
                geom.dilation, one, -np.inf * one, np.inf * one, _chunks())
