@@ -298,10 +298,11 @@ def _correlate(src, wt, b, dst, mul, div, up, pad, stride, dilation, slope, lo, 
 
 def _is_same3(geom):
     """A 3x3 kernel at unit stride and dilation with one row and column of zero padding on
-    every side, so that output planes are the input's size: MobileNet's depthwise convolution,
-    which ``_same3`` and ``_weight_same3`` run on whole planes."""
+    every side, over planes (a depth of 1), so that output planes are the input's size:
+    MobileNet's depthwise convolution, which ``_same3`` and ``_weight_same3`` run on whole
+    planes. (A depth past 1 would lay one depth's plane against the next.)"""
     return (geom.kernel == (1, 3, 3) and geom.stride == (1, 1, 1) and geom.dilation[1:] == (1, 1)
-            and geom.padding == (0, 1, 1) and geom.out_size == geom.in_size)
+            and geom.padding == (0, 1, 1) and geom.out_size == geom.in_size and geom.in_size[0] == 1)
 
 
 @njit(inline="always", cache=True)
