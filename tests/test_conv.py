@@ -493,23 +493,34 @@ def test_depthwise_same_size_3x3_pads_the_taps_past_a_row(monkeypatch, route, m,
     assert set(ran) == {"_same3", "_weight_same3"}
 
 
+@pytest.mark.parametrize("route", ["serial", "parallel"])
+@pytest.mark.parametrize("stack", [1, 4])
 @pytest.mark.parametrize("depth", [2, 3])
-def test_depthwise_3d_with_planar_3x3_kernel_keeps_depths_apart(depth):
-    """A 3-D depthwise convolution whose kernel is (1, 3, 3) with padding (0, 1, 1) keeps every
-    depth's plane its own size, but is not MobileNet's planar case: each depth's outputs must
-    read its own plane only (it once ran on the depths' planes laid end to end, the last row
-    of one reading the first of the next)."""
+def test_depthwise_3d_with_planar_3x3_kernel_keeps_depths_apart(monkeypatch, route, stack, depth):
+    """A 3-D depthwise convolution whose kernel is (1, 3, 3) with padding (0, 1, 1) runs the
+    planar 3x3 kernels on every depth's plane: each depth's outputs must read its own plane
+    only (it once ran on the depths' planes laid end to end, the last row of one reading the
+    first of the next), one plane a task or several stacked, across samples and depths."""
+    from numbaconv.kernels.cpu import depthwise
+
+    monkeypatch.setattr(numbaconv.config, "PARALLEL_MIN_ELEMENTS", 1 << 40 if route == "serial" else 1)
+    monkeypatch.setattr(depthwise, "STACK_POSITIONS", stack * 20)
+    ran = []
+    for name in ("_same3", "_weight_same3"):
+        kernel = getattr(depthwise, name)
+        monkeypatch.setattr(depthwise, name, lambda *a, _k=kernel, _n=name: (ran.append(_n), _k(*a))[1])
     rng = np.random.default_rng(depth)
     x = rng.standard_normal((2, 3, depth, 4, 5))
-    w = rng.standard_normal((3, 1, 1, 3, 3))
-    b = rng.standard_normal(3)
+    w = rng.standard_normal((6, 1, 1, 3, 3))
+    b = rng.standard_normal(6)
     kw = dict(padding=(0, 1, 1), groups=3)
     assert_close(numbaconv.conv3d(x, w, b, algorithm="direct", **kw), naive.conv(x, w, b, **kw), what="forward")
-    go = rng.standard_normal((2, 3, depth, 4, 5))
+    go = rng.standard_normal((2, 6, depth, 4, 5))
     for name, got, want in zip(("grad_x", "grad_weight", "grad_bias"),
                                numbaconv.conv3d_backward(go, x, w, algorithm="direct", **kw),
                                naive.conv_backward(go, x, w, **kw)):
         assert_close(got, want, what=name)
+    assert ran == ["_same3", "_same3", "_weight_same3"]
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the reference's inf * 0

@@ -298,11 +298,11 @@ def _correlate(src, wt, b, dst, mul, div, up, pad, stride, dilation, slope, lo, 
 
 def _is_same3(geom):
     """A 3x3 kernel at unit stride and dilation with one row and column of zero padding on
-    every side, over planes (a depth of 1), so that output planes are the input's size:
-    MobileNet's depthwise convolution, which ``_same3`` and ``_weight_same3`` run on whole
-    planes. (A depth past 1 would lay one depth's plane against the next.)"""
+    every side, so that output planes are the input's size: MobileNet's depthwise convolution,
+    which ``_same3`` and ``_weight_same3`` run on whole planes (in 3-D, a (1, 3, 3) kernel:
+    every depth's plane on its own)."""
     return (geom.kernel == (1, 3, 3) and geom.stride == (1, 1, 1) and geom.dilation[1:] == (1, 1)
-            and geom.padding == (0, 1, 1) and geom.out_size == geom.in_size and geom.in_size[0] == 1)
+            and geom.padding == (0, 1, 1) and geom.out_size == geom.in_size)
 
 
 @njit(inline="always", cache=True)
@@ -318,12 +318,12 @@ def _edge_masks(width, length):
 
 
 @njit(inline="always", cache=True)
-def _fill_plane(xf, src, n, c, width, at):
-    """xf[at + width + 1:] = the flat plane src[n, c], one contiguous copy: the width + 1
+def _fill_plane(xf, src, n, c, d, width, at):
+    """xf[at + width + 1:] = the flat plane src[n, c, d], one contiguous copy: the width + 1
     positions before it, and those past the plane, stay the zeros of padding rows."""
     at += width + 1
-    for q in range(src.shape[2]):
-        xf[U(at + q)] = src[n, c, U(q)]
+    for q in range(src.shape[3]):
+        xf[U(at + q)] = src[n, c, d, U(q)]
 
 
 @njit(inline="always", cache=True)
@@ -356,18 +356,25 @@ STACK_POSITIONS = 512
 
 
 def _stacked(geom):
-    """How many samples' planes ``_same3`` stacks into one loop (``STACK_POSITIONS``)."""
+    """How many of a channel's planes ``_same3`` stacks into one loop (``STACK_POSITIONS``)."""
     plane = geom.in_size[1] * geom.in_size[2]
     if plane >= 2 * FLAT_STEP:
         return 1
-    return min(geom.batch, -(-STACK_POSITIONS // plane))
+    return min(geom.batch * geom.in_size[0], -(-STACK_POSITIONS // plane))
+
+
+@njit(inline="always", cache=True)
+def _next_plane(n, d, D):
+    """The plane after depth d of sample n, D depths a sample: stepped, as a division per plane
+    cost a stack of 7x7 planes a sixth more time."""
+    return (n, d + 1) if d + 1 < D else (n + 1, 0)
 
 
 @parallel_kernel(streaming=SERIAL_FACTOR)
 def _same3(src, wt, b, dst, width, stack, mul, div, slope, lo, hi, chunks):
-    """``_correlate`` for ``_is_same3`` convolutions, src (N, C, H * W) flat planes of rows of
-    ``width``, dst the (N, O, H * W) result flat: forward and input gradient alike (the gradient
-    of this convolution is one too, with the kernel flipped).
+    """``_correlate`` for ``_is_same3`` convolutions, src (N, C, D, H * W) flat planes of rows of
+    ``width``, dst the (N, O, D, H * W) result flat: forward and input gradient alike (the
+    gradient of this convolution is one too, with the kernel flipped).
 
     Each plane is copied in one contiguous run between rows of zeros (``_fill_plane``), so the
     rows above and below the plane need no test, and the columns left and right of it are
@@ -376,21 +383,22 @@ def _same3(src, wt, b, dst, width, stack, mul, div, slope, lo, hi, chunks):
     plane's time: (8, 1024, 7x7) 0.56 -> 0.21 ms (PyTorch 0.21), (8, 512, 14x14) 0.57 -> 0.28 ms
     (PyTorch 0.28).
 
-    A task takes ``stack`` samples of one channel, their planes one below the other, one row
+    A task takes ``stack`` of one channel's N * D planes, one below the other, one row
     of zeros between (the padding below one plane is the padding above the next), so that the
     taps run as one loop over all of them: each plane's outputs are then read out of the loop's
     grid, and the rows between, which read two planes, are dropped. One plane is computed in
     place in dst (dst flat, so that choosing it is not a view per task: a view's reference
     count, shared by the threads, cost (8, 256, 28x28) a tenth more time)."""
-    N, _, L = src.shape
+    N, _, D, L = src.shape
     O = wt.shape[0]
     S = wt.shape[1]
+    P = N * D  # a channel's planes, sample by sample, depth by depth
     step = L + width  # a plane and the row of zeros below it
     n_grid = stack * step - width
     left, right = _edge_masks(width, n_grid)
     zero = dst.dtype.type(0)
     fused = not is_identity(slope, lo, hi)
-    groups = -(-N // stack)
+    groups = -(-P // stack)
     tasks = groups * O
     chunks = min(tasks, chunks)
     for chunk in prange(chunks):
@@ -398,14 +406,17 @@ def _same3(src, wt, b, dst, width, stack, mul, div, slope, lo, hi, chunks):
         # a copy out of a separate grid costs a large plane a third more time
         grid = dst if stack == 1 else np.empty(n_grid, dtype=dst.dtype)
         for t in range(chunk * tasks // chunks, (chunk + 1) * tasks // chunks):
-            n0, o = (t // O) * stack, t % O  # channel innermost: the planes read lie side by side
-            planes = min(stack, N - n0)
-            g0 = (n0 * O + o) * L if stack == 1 else 0
+            p0, o = (t // O) * stack, t % O  # channel innermost: the planes read lie side by side
+            planes = min(stack, P - p0)
+            n0, d0 = (p0, 0) if D == 1 else (p0 // D, p0 % D)  # no division a task in 2-D
+            g0 = ((n0 * O + o) * D + d0) * L if stack == 1 else 0
             n_q = planes * step - width
             for s in range(S):
                 c = (o // div) * mul + s
+                n, d = n0, d0
                 for i in range(planes):
-                    _fill_plane(xf, src, n0 + i, c, width, i * step)
+                    _fill_plane(xf, src, n, c, d, width, i * step)
+                    n, d = _next_plane(n, d, D)
                 wb = _block(wt, o, s, 0, 0, 0)
                 if s == 0:
                     bias = b[o]
@@ -415,18 +426,20 @@ def _same3(src, wt, b, dst, width, stack, mul, div, slope, lo, hi, chunks):
                     for q in range(n_q):
                         grid[U(g0 + q)] += _same3_at(xf, q, width, wb, left, right, zero)
             if fused or stack > 1:
+                n, d = n0, d0
                 for i in range(planes):
-                    d0, p0 = ((n0 + i) * O + o) * L, g0 + i * step
+                    at, a = ((n * O + o) * D + d) * L, g0 + i * step
                     for q in range(L):
-                        dst[U(d0 + q)] = activate(grid[U(p0 + q)], slope, lo, hi)
+                        dst[U(at + q)] = activate(grid[U(a + q)], slope, lo, hi)
+                    n, d = _next_plane(n, d, D)
 
 
 @parallel_kernel(streaming=SERIAL_FACTOR)
 def _weight_same3(go, x, gw, width, m, chunks):
     """gw[k, 0, 0] = the 3x3 weight gradient of an ``_is_same3`` convolution, go and x (N, C,
-    H * W) flat planes of rows of ``width``: nine dot products of grad_out's plane with x's,
+    D, H * W) flat planes of rows of ``width``: nine dot products of grad_out's planes with x's,
     filled as in ``_same3``, the padding's zeros put in by select at the row ends."""
-    N, K, L = go.shape
+    N, K, D, L = go.shape
     left, right = _edge_masks(width, L)
     zero = gw.dtype.type(0)
     chunks = min(K, chunks)
@@ -434,10 +447,11 @@ def _weight_same3(go, x, gw, width, m, chunks):
         xf = np.zeros(L + 2 * width + 2, dtype=x.dtype)
         for k in range(chunk * K // chunks, (chunk + 1) * K // chunks):
             a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = zero
-            for n in range(N):
-                _fill_plane(xf, x, n, k // m, width, 0)
+            n, d = 0, 0
+            for _ in range(N * D):
+                _fill_plane(xf, x, n, k // m, d, width, 0)
                 for q in range(L):
-                    v = go[n, k, U(q)]
+                    v = go[n, k, d, U(q)]
                     q1, q2 = q + width, q + 2 * width
                     lm, rm = left[U(q)], right[U(q)]
                     a00 += v * _pad(xf[U(q)], lm, zero)
@@ -449,6 +463,7 @@ def _weight_same3(go, x, gw, width, m, chunks):
                     a02 += v * _pad(xf[U(q + 2)], rm, zero)
                     a12 += v * _pad(xf[U(q1 + 2)], rm, zero)
                     a22 += v * _pad(xf[U(q2 + 2)], rm, zero)
+                n, d = _next_plane(n, d, D)
             gw[k, 0, 0, 0, 0], gw[k, 0, 0, 0, 1], gw[k, 0, 0, 0, 2] = a00, a01, a02
             gw[k, 0, 0, 1, 0], gw[k, 0, 0, 1, 1], gw[k, 0, 0, 1, 2] = a10, a11, a12
             gw[k, 0, 0, 2, 0], gw[k, 0, 0, 2, 1], gw[k, 0, 0, 2, 2] = a20, a21, a22
@@ -547,10 +562,10 @@ def _chunks():
 
 
 def _planes(a):
-    """(N, C, D, H, W) C-contiguous as (N, C, D * H * W): a view, so that kernels write into ``a``."""
+    """(N, C, D, H, W) C-contiguous as (N, C, D, H * W): a view, so that kernels write into ``a``."""
     if not a.flags.c_contiguous:
         raise ValueError("depthwise kernels take C-contiguous arrays")
-    return a.reshape(a.shape[0], a.shape[1], -1)
+    return a.reshape(*a.shape[:3], -1)
 
 
 def forward(x, w, b, out, geom, slope, lo, hi):
