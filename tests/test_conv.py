@@ -498,9 +498,10 @@ def test_depthwise_same_size_3x3_pads_the_taps_past_a_row(monkeypatch, route, m,
 @pytest.mark.parametrize("depth", [2, 3])
 def test_depthwise_3d_with_planar_3x3_kernel_keeps_depths_apart(monkeypatch, route, stack, depth):
     """A 3-D depthwise convolution whose kernel is (1, 3, 3) with padding (0, 1, 1) runs the
-    planar 3x3 kernels on every depth's plane: each depth's outputs must read its own plane
-    only (it once ran on the depths' planes laid end to end, the last row of one reading the
-    first of the next), one plane a task or several stacked, across samples and depths."""
+    planar 3x3 kernel on every depth's plane, forward and input gradient: each depth's outputs
+    must read its own plane only (it once ran on the depths' planes laid end to end, the last
+    row of one reading the first of the next), one plane a task or several stacked, across
+    samples and depths. The weight gradient takes the general depthwise loops."""
     from numbaconv.kernels.cpu import depthwise
 
     monkeypatch.setattr(numbaconv.config, "PARALLEL_MIN_ELEMENTS", 1 << 40 if route == "serial" else 1)
@@ -520,7 +521,7 @@ def test_depthwise_3d_with_planar_3x3_kernel_keeps_depths_apart(monkeypatch, rou
                                numbaconv.conv3d_backward(go, x, w, algorithm="direct", **kw),
                                naive.conv_backward(go, x, w, **kw)):
         assert_close(got, want, what=name)
-    assert ran == ["_same3", "_same3", "_weight_same3"]
+    assert ran == ["_same3", "_same3"]
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the reference's inf * 0
@@ -550,7 +551,7 @@ def test_depthwise_same3_stacks_the_samples_of_a_channel(monkeypatch, route, sta
     geom = conv_geometry("conv2d", x, w, b, 1, 1, 1, c, "zeros", 2)
     assert depthwise._stacked(geom) == stack
     ran, kernel = [], depthwise._same3
-    monkeypatch.setattr(depthwise, "_same3", lambda *a: (ran.append(a[5]), kernel(*a))[1])
+    monkeypatch.setattr(depthwise, "_same3", lambda *a: (ran.append(a[6]), kernel(*a))[1])  # its stack
 
     def same(got, ref, what):
         finite = np.isfinite(ref)

@@ -318,12 +318,13 @@ def _edge_masks(width, length):
 
 
 @njit(inline="always", cache=True)
-def _fill_plane(xf, src, n, c, d, width, at):
-    """xf[at + width + 1:] = the flat plane src[n, c, d], one contiguous copy: the width + 1
-    positions before it, and those past the plane, stay the zeros of padding rows."""
+def _fill_plane(xf, src, n, c, off, L, width, at):
+    """xf[at + width + 1:] = the flat plane of L elements at src[n, c, off:], one contiguous
+    copy: the width + 1 positions before it, and those past the plane, stay the zeros of padding
+    rows."""
     at += width + 1
-    for q in range(src.shape[3]):
-        xf[U(at + q)] = src[n, c, d, U(q)]
+    for q in range(L):
+        xf[U(at + q)] = src[n, c, U(off + q)]
 
 
 @njit(inline="always", cache=True)
@@ -371,10 +372,10 @@ def _next_plane(n, d, D):
 
 
 @parallel_kernel(streaming=SERIAL_FACTOR)
-def _same3(src, wt, b, dst, width, stack, mul, div, slope, lo, hi, chunks):
-    """``_correlate`` for ``_is_same3`` convolutions, src (N, C, D, H * W) flat planes of rows of
-    ``width``, dst the (N, O, D, H * W) result flat: forward and input gradient alike (the
-    gradient of this convolution is one too, with the kernel flipped).
+def _same3(src, wt, b, dst, width, L, stack, mul, div, slope, lo, hi, chunks):
+    """``_correlate`` for ``_is_same3`` convolutions, src (N, C, D * L) a sample's D flat planes
+    of L = H * W elements in rows of ``width``, dst the (N, O, D * L) result flat: forward and
+    input gradient alike (the gradient of this convolution is one too, with the kernel flipped).
 
     Each plane is copied in one contiguous run between rows of zeros (``_fill_plane``), so the
     rows above and below the plane need no test, and the columns left and right of it are
@@ -389,7 +390,8 @@ def _same3(src, wt, b, dst, width, stack, mul, div, slope, lo, hi, chunks):
     grid, and the rows between, which read two planes, are dropped. One plane is computed in
     place in dst (dst flat, so that choosing it is not a view per task: a view's reference
     count, shared by the threads, cost (8, 256, 28x28) a tenth more time)."""
-    N, _, D, L = src.shape
+    N = src.shape[0]
+    D = src.shape[2] // L
     O = wt.shape[0]
     S = wt.shape[1]
     P = N * D  # a channel's planes, sample by sample, depth by depth
@@ -415,7 +417,7 @@ def _same3(src, wt, b, dst, width, stack, mul, div, slope, lo, hi, chunks):
                 c = (o // div) * mul + s
                 n, d = n0, d0
                 for i in range(planes):
-                    _fill_plane(xf, src, n, c, d, width, i * step)
+                    _fill_plane(xf, src, n, c, d * L, L, width, i * step)
                     n, d = _next_plane(n, d, D)
                 wb = _block(wt, o, s, 0, 0, 0)
                 if s == 0:
@@ -437,9 +439,12 @@ def _same3(src, wt, b, dst, width, stack, mul, div, slope, lo, hi, chunks):
 @parallel_kernel(streaming=SERIAL_FACTOR)
 def _weight_same3(go, x, gw, width, m, chunks):
     """gw[k, 0, 0] = the 3x3 weight gradient of an ``_is_same3`` convolution, go and x (N, C,
-    D, H * W) flat planes of rows of ``width``: nine dot products of grad_out's planes with x's,
-    filled as in ``_same3``, the padding's zeros put in by select at the row ends."""
-    N, K, D, L = go.shape
+    H * W) flat planes of rows of ``width``: nine dot products of grad_out's plane with x's,
+    filled as in ``_same3``, the padding's zeros put in by select at the row ends. Planar
+    convolutions only (a depth of 1): taking a 3-D (1, 3, 3) kernel's planes depth by depth
+    here cost 2-D shapes of small planes 12-18% more time ((16, 1024, 7x7), (8, 2048, 4x4)), so
+    those take ``_weight``."""
+    N, K, L = go.shape
     left, right = _edge_masks(width, L)
     zero = gw.dtype.type(0)
     chunks = min(K, chunks)
@@ -447,11 +452,10 @@ def _weight_same3(go, x, gw, width, m, chunks):
         xf = np.zeros(L + 2 * width + 2, dtype=x.dtype)
         for k in range(chunk * K // chunks, (chunk + 1) * K // chunks):
             a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = zero
-            n, d = 0, 0
-            for _ in range(N * D):
-                _fill_plane(xf, x, n, k // m, d, width, 0)
+            for n in range(N):
+                _fill_plane(xf, x, n, k // m, 0, L, width, 0)
                 for q in range(L):
-                    v = go[n, k, d, U(q)]
+                    v = go[n, k, U(q)]
                     q1, q2 = q + width, q + 2 * width
                     lm, rm = left[U(q)], right[U(q)]
                     a00 += v * _pad(xf[U(q)], lm, zero)
@@ -463,7 +467,6 @@ def _weight_same3(go, x, gw, width, m, chunks):
                     a02 += v * _pad(xf[U(q + 2)], rm, zero)
                     a12 += v * _pad(xf[U(q1 + 2)], rm, zero)
                     a22 += v * _pad(xf[U(q2 + 2)], rm, zero)
-                n, d = _next_plane(n, d, D)
             gw[k, 0, 0, 0, 0], gw[k, 0, 0, 0, 1], gw[k, 0, 0, 0, 2] = a00, a01, a02
             gw[k, 0, 0, 1, 0], gw[k, 0, 0, 1, 1], gw[k, 0, 0, 1, 2] = a10, a11, a12
             gw[k, 0, 0, 2, 0], gw[k, 0, 0, 2, 1], gw[k, 0, 0, 2, 2] = a20, a21, a22
@@ -561,18 +564,24 @@ def _chunks():
     return CHUNKS_PER_THREAD * numba.get_num_threads()
 
 
+def _plane_shape(geom):
+    """The width of a plane's rows, and its element count."""
+    return geom.in_size[2], geom.in_size[1] * geom.in_size[2]
+
+
 def _planes(a):
-    """(N, C, D, H, W) C-contiguous as (N, C, D, H * W): a view, so that kernels write into ``a``."""
+    """(N, C, D, H, W) C-contiguous as (N, C, D * H * W): a view, so that kernels write into ``a``."""
     if not a.flags.c_contiguous:
         raise ValueError("depthwise kernels take C-contiguous arrays")
-    return a.reshape(*a.shape[:3], -1)
+    return a.reshape(a.shape[0], a.shape[1], -1)
 
 
 def forward(x, w, b, out, geom, slope, lo, hi):
     m = geom.out_channels // geom.in_channels
     b = np.zeros(w.shape[0], dtype=w.dtype) if b is None else b
     if _is_same3(geom):
-        _same3(_planes(x), w, b, _planes(out).reshape(-1), geom.in_size[2], _stacked(geom), 1, m, slope, lo, hi, _chunks())
+        _same3(_planes(x), w, b, _planes(out).reshape(-1), *_plane_shape(geom), _stacked(geom), 1, m, slope, lo, hi,
+               _chunks())
     else:
         _correlate(x, w, b, out, 1, m, (1, 1, 1), geom.padding, geom.stride, geom.dilation, slope, lo, hi, _chunks())
 
@@ -584,15 +593,15 @@ def grad_input(go, w, gx, geom):
     pad = tuple(d * (k - 1) - p for d, k, p in zip(geom.dilation, geom.kernel, geom.padding))
     one = gx.dtype.type(1)
     if _is_same3(geom):
-        _same3(_planes(go), np.ascontiguousarray(flipped), np.zeros(C, dtype=gx.dtype), _planes(gx).reshape(-1), geom.in_size[2],
-               _stacked(geom), m, 1, one, -np.inf * one, np.inf * one, _chunks())
+        _same3(_planes(go), np.ascontiguousarray(flipped), np.zeros(C, dtype=gx.dtype), _planes(gx).reshape(-1),
+               *_plane_shape(geom), _stacked(geom), m, 1, one, -np.inf * one, np.inf * one, _chunks())
         return
     _correlate(go, np.ascontiguousarray(flipped), np.zeros(C, dtype=gx.dtype), gx, m, 1, geom.stride, pad, (1, 1, 1),
                geom.dilation, one, -np.inf * one, np.inf * one, _chunks())
 
 
 def grad_weight(go, x, gw, geom):
-    if _is_same3(geom):
+    if _is_same3(geom) and geom.in_size[0] == 1:  # its planes: the samples' (see _weight_same3)
         _weight_same3(_planes(go), _planes(x), gw, geom.in_size[2], geom.out_channels // geom.in_channels, _chunks())
         return
     KD, KH, KW = geom.kernel
