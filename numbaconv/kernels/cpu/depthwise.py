@@ -300,7 +300,7 @@ def _is_same3(geom):
     """A 3x3 kernel at unit stride and dilation with one row and column of zero padding on
     every side, so that output planes are the input's size: MobileNet's depthwise convolution,
     which ``_same3`` and ``_weight_same3`` run on whole planes (in 3-D, a (1, 3, 3) kernel:
-    every depth's plane on its own)."""
+    ``_same3`` takes every depth's plane on its own; ``_weight_same3`` a depth of 1 only)."""
     return (geom.kernel == (1, 3, 3) and geom.stride == (1, 1, 1) and geom.dilation[1:] == (1, 1)
             and geom.padding == (0, 1, 1) and geom.out_size == geom.in_size)
 
@@ -387,9 +387,12 @@ def _same3(src, wt, b, dst, width, L, stack, mul, div, slope, lo, hi, chunks):
     A task takes ``stack`` of one channel's N * D planes, one below the other, one row
     of zeros between (the padding below one plane is the padding above the next), so that the
     taps run as one loop over all of them: each plane's outputs are then read out of the loop's
-    grid, and the rows between, which read two planes, are dropped. One plane is computed in
-    place in dst (dst flat, so that choosing it is not a view per task: a view's reference
-    count, shared by the threads, cost (8, 256, 28x28) a tenth more time)."""
+    grid, and the rows between, which read two planes, are dropped. One plane a task is
+    computed in place in dst (flat, so that choosing it takes no view of dst per task: every
+    view touches the parent's reference count, which the threads share).
+
+    Tasks go channel by channel within a group of planes, so that consecutive tasks read planes
+    that lie side by side: group by group within a channel cost (8, 256, 28x28) a tenth more."""
     N = src.shape[0]
     D = src.shape[2] // L
     O = wt.shape[0]
@@ -408,7 +411,7 @@ def _same3(src, wt, b, dst, width, L, stack, mul, div, slope, lo, hi, chunks):
         # a copy out of a separate grid costs a large plane a third more time
         grid = dst if stack == 1 else np.empty(n_grid, dtype=dst.dtype)
         for t in range(chunk * tasks // chunks, (chunk + 1) * tasks // chunks):
-            p0, o = (t // O) * stack, t % O  # channel innermost: the planes read lie side by side
+            p0, o = (t // O) * stack, t % O
             planes = min(stack, P - p0)
             n0, d0 = (p0, 0) if D == 1 else (p0 // D, p0 % D)  # no division a task in 2-D
             g0 = ((n0 * O + o) * D + d0) * L if stack == 1 else 0
