@@ -11,10 +11,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # benchmark the checkout this suite belongs to
 
 if os.environ.get("NUMBACONV_BENCH_IMPORT_ORDER", "torch") == "numbaconv":
-    # numbaconv first: its threading layer applies (OpenMP, passive), as in a process without
-    # PyTorch, and PyTorch's OpenMP threads then wait passively too. pytest's plugins have
-    # loaded NumPy by now, so its BLAS threads keep their default spin here, unlike under
-    # ``numbaconv bench --import-order numbaconv``.
+    # numbaconv first: its threading layer applies (OpenMP, a short spin then sleep), as in a
+    # process without PyTorch, and PyTorch's OpenMP threads then wait the same way. pytest's
+    # plugins have loaded NumPy by now, so its BLAS threads keep their default spin here,
+    # unlike under ``numbaconv bench --import-order numbaconv``.
     import numbaconv  # noqa: F401
 try:
     # By default PyTorch before numbaconv: both can share one OpenMP runtime, which keeps the

@@ -17,7 +17,7 @@ differ by more than the two libraries do. Here the implementations take turns:
 PyTorch first is the suite's conservative default (see bench/README.md, "Import order"):
 numbaconv then runs on Numba's workqueue layer and leaves NumPy's BLAS threads spinning. With
 numbaconv first it runs its OpenMP layer and quiets them, and PyTorch's OpenMP threads wait
-passively as well.
+as numbaconv's do (a short spin, then sleep).
 """
 
 import argparse

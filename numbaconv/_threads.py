@@ -1,11 +1,12 @@
-"""Start Numba's worker threads so that they give the cores back when idle.
+"""Start Numba's worker threads so that they give the cores back soon when idle.
 
 numbaconv's kernels alternate with NumPy's BLAS, whose worker threads keep spinning for a
-while after each GEMM. Worker threads that spin too when idle are not woken ahead of them, and
-on 2 cores a parallel kernel right after a GEMM waited 6-7 ms for a core. Two ways out:
+while after each GEMM. Worker threads that spin long too when idle are not woken ahead of them,
+and on 2 cores a parallel kernel right after a GEMM waited 6-7 ms for a core. Two ways out:
 
-- OpenMP (Numba's "omp" layer) with ``config.OPENMP_ENV`` (passive waiting) in the environment
-  when the OpenMP runtime loads. It reads its environment once, when it is loaded.
+- OpenMP (Numba's "omp" layer) with ``config.OPENMP_ENV`` (a spin of about 50 us, then sleep)
+  in the environment when the OpenMP runtime loads. It reads its environment once, when it is
+  loaded.
 - When another library loaded the OpenMP runtime first (``import torch`` before numbaconv
   does), it is too late for that: the runtime spins, and ResNet-18 inference took 224 ms
   instead of 32 (batch 1, 2 cores). numbaconv then starts Numba's own "workqueue" layer, whose
@@ -105,7 +106,7 @@ def start():
                   "kernels run one at a time")
     else:
         applied = {k: v for k, v in config.OPENMP_ENV.items() if k not in os.environ}
-        reason = "Numba's default order" + (", OpenMP threads wait passively" if applied else "")
+        reason = "Numba's default order" + (", OpenMP threads spin briefly, then sleep" if applied else "")
     os.environ.update(applied)
     try:
         parallel._launch_threads()

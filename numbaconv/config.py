@@ -11,13 +11,24 @@ WORKSPACE_BYTES = 256 * 2**20
 
 #: Environment Numba's OpenMP worker threads start with, where the environment does not already
 #: set these variables. numbaconv's kernels alternate with NumPy's BLAS, whose worker threads keep
-#: spinning for a while after each GEMM. An OpenMP worker that spins too is not woken ahead of
-#: them, and on 2 cores a parallel kernel right after a GEMM waited 6-7 ms for a core; workers
-#: that sleep when idle are woken in 20-80 us (LeNet's two convolutions and a small GEMM: 10.7 ms
-#: a step with OpenMP's default, 1.2 ms with this). Applied once, when numbaconv is imported and
-#: starts Numba's threads, and only if no OpenMP runtime is running in the process yet; the
-#: process environment is restored afterwards. Set it to {} to keep OpenMP's defaults.
-OPENMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+#: spinning for a while after each GEMM. An OpenMP worker that spins for long too is not woken
+#: ahead of them, and on 2 cores a parallel kernel right after a GEMM waited 6-7 ms for a core
+#: with OpenMP's default spin (about 3 ms): LeNet's two convolutions and a small GEMM took 10.7 ms
+#: a step, against 1.2 ms with workers that sleep at once. But waking a sleeping worker costs
+#: 50-100 us, more than a small kernel takes: so GNU OpenMP's workers (Numba's omp layer) spin
+#: 3000 times, about 50 us here, then sleep. That covers the Python between two kernels
+#: called back to back, and costs a GEMM after a kernel at most that long. Medians of five
+#: alternating fresh processes per setting, 2 cores (``bench/thread_wait.py``,
+#: bench/results/thread-wait.md), sleeping at once -> 3000 spins: depthwise 3x3/2 over
+#: (1, 64, 112x112) 0.23 -> 0.155 ms (PyTorch 0.148), LeNet c2 at batch 64 0.48 -> 0.34 ms, a
+#: MobileNet-style block 2.07 -> 1.39 ms, a LeNet-5 training step 6.3 -> 5.3 ms, ResNet-18
+#: inference 30.5 -> 28.6 ms at batch 1 and 221 -> 218 at batch 8. 30000 spins cost ResNet-18
+#: at batch 1 a third more time (39.8 ms). ``GOMP_SPINCOUNT`` overrides the wait policy in GNU
+#: OpenMP; other OpenMP runtimes read the policy only, and sleep at once.
+#: Applied once, when numbaconv is imported and starts Numba's threads, and only if no OpenMP
+#: runtime is running in the process yet; the process environment is restored afterwards. Set
+#: it to {} to keep OpenMP's defaults.
+OPENMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "3000"}
 
 #: Parallel kernels whose largest array has fewer elements than this run on the calling thread:
 #: waking the other threads costs more than they would save (see kernels/cpu/_window.py).

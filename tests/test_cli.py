@@ -128,14 +128,14 @@ def test_thread_start_env_is_restored():
     environment back, and leaves alone a choice the user made."""
     code = (
         "import os, numbaconv; from numbaconv import _threads; "
-        "print(os.environ.get('OMP_WAIT_POLICY'), _threads.applied)"
+        "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'), _threads.applied)"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
     fresh = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert fresh.stdout.split() == ["None", "{'OMP_WAIT_POLICY':", "'PASSIVE'}"]
+    assert fresh.stdout.split() == ["None", "None", "{'OMP_WAIT_POLICY':", "'PASSIVE',", "'GOMP_SPINCOUNT':", "'3000'}"]
     mine = subprocess.run([sys.executable, "-c", code], env={**env, "GOMP_SPINCOUNT": "5"},
                           capture_output=True, text=True, check=True)
-    assert mine.stdout.split() == ["None", "{}"]
+    assert mine.stdout.split() == ["None", "5", "{}"]
 
 
 def test_openmp_loaded_first_gives_a_serialized_workqueue():

@@ -3,7 +3,7 @@
 The measurement runs in a fresh interpreter that imports PyTorch before numbaconv, as ``bench/``
 does: the two load one OpenMP runtime, which keeps the settings of whoever loads it first, so
 PyTorch, the reference, keeps its own (``--import-order numbaconv`` gives numbaconv its own
-instead, and PyTorch then runs with numbaconv's passive OpenMP wait policy).
+instead, and PyTorch then shares numbaconv's OpenMP wait: a short spin, then sleep).
 """
 
 import argparse
