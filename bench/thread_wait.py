@@ -1,18 +1,25 @@
-"""How long Numba's OpenMP threads should spin when idle: the measurements behind
-``numbaconv.config.OPENMP_ENV``.
+"""How long Numba's OpenMP threads should spin when idle, and from what size a kernel should
+go parallel: the measurements behind ``numbaconv.config.OPENMP_ENV`` and
+``config.PARALLEL_MIN_ELEMENTS_SPINNING``.
 
 OpenMP reads its wait settings once, when it loads, so each setting runs in fresh processes
-(numbaconv imported first, no PyTorch: the OpenMP layer), the settings taking turns round by
-round. Each process times small kernels called back to back (where waking sleeping threads is
-most of the call), whole models (where a spinning thread shares the cores with NumPy's BLAS
-threads between GEMMs), and a LeNet-5 training step; it prints the medians, and the parent
-prints, per workload and setting, the median over rounds and the range.
+(by default numbaconv imported first, no PyTorch: the OpenMP layer), the settings taking
+turns round by round. Each process times small kernels called back to back (where waking
+sleeping threads is most of the call), whole models (where a spinning thread shares the cores
+with NumPy's BLAS threads between GEMMs), and a LeNet-5 training step; it prints the medians,
+and the parent prints, per workload and setting, the median over rounds and the range.
 
     python bench/thread_wait.py [--settings passive,3000,30000] [--rounds 5]
+    python bench/thread_wait.py --settings @16384,@4096           # the parallel threshold
+    python bench/thread_wait.py --import-order torch --settings @16384,@4096
 
-A setting is ``passive`` (``OMP_WAIT_POLICY=PASSIVE``: sleep at once) or a spin count
+A setting is ``passive`` (``OMP_WAIT_POLICY=PASSIVE``: sleep at once), a spin count
 (``GOMP_SPINCOUNT``, GNU OpenMP's busy-wait iterations before sleeping; it overrides the
-policy there).
+policy there) or nothing (numbaconv's own choice), optionally followed by ``@N``:
+``config.PARALLEL_MIN_ELEMENTS`` set to N in the process. ``--import-order torch`` imports
+PyTorch first, as ``numbaconv bench`` does: with numbaconv's own choice (``@N`` settings)
+numbaconv then runs on Numba's workqueue layer; a wait setting there goes to the OpenMP
+runtime PyTorch loads, which numbaconv then shares.
 """
 
 import argparse
@@ -39,11 +46,16 @@ def _median_ms(fn, n, warm=3):
     return 1e3 * statistics.median(times)
 
 
-def _child():
+def _child(import_order):
     """One process's medians, as JSON on stdout."""
     sys.path.insert(0, str(ROOT))
+    if import_order == "torch":
+        import torch  # noqa: F401
     import numbaconv as nc
     import numpy as np
+
+    if os.environ.get("NUMBACONV_BENCH_PARALLEL_MIN"):
+        nc.config.PARALLEL_MIN_ELEMENTS = int(os.environ["NUMBACONV_BENCH_PARALLEL_MIN"])
 
     rng = np.random.default_rng(0)
     nn = nc.nn
@@ -74,6 +86,8 @@ def _child():
     work = {
         "depthwise 3x3/2, (1, 64, 112x112)": (conv((1, 64, 112, 112), (64, 1, 3, 3), stride=2, padding=1, groups=64), 200),
         "LeNet c2, batch 64": (conv((64, 6, 14, 14), (16, 6, 5, 5)), 200),
+        "depthwise 3x3, (8, 1024, 7x7)": (conv((8, 1024, 7, 7), (1024, 1, 3, 3), padding=1, groups=1024), 200),
+        "depthwise 3x3, (1, 128, 56x56)": (conv((1, 128, 56, 56), (128, 1, 3, 3), padding=1, groups=128), 200),
         "MobileNet-style block, (1, 32, 112x112)": (lambda: mobile(xm), 100),
         "LeNet-5 training step, batch 64": (step, 60),
         "ResNet-18 compiled, batch 1": (lambda: resnet(x1), 15),
@@ -83,10 +97,14 @@ def _child():
 
 
 def _environment(setting):
-    env = {k: v for k, v in os.environ.items() if k not in WAIT_VARIABLES}
-    env["OMP_WAIT_POLICY"] = "PASSIVE"
-    if setting != "passive":
-        env["GOMP_SPINCOUNT"] = setting
+    env = {k: v for k, v in os.environ.items() if k not in WAIT_VARIABLES + ("NUMBACONV_BENCH_PARALLEL_MIN",)}
+    spin, _, threshold = setting.partition("@")
+    if spin:  # else numbaconv's own choice
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    if spin not in ("", "passive"):
+        env["GOMP_SPINCOUNT"] = spin
+    if threshold:
+        env["NUMBACONV_BENCH_PARALLEL_MIN"] = threshold
     return env
 
 
@@ -94,16 +112,18 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", default="passive,3000,30000")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--import-order", choices=("numbaconv", "torch"), default="numbaconv")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        _child()
+        _child(args.import_order)
         return 0
     settings = args.settings.split(",")
     results = {s: [] for s in settings}
     for r in range(args.rounds):
         for s in settings:
-            done = subprocess.run([sys.executable, __file__, "--child"], env=_environment(s),
+            done = subprocess.run([sys.executable, __file__, "--child", "--import-order", args.import_order],
+                                  env=_environment(s),
                                   capture_output=True, text=True, check=True)
             results[s].append(json.loads(done.stdout.splitlines()[-1]))
             print(f"round {r + 1}, {s}: done", file=sys.stderr)

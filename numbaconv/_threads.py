@@ -116,9 +116,12 @@ def start():
         for name in applied:
             os.environ.pop(name, None)
     try:
-        serialize = numba.threading_layer() == "workqueue"
+        layer = numba.threading_layer()
     except ValueError:  # no layer started
-        serialize = False
+        layer = None
+    serialize = layer == "workqueue"
+    if layer == "omp" and "GOMP_SPINCOUNT" in applied:  # threads spin a while between kernels
+        config.PARALLEL_MIN_ELEMENTS = config.PARALLEL_MIN_ELEMENTS_SPINNING
 
 
 def _openblas():

@@ -160,6 +160,8 @@ def info(args):
             ("threading layer", _threading_layer()),
             ("thread start env", _thread_env()),
             ("threads", numba.get_num_threads()),
+            ("parallel from", f"{numbaconv.config.PARALLEL_MIN_ELEMENTS} elements a kernel, a multiple for light "
+                              "kernels (config.PARALLEL_MIN_ELEMENTS)"),
             ("cuda available", _cuda()),
             ("kernel cache", _kernel_cache()),
         ]

@@ -31,8 +31,22 @@ WORKSPACE_BYTES = 256 * 2**20
 OPENMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "3000"}
 
 #: Parallel kernels whose largest array has fewer elements than this run on the calling thread:
-#: waking the other threads costs more than they would save (see kernels/cpu/_window.py).
+#: waking the other threads costs more than they would save (see kernels/cpu/_window.py). Where
+#: Numba's threads spin a while between kernels (``OPENMP_ENV`` applied to its OpenMP layer),
+#: numbaconv sets it to ``PARALLEL_MIN_ELEMENTS_SPINNING`` when it starts them.
 PARALLEL_MIN_ELEMENTS = 16384
+
+#: ``PARALLEL_MIN_ELEMENTS`` where the threads spin between kernels: a kernel called soon after
+#: another finds them awake, so handing work to them pays from a quarter of the size. Medians of
+#: eight alternating fresh processes a setting, 2 cores, 16384 -> 4096 (``bench/thread_wait.py
+#: --settings @16384,@4096``, bench/results/thread-wait.md): depthwise 3x3 over (8, 1024, 7x7)
+#: 0.28 -> 0.15 ms and over (1, 128, 56x56) 0.17 -> 0.10, LeNet c2 at batch 64 0.35 -> 0.30, a
+#: MobileNet-style block 1.39 -> 1.29 ms, a LeNet-5 training step 5.3 -> 4.75 ms, ResNet-18
+#: inference 30.4 -> 29.3 ms at batch 1 and within the noise at batch 8 (211 -> 217 ms; 227 ->
+#: 203 in an earlier run). Under the workqueue layer (PyTorch imported first), whose idle
+#: threads sleep, 4096 made small kernels slower ((1, 128, 56x56): 0.17 -> 0.28 ms), so there
+#: the threshold stays.
+PARALLEL_MIN_ELEMENTS_SPINNING = 4096
 
 #: Autotune mode, like cuDNN's benchmark mode: when True, ``algorithm="auto"`` times the candidate
 #: algorithms on the first call of each (geometry, direction, dtype) and keeps the fastest for the

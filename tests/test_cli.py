@@ -47,6 +47,7 @@ INFO_KEYS = [
     "threading layer",
     "thread start env",
     "threads",
+    "parallel from",
     "cuda available",
     "kernel cache",
 ]
@@ -60,6 +61,7 @@ def test_info_subprocess():
     assert pairs["numbaconv"] == numbaconv.__version__
     assert pairs["threading layer"].split()[0] in {"tbb", "omp", "workqueue"}
     assert int(pairs["threads"]) >= 1
+    assert int(pairs["parallel from"].split()[0]) >= 1
     assert pairs["cuda available"].startswith(("yes", "no"))
 
 
@@ -127,15 +129,22 @@ def test_thread_start_env_is_restored():
     """numbaconv starts Numba's threads with config.OPENMP_ENV, then gives the process its
     environment back, and leaves alone a choice the user made."""
     code = (
-        "import os, numbaconv; from numbaconv import _threads; "
-        "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'), _threads.applied)"
+        "import os, numba, numbaconv; from numbaconv import _threads, config; "
+        "print(numba.threading_layer(), config.PARALLEL_MIN_ELEMENTS, "
+        "os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'), _threads.applied)"
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "NUMBA_THREADING_LAYER")}
     fresh = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert fresh.stdout.split() == ["None", "None", "{'OMP_WAIT_POLICY':", "'PASSIVE',", "'GOMP_SPINCOUNT':", "'3000'}"]
+    layer, threshold, *rest = fresh.stdout.split()
+    assert rest == ["None", "None", "{'OMP_WAIT_POLICY':", "'PASSIVE',", "'GOMP_SPINCOUNT':", "'3000'}"]
+    # threads that spin between kernels take work from a smaller size on (OpenMP reads the spin)
+    spinning = numbaconv.config.PARALLEL_MIN_ELEMENTS_SPINNING
+    assert (int(threshold) == spinning) == (layer == "omp")
     mine = subprocess.run([sys.executable, "-c", code], env={**env, "GOMP_SPINCOUNT": "5"},
                           capture_output=True, text=True, check=True)
-    assert mine.stdout.split() == ["None", "5", "{}"]
+    layer, threshold, *rest = mine.stdout.split()
+    assert rest == ["None", "5", "{}"] and int(threshold) > spinning
 
 
 def test_openmp_loaded_first_gives_a_serialized_workqueue():

@@ -33,7 +33,8 @@ def parallel_kernel(py_func=None, *, streaming=False, beside_blas=False):
     the cores with them, and ran 2-6 ms instead of 5 us (2 cores); serial, it runs beside them.
 
     Waking Numba's sleeping worker threads costs about 70 us (measured, 2 cores, passive OpenMP
-    wait): more than a small kernel takes on one thread (softmax over (64, 1000): 170 us
+    wait; threads that still spin from the kernel before take a quarter of the threshold,
+    ``config.PARALLEL_MIN_ELEMENTS_SPINNING``): more than a small kernel takes on one thread (softmax over (64, 1000): 170 us
     parallel against 21 us in PyTorch). Setting the parallel kernel's thread count to one is
     not enough: the workqueue layer still hands the work to a worker thread and waits for it
     (log_softmax over (64, 10): 53 us, against 4 us serial; milliseconds when other processes
