@@ -823,6 +823,13 @@ def test_dtype_is_preserved_and_float64_is_computed_in_float64():
         ((64, 64), 64, 4, 1, "grad_input", "im2col"),  # grouped, 16 x 16
         ((64, 64), 64, 8, 2, "forward", "im2col"),  # grouped, but strided
         (64, 64, 1, 1, "forward", "im2col"),
+        ((64, 64), 64, 1, 1, "forward", "winograd"),  # 3x3 over 576 tiles of 4x4 outputs x 64 channels
+        ((64, 64), 64, 1, 1, "grad_input", "winograd"),
+        ((64, 64), 64, 1, 1, "grad_weight", "im2col"),  # ... but not its weight gradient
+        ((48, 64), 64, 1, 1, "forward", "im2col"),  # 432 tiles x 64 channels: too few
+        ((64, 64), 64, 1, 2, "forward", "im2col"),  # strided
+        ((64, 64), 64, 2, 1, "forward", "direct"),  # grouped: not Winograd's (32 x 32 a group: direct)
+        ((2048, 32), 64, 1, 1, "forward", "im2col"),  # 32 channels in: too few for Winograd's transforms
     ],
 )
 def test_auto_rule(c_in, c_out, groups, stride, direction, expected):
@@ -950,3 +957,147 @@ def test_copies_between_gemms_stay_serial_while_blas_spins(monkeypatch):
         assert runs_serial(99) and not runs_serial(100)
         assert runs_serial(10**9, beside_blas=True) == spins
         assert runs_serial(99, beside_blas=True)
+
+
+# --------------------------------------------------------------------------- Winograd's tiles
+
+
+@st.composite
+def winograd_cases(draw):
+    """3x3 convolutions at unit stride (1x3x3 in 3-D), one group: what algorithm="winograd" runs,
+    over sizes that do and do not divide into its 4x4 tiles."""
+    nd = draw(st.sampled_from((2, 3)))
+    mode = draw(st.sampled_from(naive.PADDING_MODES))
+    padding = (0,) * (nd - 2) + tuple(draw(st.integers(0, 2)) for _ in range(2))
+    spatial = (draw(st.integers(1, 3)),) if nd == 3 else ()
+    for p in padding[nd - 2:]:
+        low = max(1, 3 - 2 * p, p + 1 if mode == "reflect" else p)
+        spatial += (draw(st.integers(low, 11)),)
+    c_in, c_out = draw(st.integers(1, 4)), draw(st.integers(1, 5))
+    return Case(
+        n=draw(st.integers(1, 3)), c_in=c_in, c_out=c_out, spatial=spatial,
+        weight_shape=(c_out, c_in) + (1,) * (nd - 2) + (3, 3),
+        kwargs=dict(padding=padding if draw(st.booleans()) or nd == 3 else padding[-1] if padding[0] == padding[1]
+                    else padding, padding_mode=mode),
+        bias=draw(st.booleans()), dtype=draw(st.sampled_from(DTYPES)),
+        layouts=tuple(draw(st.sampled_from(LAYOUTS)) for _ in range(3)), seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@EXAMPLES
+@given(case=winograd_cases())
+def test_winograd_forward_matches_naive(case):
+    x, w, b = case.arrays()
+    copies = snapshot(x, w, b)
+    y = conv_fn(case.nd)(x, w, b, algorithm="winograd", **case.kwargs)
+    check(y, naive.conv(x, w, b, **case.kwargs), naive.conv(_abs(x), _abs(w), _abs(b), **case.kwargs), case.dtype,
+          f"conv{case.nd}d forward, algorithm=winograd")
+    assert_unmodified((x, w, b), copies)
+
+
+@EXAMPLES
+@given(case=winograd_cases())
+def test_winograd_backward_matches_naive(case):
+    """The input gradient by Winograd's tiles (a padding of at most 2 leaves its complement
+    non-negative), the weight gradient by im2col's GEMM."""
+    x, w, _ = case.arrays()
+    go = case.grad_out(naive.conv(x, w, None, **case.kwargs).shape)
+    copies = snapshot(go, x, w)
+    refs = naive.conv_backward(go, x, w, **case.kwargs)
+    scales = naive.conv_backward(_abs(go), _abs(x), _abs(w), **case.kwargs)
+    grads = conv_backward_fn(case.nd)(go, x, w, algorithm="winograd", **case.kwargs)
+    for name, got, ref, scale in zip(("grad_x", "grad_weight", "grad_bias"), grads, refs, scales):
+        check(got, ref, scale, case.dtype, f"conv{case.nd}d_backward {name}, algorithm=winograd")
+    assert_unmodified((go, x, w), copies)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("epilogue", [(1.0, -np.inf, np.inf), (0.0, 0.0, np.inf), (0.1, -np.inf, 6.0)])
+@pytest.mark.parametrize("workspace", [1, 60000, 1 << 28])
+def test_winograd_epilogue_and_chunks_match_naive(monkeypatch, epilogue, residual, workspace):
+    """The kernel entry the inference graph calls: bias, residual and activation applied as the
+    tiles' outputs are put in place, the batch's planes a chunk at a time (one plane, several,
+    all); both routes (one thread and parallel)."""
+    from numbaconv._geometry import conv_geometry
+    from numbaconv.kernels.cpu import conv_winograd
+
+    rng = np.random.default_rng(workspace % 97)
+    x = rng.standard_normal((3, 5, 10, 13)).astype(np.float32)
+    w = rng.standard_normal((6, 5, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    r = rng.standard_normal((3, 6, 10, 13)).astype(np.float32) if residual else None
+    slope, lo, hi = epilogue
+    pre = naive.conv(x, w, b, padding=1) + (0 if r is None else r)
+    ref = np.clip(np.where(pre < 0, pre * slope, pre), lo, hi)
+    scale = naive.conv(_abs(x), _abs(w), _abs(b), padding=1) + (0 if r is None else np.abs(r))
+    geom = conv_geometry("conv2d", x, w, b, 1, 1, 1, 1, "zeros", 2)
+    assert conv_winograd._planes_per_chunk(geom, 4, workspace) == {1: 1, 60000: 2, 1 << 28: 3}[workspace]
+    for threshold in (1 << 40, 1):
+        monkeypatch.setattr(numbaconv.config, "PARALLEL_MIN_ELEMENTS", threshold)
+        out = np.full((3, 6, 1, 10, 13), np.nan, np.float32)
+        conv_winograd.forward(x.reshape(3, 5, 1, 10, 13), w.reshape(6, 5, 1, 3, 3), b, out, geom, workspace,
+                              epilogue, r)
+        check(out.reshape(3, 6, 10, 13), ref, scale, np.float32, f"winograd epilogue {epilogue}")
+
+
+@pytest.mark.parametrize("where", ["input", "weight"])
+def test_winograd_gives_nan_and_inf_to_the_outputs_that_read_them(where):
+    """Winograd's transforms mix a tile's inputs, so a call with a NaN or an infinity runs im2col
+    instead: only the outputs whose windows read one get it, as in the reference."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 3, 9, 10))
+    w = rng.standard_normal((4, 3, 3, 3))
+    if where == "input":
+        x[0, 0, 1, 2], x[1, 2, 5, 5], x[1, 0, 8, 9] = np.nan, np.inf, -np.inf
+    else:
+        w[1, 2, 0, 1] = np.inf
+    with np.errstate(invalid="ignore"):
+        ref = naive.conv(x, w, None, 1, 1)
+    for dtype in DTYPES:
+        y = numbaconv.conv2d(x.astype(dtype), w.astype(dtype), padding=1, algorithm="winograd")
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+        np.testing.assert_array_equal(np.isposinf(y), np.isposinf(ref))
+        np.testing.assert_array_equal(np.isneginf(y), np.isneginf(ref))
+        finite = np.isfinite(ref)
+        assert finite.any()
+        assert_close(y[finite], ref[finite], what="finite outputs")
+
+
+@pytest.mark.parametrize("kwargs, what", [
+    (dict(stride=2, padding=1), "stride"),
+    (dict(dilation=2, padding=2), "dilation"),
+    (dict(groups=2, padding=1), "groups"),
+])
+def test_winograd_refuses_what_it_cannot_run(kwargs, what):
+    """algorithm="winograd" names what it runs and what it was given, before any kernel."""
+    x = np.ones((1, 4, 8, 8), np.float32)
+    w = np.ones((4, 4 // kwargs.get("groups", 1), 3, 3), np.float32)
+    with pytest.raises(ValueError, match=f"winograd.*{what}"):
+        numbaconv.conv2d(x, w, algorithm="winograd", **kwargs)
+    with pytest.raises(ValueError, match="winograd"):
+        numbaconv.conv2d(x, np.ones((4, 4, 5, 5), np.float32), padding=2, algorithm="winograd")
+    with pytest.raises(ValueError, match="winograd.*padding"):  # the input gradient's complement would crop
+        numbaconv.conv2d_backward(np.ones((1, 4, 12, 12), np.float32), x, np.ones((4, 4, 3, 3), np.float32),
+                                  padding=3, algorithm="winograd")
+
+
+def test_autotune_times_winograd_only_where_it_runs(monkeypatch):
+    """The autotune mode's candidates: Winograd's tiles for the forward pass and input gradient of
+    a 3x3 stride-1 convolution, never its weight gradient (im2col's) nor a strided one."""
+    from numbaconv._geometry import conv_geometry
+    from numbaconv.kernels.cpu import candidates
+
+    x, w = np.zeros((2, 4, 9, 9), np.float32), np.zeros((4, 4, 3, 3), np.float32)
+    plain = conv_geometry("conv2d", x, w, None, 1, 1, 1, 1, "zeros", 2)
+    strided = conv_geometry("conv2d", x, w, None, 2, 1, 1, 1, "zeros", 2)
+    assert list(candidates(plain, "forward")) == ["direct", "im2col", "winograd"]
+    assert list(candidates(plain, "grad_input")) == ["direct", "im2col", "winograd"]
+    assert list(candidates(plain, "grad_weight")) == ["direct", "im2col"]
+    assert list(candidates(strided, "forward")) == ["direct", "im2col"]
+    numbaconv.clear_autotune_cache()
+    rng = np.random.default_rng(3)
+    for stride in (1, 2):
+        xs, ws = rng.standard_normal((2, 4, 9, 9)), rng.standard_normal((4, 4, 3, 3))
+        y = numbaconv.conv2d(xs, ws, stride=stride, padding=1, algorithm="tune")
+        assert_close(y, naive.conv(xs, ws, None, stride, 1))
+    numbaconv.clear_autotune_cache()

@@ -195,6 +195,13 @@ def test_needs_turns_gradients_off():
     assert grads[0] is None and grads[2] is None and is_device_array(grads[1])
 
 
+def test_winograd_is_refused_on_the_gpu():
+    """Winograd's tiles are CPU kernels: asked for on GPU arrays, the call says so."""
+    x, w = to_device(np.ones((1, 2, 6, 6), np.float32)), to_device(np.ones((3, 2, 3, 3), np.float32))
+    with pytest.raises(ValueError, match="'winograd' runs on the CPU only"):
+        numbaconv.conv2d(x, w, padding=1, algorithm="winograd")
+
+
 # --------------------------------------------------------------------------- GEMM
 
 

@@ -81,3 +81,24 @@ def test_conv_transpose_gradients_match_finite_differences(x_shape, w_shape, kwa
     x, w, b = _arrays(x_shape, w_shape, w_shape[1] * groups)
     _check(getattr(numbaconv, f"conv_transpose{nd}d"), getattr(numbaconv, f"conv_transpose{nd}d_backward"),
            naive.conv_transpose, x, w, b, kwargs, algorithm)
+
+
+# Winograd's tiles run 3x3 convolutions at unit stride (one group), forward and input gradient
+WINOGRAD_CASES = [
+    ((2, 3, 6, 9), (4, 3, 3, 3), dict(padding=1)),
+    ((1, 2, 7, 5), (3, 2, 3, 3), dict(padding=(2, 0), padding_mode="reflect")),
+    ((1, 2, 2, 5, 6), (2, 2, 1, 3, 3), dict(padding=(0, 1, 1))),
+]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kwargs", WINOGRAD_CASES, ids=str)
+def test_winograd_gradients_match_finite_differences(x_shape, w_shape, kwargs):
+    nd = len(x_shape) - 2
+    x, w, b = _arrays(x_shape, w_shape, w_shape[0])
+    _check(getattr(numbaconv, f"conv{nd}d"), getattr(numbaconv, f"conv{nd}d_backward"), naive.conv,
+           x, w, b, kwargs, "winograd")
+    # and the convolution it transposes
+    xt, wt, bt = _arrays(x_shape, (x_shape[1],) + w_shape[:1] + w_shape[2:], w_shape[0])
+    kwargs_t = {k: v for k, v in kwargs.items() if k != "padding_mode"}
+    _check(getattr(numbaconv, f"conv_transpose{nd}d"), getattr(numbaconv, f"conv_transpose{nd}d_backward"),
+           naive.conv_transpose, xt, wt, bt, kwargs_t, "winograd")

@@ -1,4 +1,4 @@
-"""Forward and backward against PyTorch itself, float32 and float64, both algorithms.
+"""Forward and backward against PyTorch itself, float32 and float64, every algorithm.
 
 Padding modes go through torch.nn.Conv{n}d. The tolerance is the one of conftest.assert_close,
 per element, scaled by the sum of absolute terms (computed by the naive reference on |inputs|);
@@ -99,7 +99,21 @@ def test_conv_transpose_matches_torch(x_shape, w_shape, kwargs, dtype, algorithm
     _compare((y,) + tuple(grads), want, scales, dtype)
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
+# 3x3 convolutions at unit stride, where algorithm="winograd" runs (a ResNet block's, odd sizes)
+WINOGRAD_CASES = [
+    ((2, 8, 11, 9), (6, 8, 3, 3), dict(padding=1)),
+    ((1, 3, 7, 10), (5, 3, 3, 3), dict(padding=(2, 0), padding_mode="reflect")),
+    ((1, 4, 2, 6, 5), (3, 4, 1, 3, 3), dict(padding=(0, 1, 2), padding_mode="circular")),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("x_shape, w_shape, kwargs", WINOGRAD_CASES, ids=str)
+def test_winograd_matches_torch(x_shape, w_shape, kwargs, dtype):
+    test_conv_matches_torch(x_shape, w_shape, kwargs, dtype, "winograd")
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS + ("winograd",))
 @pytest.mark.parametrize("mode", naive.PADDING_MODES)
 def test_nan_and_inf_propagate_like_torch(mode, algorithm):
     rng = np.random.default_rng(9)

@@ -27,7 +27,7 @@ from .. import config
 from .._device import require_cuda
 from .._geometry import conv_geometry
 from ..functional.conv import ALGORITHM_CHOICES, choose_algorithm
-from ..kernels.cpu import conv_im2col
+from ..kernels.cpu import conv_im2col, conv_winograd
 from . import shapes as _shapes
 
 DEVICES = ("cpu", "cuda")
@@ -143,7 +143,9 @@ def _chosen(algorithm, geom, direction):
     """The kernel(s) ``algorithm`` runs: "direct" / "im2col", "grad_input/grad_weight" choices
     joined by "/" for a backward."""
     kernels = ("forward",) if direction == "forward" else ("grad_input", "grad_weight")
-    if algorithm in ("direct", "im2col"):
+    if algorithm == "winograd":  # its weight gradient is im2col's
+        names = ["winograd" if k != "grad_weight" else "im2col" for k in kernels]
+    elif algorithm in ("direct", "im2col"):
         names = [algorithm] * len(kernels)
     elif algorithm == "auto" and not config.AUTOTUNE:
         names = [choose_algorithm(geom, k) for k in kernels]
@@ -157,6 +159,8 @@ def _workspace_bound(geom, algorithm, itemsize):
     """The most workspace one kernel may hold: none for the direct loops; im2col's chunk of
     buffers, which ``config.WORKSPACE_BYTES`` bounds, one sample at the least
     (``kernels.cpu.conv_im2col.workspace_bytes``)."""
+    if algorithm == "winograd":
+        return conv_winograd.workspace_bytes(geom, itemsize, config.WORKSPACE_BYTES)
     if algorithm != "im2col":
         return 0
     return conv_im2col.workspace_bytes(geom, itemsize, config.WORKSPACE_BYTES)
@@ -286,6 +290,10 @@ def measure_case(name, shape, direction, algorithms, device, policy, peak_gflops
     """The rows of one shape and direction, one per algorithm (see :func:`run` for the keys)."""
     arrays = _inputs(shape)
     geom = _geometry(shape, arrays[0], arrays[1])
+    # Winograd's tiles run 3x3 convolutions at unit stride on the CPU only: no row elsewhere
+    kernel = "forward" if direction == "forward" else "grad_input"
+    algorithms = [a for a in algorithms
+                  if a != "winograd" or device.name == "cpu" and conv_winograd.applies(geom, kernel)]
     ours = device.ours(arrays)
     calls = {a: numbaconv_call(shape, direction, a, ours) for a in algorithms}
     results = {a: device.host(fn()) for a, fn in calls.items()}

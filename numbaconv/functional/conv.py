@@ -17,7 +17,7 @@ from .._geometry import (
     check_choice, check_grad_out, check_needs, conv_geometry, conv_transpose_geometry,
 )
 from .._padding import pad, pad_adjoint
-from ..kernels.cpu import ALGORITHMS, conv_direct
+from ..kernels.cpu import ALGORITHMS, candidates, conv_direct, conv_winograd
 from ._autotune import tuned
 
 #: "auto": the rules of ``choose_algorithm`` (or, in autotune mode, "tune"); "tune": time the
@@ -84,6 +84,13 @@ def choose_algorithm(geom, direction="forward"):
     - stride 1, grouped, C/g * K/g <= 64: direct, every direction (the per-group GEMMs are tiny
       and the columns are unfolded for all of them: (8, 64, 28x28) in 16 groups of 4, 2.5-3.2
       against 6.7-7.1 ms; in 8 groups of 8, 3.5-3.9 against 6.0-6.2 ms).
+    - a 3x3 kernel at unit stride and dilation, one group, forward or input gradient, at least
+      ``conv_winograd.MIN_CHANNELS`` channels in and out and at least
+      ``conv_winograd.MIN_TILE_CHANNELS`` tiles of 4x4 outputs times channels: Winograd's
+      F(4x4, 3x3), a quarter of im2col's multiply-adds in its GEMMs (``conv_winograd.pays``:
+      ResNet-18's first two stages at batch 8, 0.68-0.75 of im2col's time; VGG-16's layers at
+      batch 1 up to 56x56). Its GEMMs are 36 a call, tiles x C by C x K: with few tiles
+      (ResNet-18 at batch 1) they are short, and im2col's one long GEMM wins.
     - otherwise im2col, by 1.2x to 30x on larger channel counts and every strided shape.
 
     The rules are a fixed guess made on one machine; where they guess wrong for a shape, the
@@ -107,6 +114,8 @@ def choose_algorithm(geom, direction="forward"):
                 and (math.prod(geom.out_size) >= DIRECT_MIN_FILL * math.prod(_grid(geom))
                      or direction == "forward" and conv_direct.samples_interleaved(geom) > 1)):
             return "direct"
+        if direction != "grad_weight" and conv_winograd.applies(geom, direction) and conv_winograd.pays(geom):
+            return "winograd"
     return "im2col"
 
 
@@ -120,7 +129,7 @@ def _kernel(op, algorithm, geom, direction):
     the rule's choice for "auto", or for "tune" (and "auto" in autotune mode) the fastest one,
     timed on the first call of this geometry, direction and dtype."""
     if algorithm == "tune" or (algorithm == "auto" and config.AUTOTUNE):
-        return tuned(geom, direction, ALGORITHMS, choose_algorithm(geom, direction))
+        return tuned(geom, direction, candidates(geom, direction), choose_algorithm(geom, direction))
     name = choose_algorithm(geom, direction) if algorithm == "auto" else algorithm
     return getattr(ALGORITHMS[name], direction)
 
@@ -167,6 +176,9 @@ def _cuda_kernel(op, algorithm, geom, direction):
 
     if algorithm in ("auto", "tune"):
         algorithm = "direct" if geom.out_channels // geom.groups <= 2 else "im2col"
+    if algorithm not in CUDA_ALGORITHMS:
+        raise ValueError(f"{op}: algorithm {algorithm!r} runs on the CPU only; on the GPU choose one of "
+                         f"{', '.join(['auto', 'tune', *CUDA_ALGORITHMS])}")
     return getattr(CUDA_ALGORITHMS[algorithm], direction)
 
 
@@ -276,9 +288,11 @@ _CONV_DOC = """{n}-D convolution (cross-correlation, as in PyTorch).
     stride, dilation: int or tuple of {n} ints >= 1. padding: int or tuple of {n} ints >= 0, or
     "valid" (no padding) or "same" (output size = input size; stride 1 only). padding_mode:
     "zeros", "reflect", "replicate" or "circular". groups: split the channels into independent
-    groups (groups == C_in is depthwise). algorithm: "direct", "im2col", "auto" (rules, or
-    autotune mode when ``numbaconv.set_autotune(True)``) or "tune" (time both on the first call
-    of each shape and keep the faster).
+    groups (groups == C_in is depthwise). algorithm: "direct", "im2col", "winograd" (3x3 at
+    stride 1 and dilation 1, one group, on the CPU: Winograd's F(4x4, 3x3) tiles for the forward
+    pass and the input gradient, im2col's GEMM for the weight gradient), "auto" (rules, or
+    autotune mode when ``numbaconv.set_autotune(True)``) or "tune" (time those that can run it
+    on the first call of each shape and keep the fastest).
     """
 
 _CONV_BACKWARD_DOC = """Gradients of conv{n}d with respect to x, weight and bias.
