@@ -97,6 +97,21 @@ def assert_close(got, ref, scale=None, dtype=None, what="result"):
         )
 
 
+def tile_scale(scale, tile=4):
+    """The scale of Winograd's results: each element's sum of absolute terms replaced by the
+    largest of its ``tile`` x ``tile`` tile of outputs (tiles from the first row and column of
+    each plane). The transforms mix a tile's inputs before its outputs are separated again, so
+    an output's rounding error follows the magnitudes of its whole tile, not its own terms: in
+    float32 an output whose terms are small beside its neighbours' missed 1e-4 of its own sum."""
+    scale = np.asarray(scale, dtype=np.float64)
+    *lead, h, w = scale.shape
+    th, tw = -(-h // tile), -(-w // tile)
+    padded = np.zeros((*lead, th * tile, tw * tile))
+    padded[..., :h, :w] = scale
+    blocks = padded.reshape(*lead, th, tile, tw, tile).max(axis=(-3, -1), keepdims=True)
+    return np.broadcast_to(blocks, padded.reshape(*lead, th, tile, tw, tile).shape).reshape(padded.shape)[..., :h, :w]
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(20240611)

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 import naive
 import numbaconv
 from numbaconv.kernels.cpu import conv_direct, conv_im2col
-from conftest import DTYPES, LAYOUTS, assert_close, assert_unmodified, check, int_or_tuple, make_array, snapshot
+from conftest import (DTYPES, LAYOUTS, assert_close, assert_unmodified, check, int_or_tuple, make_array, snapshot,
+                      tile_scale)
 
 ALGORITHMS = ("direct", "im2col", "auto")
 MAX_SIZE = {1: 12, 2: 8, 3: 5}  # largest spatial size of a conv input
@@ -990,8 +991,8 @@ def test_winograd_forward_matches_naive(case):
     x, w, b = case.arrays()
     copies = snapshot(x, w, b)
     y = conv_fn(case.nd)(x, w, b, algorithm="winograd", **case.kwargs)
-    check(y, naive.conv(x, w, b, **case.kwargs), naive.conv(_abs(x), _abs(w), _abs(b), **case.kwargs), case.dtype,
-          f"conv{case.nd}d forward, algorithm=winograd")
+    check(y, naive.conv(x, w, b, **case.kwargs), tile_scale(naive.conv(_abs(x), _abs(w), _abs(b), **case.kwargs)),
+          case.dtype, f"conv{case.nd}d forward, algorithm=winograd")
     assert_unmodified((x, w, b), copies)
 
 
@@ -999,13 +1000,16 @@ def test_winograd_forward_matches_naive(case):
 @given(case=winograd_cases())
 def test_winograd_backward_matches_naive(case):
     """The input gradient by Winograd's tiles (a padding of at most 2 leaves its complement
-    non-negative), the weight gradient by im2col's GEMM."""
+    non-negative), the weight gradient by im2col's GEMM. The input gradient's tiles lie on the
+    padded input's grid, whose borders a padding mode other than zeros folds back onto the
+    input, so its scale is the largest of each plane (``tile_scale`` with one tile a plane)."""
     x, w, _ = case.arrays()
     go = case.grad_out(naive.conv(x, w, None, **case.kwargs).shape)
     copies = snapshot(go, x, w)
     refs = naive.conv_backward(go, x, w, **case.kwargs)
     scales = naive.conv_backward(_abs(go), _abs(x), _abs(w), **case.kwargs)
     grads = conv_backward_fn(case.nd)(go, x, w, algorithm="winograd", **case.kwargs)
+    scales = (tile_scale(scales[0], tile=max(scales[0].shape[-2:])),) + scales[1:]
     for name, got, ref, scale in zip(("grad_x", "grad_weight", "grad_bias"), grads, refs, scales):
         check(got, ref, scale, case.dtype, f"conv{case.nd}d_backward {name}, algorithm=winograd")
     assert_unmodified((go, x, w), copies)
@@ -1037,7 +1041,7 @@ def test_winograd_epilogue_and_chunks_match_naive(monkeypatch, epilogue, residua
         out = np.full((3, 6, 1, 10, 13), np.nan, np.float32)
         conv_winograd.forward(x.reshape(3, 5, 1, 10, 13), w.reshape(6, 5, 1, 3, 3), b, out, geom, workspace,
                               epilogue, r)
-        check(out.reshape(3, 6, 10, 13), ref, scale, np.float32, f"winograd epilogue {epilogue}")
+        check(out.reshape(3, 6, 10, 13), ref, tile_scale(scale), np.float32, f"winograd epilogue {epilogue}")
 
 
 @pytest.mark.parametrize("where", ["input", "weight"])
