@@ -9,23 +9,24 @@ independent GEMMs: M[e] (tiles x K) = V[e] (tiles x C) @ U[e] (C x K). So a 3x3 
 ResNet-18 spends a quarter of im2col's multiply-adds in its GEMMs, for three passes im2col does
 not make: transforming the input, the weight and the GEMMs' results.
 
-The transforms loop over channels, innermost, so that they vectorize: the input is first
-copied into a zero-bordered (planes, rows, columns, C) buffer (``_channels_last``), the
-transformed tiles and the GEMMs' products are tile-major, (tiles, 36, C) and (tiles, 36, K),
-and the output transform puts each tile's outputs in place with the bias, the residual and the
-activation (``_output_tiles``). Tiles over a plane of
-7x7 outputs or less hold mostly padding, where im2col wins (``applies``).
+The input is first copied channels-last into a zero-bordered (planes, rows, columns, C)
+buffer (``_channels_last``); the transformed tiles and the GEMMs' products are tile-major,
+(tiles, 36, C) and (tiles, 36, K); the output transform puts each tile row's outputs in place
+with the bias, the residual and the activation (``_output_tiles``). Every transform is a
+sequence of loops that each write one row of a small matrix product over contiguous channels
+(``_row3``, ``_row6``), so that LLVM vectorizes them. ``pays`` says where this beats im2col.
 
-The interpolation points 0, 1, -1, 2, -2 and infinity keep the transforms' entries at most 8
-in magnitude: in float32 the results differ from the direct sum by about 1e-6 of the sum of
-the absolute values of the products, against 1e-4 allowed by the tests.
+The interpolation points 0, 1, -1, 2, -2 and infinity keep the transforms' entries at most 8 in
+magnitude. The transforms mix a tile's inputs, so an output's rounding error follows the
+magnitudes of its whole tile: in float32 about 1e-6 of the largest sum of absolute terms in the
+tile (the tests allow 1e-4 of it, ``tests/conftest.tile_scale``), where the direct sum's
+follows each output's own terms. For the same reason a NaN or an infinity would reach the whole
+tile; ``forward`` leaves such calls to im2col.
 
 Forward pass and input gradient (the correlation of grad_out with the flipped kernel, also a
 3x3 convolution at unit stride, when the padding is at most 2); the weight gradient runs
 im2col's.
 """
-
-import math
 
 import numpy as np
 from numba import njit, prange
