@@ -27,7 +27,7 @@ from .. import config
 from .._device import require_cuda
 from .._geometry import conv_geometry
 from ..functional.conv import ALGORITHM_CHOICES, choose_algorithm
-from ..kernels.cpu import conv_im2col, conv_winograd
+from ..kernels.cpu import candidates, conv_im2col, conv_winograd
 from . import shapes as _shapes
 
 DEVICES = ("cpu", "cuda")
@@ -292,8 +292,7 @@ def measure_case(name, shape, direction, algorithms, device, policy, peak_gflops
     geom = _geometry(shape, arrays[0], arrays[1])
     # Winograd's tiles run 3x3 convolutions at unit stride on the CPU only: no row elsewhere
     kernel = "forward" if direction == "forward" else "grad_input"
-    algorithms = [a for a in algorithms
-                  if a != "winograd" or device.name == "cpu" and conv_winograd.applies(geom, kernel)]
+    algorithms = [a for a in algorithms if a != "winograd" or device.name == "cpu" and a in candidates(geom, kernel)]
     ours = device.ours(arrays)
     calls = {a: numbaconv_call(shape, direction, a, ours) for a in algorithms}
     results = {a: device.host(fn()) for a, fn in calls.items()}

@@ -114,7 +114,7 @@ def choose_algorithm(geom, direction="forward"):
                 and (math.prod(geom.out_size) >= DIRECT_MIN_FILL * math.prod(_grid(geom))
                      or direction == "forward" and conv_direct.samples_interleaved(geom) > 1)):
             return "direct"
-        if direction != "grad_weight" and conv_winograd.applies(geom, direction) and conv_winograd.pays(geom):
+        if conv_winograd.applies(geom, direction) and conv_winograd.pays(geom):  # never the weight gradient
             return "winograd"
     return "im2col"
 
