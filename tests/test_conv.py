@@ -829,10 +829,14 @@ def test_dtype_is_preserved_and_float64_is_computed_in_float64():
         ((64, 64), 64, 4, 1, "grad_input", "im2col"),  # grouped, 16 x 16
         ((64, 64), 64, 8, 2, "forward", "im2col"),  # grouped, but strided
         (64, 64, 1, 1, "forward", "im2col"),
-        ((64, 64), 64, 1, 1, "forward", "winograd"),  # 3x3 over 576 tiles of 4x4 outputs x 64 channels
+        ((64, 64), 64, 1, 1, "forward", "winograd"),  # 3x3 over 576 tiles of 4x4 outputs, 64 channels
         ((64, 64), 64, 1, 1, "grad_input", "winograd"),
         ((64, 64), 64, 1, 1, "grad_weight", "im2col"),  # ... but not its weight gradient
-        ((48, 64), 64, 1, 1, "forward", "im2col"),  # 432 tiles x 64 channels: too few
+        ((6, 64), 64, 1, 1, "forward", "winograd"),  # 54 tiles (9 a sample)
+        ((5, 64), 64, 1, 1, "forward", "im2col"),  # 45 tiles: too few
+        ((5, 64), 128, 1, 1, "grad_input", "im2col"),
+        ((16, 256), 256, 1, 1, "forward", "winograd"),  # 144 tiles, 256 x 256 channels to transform
+        ((12, 256), 256, 1, 1, "forward", "im2col"),  # 108 tiles: too few for a weight that large
         ((64, 64), 64, 1, 2, "forward", "im2col"),  # strided
         ((64, 64), 64, 2, 1, "forward", "direct"),  # grouped: not Winograd's (32 x 32 a group: direct)
         ((2048, 32), 64, 1, 1, "forward", "im2col"),  # 32 channels in: too few for Winograd's transforms

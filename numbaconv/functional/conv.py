@@ -85,12 +85,13 @@ def choose_algorithm(geom, direction="forward"):
       and the columns are unfolded for all of them: (8, 64, 28x28) in 16 groups of 4, 2.5-3.2
       against 6.7-7.1 ms; in 8 groups of 8, 3.5-3.9 against 6.0-6.2 ms).
     - a 3x3 kernel at unit stride and dilation, one group, forward or input gradient, at least
-      ``conv_winograd.MIN_CHANNELS`` channels in and out and at least
-      ``conv_winograd.MIN_TILE_CHANNELS`` tiles of 4x4 outputs times channels: Winograd's
+      ``conv_winograd.MIN_CHANNELS`` channels in and out and at least ``conv_winograd.MIN_TILES``
+      tiles of 4x4 outputs (``MIN_TILES_LARGE_WEIGHT`` past 128 x 128 channels): Winograd's
       F(4x4, 3x3), a quarter of im2col's multiply-adds in its GEMMs (``conv_winograd.pays``:
-      ResNet-18's first two stages at batch 8, 0.68-0.75 of im2col's time; VGG-16's layers at
-      batch 1 up to 56x56). Its GEMMs are 36 a call, tiles x C by C x K: with few tiles
-      (ResNet-18 at batch 1) they are short, and im2col's one long GEMM wins.
+      ResNet-18's first two stages, 0.68-0.75 of im2col's time at batch 8 and 0.78-0.95 at
+      batch 1; VGG-16's layers at batch 1 up to 56x56). Its GEMMs are 36 a call, tiles x C by
+      C x K, and each call transforms the weight: with few tiles (ResNet-18's last two stages
+      at batch 1) the GEMMs are short, and im2col's one long GEMM wins.
     - otherwise im2col, by 1.2x to 30x on larger channel counts and every strided shape.
 
     The rules are a fixed guess made on one machine; where they guess wrong for a shape, the

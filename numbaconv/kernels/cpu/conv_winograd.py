@@ -39,20 +39,26 @@ from .conv_im2col import _adjoint, _quiet, _scratch_array
 #: Outputs per tile side, inputs per tile side (TILE + 3 - 1) and transformed positions a tile.
 TILE, ALPHA, POSITIONS = 4, 6, 36
 
-#: The rule of ``pays``: at least ``MIN_CHANNELS`` channels in and out, and tiles (4x4 outputs,
-#: over the batch) times the fewer channels at least ``MIN_TILE_CHANNELS``. Few tiles make 36
-#: short GEMMs, which BLAS runs far below its peak, and leave the weight's transform (36 C K
-#: values) unpaid; few channels make the input and output transforms, which read and write
-#: every tile, cost more than the multiply-adds they save. Measured, forward, time / im2col's,
-#: calls alternating with im2col's and the direct loops' (median of 15 rounds, 2 cores,
-#: ``bench/results/winograd.md``), as (batch, channels in = out, plane), tiles x channels:
-#: taken, (8, 64, 56x56) 100k 0.75, (8, 128, 28x28) 50k 0.68, (1, 128, 112x112) 100k 0.59,
-#: (1, 64, 112x112) 50k 0.73, (1, 256, 56x56) 50k 0.62, (1, 64, 224x224) 200k 0.65, (8, 256,
-#: 14x14) 33k 0.91; left to im2col, (2, 128, 28x28) 12.5k 0.93, (1, 64, 56x56) 12.5k 1.22,
-#: (1, 128, 28x28) 6.3k 1.45, (1, 512, 28x28) 25k 1.09, (8, 512, 7x7) 16k 1.69, and 32
-#: channels, (8, 32, 32x32) 1.26.
+#: The rule of ``pays``: at least ``MIN_CHANNELS`` channels in and out, and at least
+#: ``MIN_TILES`` tiles of 4x4 outputs over the batch, ``MIN_TILES_LARGE_WEIGHT`` where the
+#: weight has more than ``SMALL_WEIGHT`` channel pairs. Each call transforms the weight (36 C K
+#: values: 37 MB at 512 x 512) and runs 36 GEMMs of tiles x C by C x K; what they save over
+#: im2col grows with the tiles, so few tiles leave short GEMMs and the weight's transform
+#: unpaid. Few channels make the input and output transforms, which read and write every tile,
+#: cost more than the multiply-adds they save. Measured, forward, time / im2col's, the two
+#: calls alternating (median of 15 rounds, 2 cores, ``bench/results/winograd.md``), numbaconv
+#: imported first / PyTorch first, as (batch, channels in = out, plane), tiles: taken, (1, 64,
+#: 56x56) 196 0.78 / 0.87, (1, 128, 28x28) 49 0.95 / 0.97, (2, 128, 28x28) 98 0.74 / 0.84,
+#: (1, 64, 28x28) 49 0.84 / 0.85, (8, 256, 14x14) 128 0.71 / 0.98; left to im2col, (1, 256,
+#: 28x28) 49 0.84 / 1.02, (1, 512, 28x28) 49 0.95 / 1.09, (4, 256, 14x14) 64 0.84 / 1.07,
+#: (16, 512, 7x7) 64 0.98 / 1.13, (2, 256, 14x14) 32 1.10 / 1.27, (8, 512, 7x7) 32 1.45 / 1.72,
+#: (1, 256, 14x14) 16 1.80 / 1.98, and 32 channels, (8, 32, 32x32) 1.26. ResNet-18 at batch 1
+#: takes it for its first two stages (``bench/results/winograd.md``: the whole model 0.87 of
+#: its time with im2col there).
 MIN_CHANNELS = 64
-MIN_TILE_CHANNELS = 1 << 15
+MIN_TILES = 48
+MIN_TILES_LARGE_WEIGHT = 128
+SMALL_WEIGHT = 128 * 128
 
 
 def applies(geom, direction="forward"):
@@ -68,11 +74,12 @@ def applies(geom, direction="forward"):
 
 
 def pays(geom):
-    """The rule ``choose_algorithm`` asks (``MIN_CHANNELS``, ``MIN_TILE_CHANNELS``); the same for
-    the input gradient, whose tiles and channel counts are the forward pass's swapped."""
+    """The rule ``choose_algorithm`` asks (``MIN_CHANNELS``, ``MIN_TILES``); the same for the
+    input gradient, whose tiles and channel counts are the forward pass's swapped."""
     th, tw = _tiles(geom)
-    channels = min(geom.in_channels, geom.out_channels)
-    return channels >= MIN_CHANNELS and geom.batch * geom.out_size[0] * th * tw * channels >= MIN_TILE_CHANNELS
+    C, K = geom.in_channels, geom.out_channels
+    tiles = geom.batch * geom.out_size[0] * th * tw
+    return min(C, K) >= MIN_CHANNELS and tiles >= (MIN_TILES if C * K <= SMALL_WEIGHT else MIN_TILES_LARGE_WEIGHT)
 
 
 #: The transforms' matrices (Lavin and Gray's, for the points 0, 1, -1, 2, -2 and infinity):
