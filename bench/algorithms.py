@@ -1,9 +1,18 @@
 """Which algorithm wins where: the measurements behind ``algorithm="auto"``.
 
-For each shape of the "rules" suite (``numbaconv.benchmark.shapes``), times the direct loops
-and im2col on each direction (forward, grad input, grad weight) in one process, float32, median
-of repeated calls after a warm-up, and prints one row per shape with the winner of each direction. ``numbaconv.functional.conv.choose_algorithm``
-states the rule these rows support; rerun this after changing a kernel.
+For each shape of the "rules" suite (``numbaconv.benchmark.shapes``), times the direct loops,
+im2col and, where they run (``kernels.cpu.candidates``), Winograd's tiles on each direction
+(forward, grad input, grad weight) in one process, float32, median of repeated calls after a
+warm-up, and prints one row per shape with the winner of each direction.
+``numbaconv.functional.conv.choose_algorithm`` states the rule these rows support; rerun this
+after changing a kernel.
+
+The candidates take turns call by call, as a model's layers do: called back to back, a call
+finds the caches and BLAS's threads as its own last call left them, and im2col's one GEMM gained
+most from that (ResNet-18's first layer at batch 1, Winograd's tiles against im2col: 1.17x its
+time back to back, 0.78 taking turns, and the whole model 0.88 with the tiles). numbaconv is
+imported before NumPy, as an inference process would, so that NumPy's BLAS threads sleep soon
+after each GEMM (``numbaconv._threads``).
 
     python bench/algorithms.py [--repeat 7]
 """
@@ -16,25 +25,29 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numbaconv  # noqa: E402  (before NumPy: see above)
 import numpy as np  # noqa: E402
-
-import numbaconv  # noqa: E402
 from numbaconv._geometry import conv_geometry  # noqa: E402
 from numbaconv.benchmark.shapes import suite  # noqa: E402
 from numbaconv.functional.conv import choose_algorithm  # noqa: E402
+from numbaconv.kernels.cpu import ALGORITHMS, candidates  # noqa: E402
 
 SHAPES = {name.removeprefix("rules-"): shape for name, shape in suite("rules").items()}
 DIRECTIONS = ("forward", "grad_input", "grad_weight")
 
 
-def _median_ms(fn, repeat):
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
+def _alternating_ms(calls, repeat):
+    """{name: median ms} of ``calls``, one untimed call each, then ``repeat`` rounds in which
+    each is called once in turn."""
+    for fn in calls.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    times = {name: [] for name in calls}
+    for _ in range(repeat):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
 def _calls(shape, algorithm):
@@ -43,7 +56,7 @@ def _calls(shape, algorithm):
     x = rng.standard_normal(shape.x_shape, dtype=np.float32)
     w = rng.standard_normal(shape.weight_shape, dtype=np.float32)
     kw = dict(stride=s, padding=p, groups=g, algorithm=algorithm)
-    go = rng.standard_normal(numbaconv.conv2d(x, w, **kw).shape, dtype=np.float32)
+    go = rng.standard_normal(numbaconv.conv2d(x, w, stride=s, padding=p, groups=g).shape, dtype=np.float32)
     return {
         "forward": lambda: numbaconv.conv2d(x, w, **kw),
         "grad_input": lambda: numbaconv.conv2d_backward(go, x, w, needs=(True, False, False), **kw),
@@ -55,22 +68,22 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args(argv)
-    head = "| shape | C/g | K/g | " + " | ".join(f"{d} direct / im2col ms | auto" for d in DIRECTIONS) + " |"
-    print(head)
+    names = " / ".join(ALGORITHMS)
+    print("| shape | C/g | K/g | " + " | ".join(f"{d} {names} ms | auto" for d in DIRECTIONS) + " |")
     print("|---|--:|--:|" + "--:|:-:|" * len(DIRECTIONS))
     misses = 0
     for name, shape in SHAPES.items():
-        direct, geom = _calls(shape, "direct")
-        im2col, _ = _calls(shape, "im2col")
+        calls = {a: _calls(shape, a) for a in ALGORITHMS}
+        geom = calls["direct"][1]
         cells = []
         for d in DIRECTIONS:
-            t_direct, t_im2col = _median_ms(direct[d], args.repeat), _median_ms(im2col[d], args.repeat)
-            best = "direct" if t_direct < t_im2col else "im2col"
+            times = _alternating_ms({a: calls[a][0][d] for a in candidates(geom, d)}, args.repeat)
+            best = min(times, key=times.get)
             auto = choose_algorithm(geom, d)
-            slower = max(t_direct, t_im2col) / min(t_direct, t_im2col)
+            slower = times[auto] / times[best]
             mark = auto if auto == best else f"{auto} (x{slower:.2f})"
             misses += auto != best and slower > 1.25
-            cells.append(f"{t_direct:.2f} / {t_im2col:.2f} | {mark}")
+            cells.append(" / ".join(f"{times[a]:.2f}" if a in times else "-" for a in ALGORITHMS) + f" | {mark}")
         C, K, G = geom.in_channels, geom.out_channels, geom.groups
         print(f"| {name} | {C // G} | {K // G} | " + " | ".join(cells) + " |", flush=True)
     print(f"\nauto slower than the best algorithm by more than 1.25x: {misses} cases")

@@ -120,6 +120,23 @@ def test_run_rows(capfd):
     assert capfd.readouterr().err == ""  # progress=False: no bar
 
 
+def test_summary_best_takes_the_fastest_algorithm_that_ran_each_case():
+    """"best" is the fastest of direct, im2col and Winograd's tiles per case; a case Winograd
+    cannot run (no row) takes the faster of the other two."""
+    def row(shape, algorithm, ratio):
+        return {"shape": shape, "direction": "forward", "algorithm": algorithm, "ratio": ratio, "min_ratio": ratio,
+                "memory_ratio": None, "error": None}
+
+    rows = [row("resnet18-l1-b1", "direct", 2.0), row("resnet18-l1-b1", "im2col", 1.0),
+            row("resnet18-l1-b1", "winograd", 0.5), row("resnet18-l1-b1", "auto", 0.6),
+            row("resnet18-l2-down-b1", "direct", 3.0), row("resnet18-l2-down-b1", "im2col", 1.5),
+            row("resnet18-l2-down-b1", "auto", 1.5)]
+    best = nb.report.summary(rows)["best"]["directions"]["forward"]
+    assert best["cases"] == 2 and best["worst"] == 1.5 and best["worst_shape"] == "resnet18-l2-down-b1"
+    assert math.isclose(best["geomean"], math.sqrt(0.5 * 1.5))
+    assert "best" not in nb.report.summary([r for r in rows if r["algorithm"] in ("direct", "auto")])
+
+
 def test_run_rejects_bad_arguments():
     with pytest.raises(ValueError, match="suite must be one of .*'resnet18'.*got 'resnet19'"):
         nb.run(suite="resnet19")

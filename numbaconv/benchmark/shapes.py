@@ -165,8 +165,8 @@ _NETWORKS = {
     }),
 }
 
-# The shapes behind choose_algorithm's rules (bench/algorithms.py): where direct and im2col trade
-# places, by channels per group, stride and batch. name: (N, C, H=W, K, kernel, stride, padding, groups)
+# The shapes behind choose_algorithm's rules (bench/algorithms.py): where direct, im2col and
+# Winograd's tiles trade places, by channels per group, stride, batch and (Winograd's) tiles. name: (N, C, H=W, K, kernel, stride, padding, groups)
 _RULES = {
     "lenet-c1": (64, 1, 32, 6, 5, 1, 0, 1),
     "lenet-c2": (64, 6, 14, 16, 5, 1, 0, 1),
@@ -177,7 +177,10 @@ _RULES = {
     "small-32-32": (8, 32, 32, 32, 3, 1, 1, 1),
     "resnet-l1": (8, 64, 56, 64, 3, 1, 1, 1),
     "resnet-l1-b1": (1, 64, 56, 64, 3, 1, 1, 1),
+    "resnet-l2-b1": (1, 128, 28, 128, 3, 1, 1, 1),
     "resnet-l3": (8, 256, 14, 256, 3, 1, 1, 1),
+    "resnet-l3-b1": (1, 256, 14, 256, 3, 1, 1, 1),
+    "resnet-l4": (8, 512, 7, 512, 3, 1, 1, 1),
     "vgg": (1, 128, 112, 128, 3, 1, 1, 1),
     "stride2-64-128": (8, 64, 56, 128, 3, 2, 1, 1),
     "alexnet-c1": (8, 3, 227, 96, 11, 4, 0, 1),

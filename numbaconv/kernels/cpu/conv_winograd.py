@@ -14,7 +14,10 @@ buffer (``_channels_last``); the transformed tiles and the GEMMs' products are t
 (tiles, 36, C) and (tiles, 36, K); the output transform puts each tile row's outputs in place
 with the bias, the residual and the activation (``_output_tiles``). Every transform is a
 sequence of loops that each write one row of a small matrix product over contiguous channels
-(``_row3``, ``_row6``), so that LLVM vectorizes them. ``pays`` says where this beats im2col.
+(``_row3``, ``_row6``), so that LLVM vectorizes them. Like im2col's copies, they run between
+GEMMs, and serial while NumPy's BLAS threads spin (``parallel_kernel(beside_blas=True)``: the
+compiled ResNet-18 at batch 1 with NumPy imported first, 33-35 -> 29-32 ms). ``pays`` says
+where this beats im2col.
 
 The interpolation points 0, 1, -1, 2, -2 and infinity keep the transforms' entries at most 8 in
 magnitude. The transforms mix a tile's inputs, so an output's rounding error follows the
@@ -115,7 +118,7 @@ def _row6(dst, d0, src, s0, step, coef, n):
                           + c5 * src[U(s0 + 5 * step + z)])
 
 
-@parallel_kernel
+@parallel_kernel(beside_blas=True)
 def _weights(wt, u, g, C, K):
     """u[c, 6i + j, k] = (G w G^T)[i, j] of the kernel w of output channel k and input channel
     c, wt the (C, 9, K) taps (the output channels innermost) flat, u (C, 36, K) flat; g the
@@ -130,7 +133,7 @@ def _weights(wt, u, g, C, K):
                 _row3(u, (c * POSITIONS + i * ALPHA + j) * K, gw, i * 3 * K, K, g[j], K)
 
 
-@parallel_kernel(streaming=True)
+@parallel_kernel(streaming=True, beside_blas=True)
 def _channels_last(x, xcl, s0, pad_h, pad_w, nonfinite):
     """xcl[s, pad_h + r, pad_w + col, c] = x[n, c, d, r, col] for the planes s = n * D + d from
     s0 on; the rest of xcl (the border, and the rows and columns past the last tile's reach)
@@ -164,7 +167,7 @@ def _channels_last(x, xcl, s0, pad_h, pad_w, nonfinite):
         nonfinite[task] = bad
 
 
-@parallel_kernel
+@parallel_kernel(beside_blas=True)
 def _input_tiles(xf, v, tiles_h, tiles_w, rows_out, width, C, bt):
     """v[t, 6a + b, c] = (B^T d B)[a, b] for each tile of 6x6 inputs d (tile row g = s * tiles_h
     + i: rows 4i.. of plane s; tile t = g * tiles_w + j, columns 4j..), xf the channels-last
@@ -185,7 +188,7 @@ def _input_tiles(xf, v, tiles_h, tiles_w, rows_out, width, C, bt):
                     _row6(v, (t * POSITIONS + a * ALPHA + b) * C, e, a * L + j * TILE * C, C, bt[b], C)
 
 
-@parallel_kernel
+@parallel_kernel(beside_blas=True)
 def _output_tiles(mf, out, g0, tiles_h, tiles_w, rows_out, K, at, b, residual, slope, lo, hi):
     """out[n, k, d, 4i + y, 4j + x] = activate((A^T M A)[y, x] + b[k] + residual[...]) of each
     tile's transformed products M[a, b] = m[t, 6a + b, k] (tiles as in ``_input_tiles``, mf
