@@ -1,4 +1,5 @@
-"""relu, sigmoid and softmax(dim=1), forward and backward, float32, next to PyTorch.
+"""relu, leaky relu, elu, sigmoid, tanh and softmax(dim=1), forward and backward, float32, next
+to PyTorch.
 
 Element-wise ops are bound by memory traffic, so the figure is GB/s: the bytes each call must
 read and write (forward: x in, y out; backward: grad_out and x or y in, grad_x out) over the
@@ -19,7 +20,10 @@ try:
 except ImportError:
     _torch = None
 
-SHAPES = {"relu": (8, 64, 112, 112), "sigmoid": (8, 64, 112, 112), "softmax": (64, 1000)}
+SHAPES = {"relu": (8, 64, 112, 112), "leaky_relu": (8, 64, 112, 112), "elu": (8, 64, 112, 112),
+          "sigmoid": (8, 64, 112, 112), "tanh": (8, 64, 112, 112), "softmax": (64, 1000)}
+#: Ops whose backward reads the forward's input x (the others read its output y).
+READS_X = {"relu", "leaky_relu", "elu"}
 DIRECTIONS = ("forward", "backward")
 IMPLEMENTATIONS = ("numbaconv", "torch")
 
@@ -43,13 +47,14 @@ def _numbaconv_fn(op, direction):
     if op == "softmax":
         return lambda: numbaconv.softmax_backward(grad_out, y, 1)
     backward = getattr(numbaconv, f"{op}_backward")
-    return functools.partial(backward, grad_out, x if op == "relu" else y)
+    return functools.partial(backward, grad_out, x if op in READS_X else y)
 
 
 def _torch_fn(torch, op, direction):
     x, grad_out, y = (torch.from_numpy(a) for a in _inputs(op))
     if direction == "forward":
-        fn = {"relu": torch.relu, "sigmoid": torch.sigmoid, "softmax": lambda t: torch.softmax(t, 1)}[op]
+        fn = {"relu": torch.relu, "leaky_relu": torch.nn.functional.leaky_relu, "elu": torch.nn.functional.elu,
+              "sigmoid": torch.sigmoid, "tanh": torch.tanh, "softmax": lambda t: torch.softmax(t, 1)}[op]
 
         def forward():
             with torch.inference_mode():
@@ -59,7 +64,10 @@ def _torch_fn(torch, op, direction):
     # the kernels autograd runs for these ops' backward
     return {
         "relu": lambda: torch.ops.aten.threshold_backward(grad_out, x, 0),
+        "leaky_relu": lambda: torch.ops.aten.leaky_relu_backward(grad_out, x, 0.01, False),
+        "elu": lambda: torch.ops.aten.elu_backward(grad_out, 1.0, 1.0, 1.0, False, x),
         "sigmoid": lambda: torch.ops.aten.sigmoid_backward(grad_out, y),
+        "tanh": lambda: torch.ops.aten.tanh_backward(grad_out, y),
         "softmax": lambda: torch.ops.aten._softmax_backward_data(grad_out, y, 1, torch.float32),
     }[op]
 

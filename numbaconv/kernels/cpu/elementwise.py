@@ -16,11 +16,10 @@ NaN and inf behave as in PyTorch: comparisons are written so that a NaN input go
 branch PyTorch sends it to (relu(NaN) is NaN; relu's gradient at a NaN input passes grad_out).
 """
 
-import math
 
 from numba import njit, prange
 
-from ._math import exp
+from ._math import exp, expm1, tanh
 from ._window import U, parallel_kernel
 
 RELU, LEAKY_RELU, ELU, SIGMOID, TANH = range(5)
@@ -53,13 +52,13 @@ def forward(op, x, a, out):
         elif op == ELU:
             for i in range(lo, hi):
                 v = x[U(i)]
-                out[U(i)] = v if v > zero else a * math.expm1(v)
+                out[U(i)] = v if v > zero else a * expm1(v)
         elif op == SIGMOID:
             for i in range(lo, hi):
                 out[U(i)] = one / (one + exp(-x[U(i)]))
         else:  # TANH
             for i in range(lo, hi):
-                out[U(i)] = math.tanh(x[U(i)])
+                out[U(i)] = tanh(x[U(i)])
 
 
 @parallel_kernel(streaming=True)
