@@ -139,11 +139,37 @@ def markdown(data):
             ratio = f"{theirs[0] / ours[0]:.2f}" if ours and theirs else "-"
             lines.append(f"| {case} | {direction} | {_ms(ours and ours[0])} | {_ms(theirs and theirs[0])} | "
                          f"{gbps[0]} | {gbps[1]} | {ratio} |")
-    models = {}
+    models, inference = {}, {}
     for bench in data.get("benchmarks", []):
         extra = bench.get("extra_info", {})
-        if "model" in extra and "impl" in extra:
+        if "median_ms" in extra or "peak_mib" in extra:  # test_inference.py: figures of its own
+            inference.setdefault(extra["model"], {}).setdefault(extra["impl"], {}).update(extra)
+        elif "model" in extra and "impl" in extra:
             models.setdefault((extra["model"], extra.get("direction", "")), {})[extra["impl"]] = bench["stats"]["median"]
+    if inference:
+        impls = ("numbaconv", "onnxruntime", "torch")
+        lines += [
+            "",
+            "## Inference next to ONNX Runtime and PyTorch",
+            "",
+            "Latency: median (p95) of single calls, ms. Time ratios: numbaconv's time / the other's "
+            "(below 1: numbaconv faster). Peak: the resident-set high-water mark over loading and four "
+            "calls, above what the imports took, MiB, in a fresh process per case.",
+            "",
+            "| model | " + " | ".join(f"{i} ms" for i in impls) + " | / onnxruntime | / torch | "
+            + " | ".join(f"{i} peak MiB" for i in impls) + " |",
+            "|---|" + "--:|" * (2 * len(impls) + 2),
+        ]
+        for model, by_impl in inference.items():
+            def get(impl, key):
+                return by_impl.get(impl, {}).get(key)
+            cells = [f"{get(i, 'median_ms'):.2f} ({get(i, 'p95_ms'):.2f})" if get(i, "median_ms") else "-"
+                     for i in impls]
+            ours = get("numbaconv", "median_ms")
+            cells += [f"{ours / get(i, 'median_ms'):.2f}" if ours and get(i, "median_ms") else "-"
+                      for i in impls[1:]]
+            cells += [f"{get(i, 'peak_mib'):.1f}" if get(i, "peak_mib") is not None else "-" for i in impls]
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
     if models:
         lines += [
             "",
