@@ -1,6 +1,6 @@
 """How long Numba's OpenMP threads should spin when idle, and from what size a kernel should
-go parallel: the measurements behind ``numbaconv.config.OPENMP_ENV`` and
-``config.PARALLEL_MIN_ELEMENTS_SPINNING``.
+go parallel: the measurements behind ``numbaconv.config.OPENMP_ENV``,
+``config.PARALLEL_MIN_ELEMENTS`` and ``config.PARALLEL_AWAKE_DIVISOR``.
 
 OpenMP reads its wait settings once, when it loads, so each setting runs in fresh processes
 (by default numbaconv imported first, no PyTorch: the OpenMP layer), the settings taking
@@ -11,12 +11,14 @@ and the parent prints, per workload and setting, the median over rounds and the 
 
     python bench/thread_wait.py [--settings passive,3000,30000] [--rounds 5]
     python bench/thread_wait.py --settings @16384,@4096           # the parallel threshold
+    python bench/thread_wait.py --settings @4096/1,@16384/4       # ... and while threads spin
     python bench/thread_wait.py --import-order torch --settings @16384,@4096
 
 A setting is ``passive`` (``OMP_WAIT_POLICY=PASSIVE``: sleep at once), a spin count
 (``GOMP_SPINCOUNT``, GNU OpenMP's busy-wait iterations before sleeping; it overrides the
 policy there) or nothing (numbaconv's own choice), optionally followed by ``@N``:
-``config.PARALLEL_MIN_ELEMENTS`` set to N in the process. ``--import-order torch`` imports
+``config.PARALLEL_MIN_ELEMENTS`` set to N in the process, and ``@N/D`` also
+``config.PARALLEL_AWAKE_DIVISOR`` to D (``/1``: one threshold, whether the threads spin or not). ``--import-order torch`` imports
 PyTorch first, as ``numbaconv bench`` does: with numbaconv's own choice (``@N`` settings)
 numbaconv then runs on Numba's workqueue layer; a wait setting there goes to the OpenMP
 runtime PyTorch loads, which numbaconv then shares.
@@ -55,7 +57,10 @@ def _child(import_order):
     import numpy as np
 
     if os.environ.get("NUMBACONV_BENCH_PARALLEL_MIN"):
-        nc.config.PARALLEL_MIN_ELEMENTS = int(os.environ["NUMBACONV_BENCH_PARALLEL_MIN"])
+        threshold, _, divisor = os.environ["NUMBACONV_BENCH_PARALLEL_MIN"].partition("/")
+        nc.config.PARALLEL_MIN_ELEMENTS = int(threshold)
+        if divisor:
+            nc.config.PARALLEL_AWAKE_DIVISOR = int(divisor)
 
     rng = np.random.default_rng(0)
     nn = nc.nn
@@ -72,6 +77,8 @@ def _child(import_order):
         nn.Conv2d(64, 64, 3, stride=2, padding=1, groups=64), nn.BatchNorm2d(64), nn.ReLU(),
         nn.Conv2d(64, 128, 1), nn.BatchNorm2d(128), nn.ReLU()).eval())
     lenet = nc.models.lenet5()
+    lenet_compiled = nc.compile(nc.models.lenet5().eval())
+    x_one = rng.standard_normal((1, 1, 32, 32), dtype=np.float32)
     loss_fn, opt = nn.CrossEntropyLoss(), nc.optim.SGD(lenet.parameters(), lr=0.01, momentum=0.9)
     xl, yl = rng.standard_normal((64, 1, 32, 32), dtype=np.float32), rng.integers(0, 10, 64)
     x1, x8 = (rng.random((n, 3, 224, 224), dtype=np.float32) for n in (1, 8))
@@ -90,6 +97,7 @@ def _child(import_order):
         "depthwise 3x3, (1, 128, 56x56)": (conv((1, 128, 56, 56), (128, 1, 3, 3), padding=1, groups=128), 200),
         "MobileNet-style block, (1, 32, 112x112)": (lambda: mobile(xm), 100),
         "LeNet-5 training step, batch 64": (step, 60),
+        "LeNet-5 compiled, batch 1": (lambda: lenet_compiled(x_one), 500),
         "ResNet-18 compiled, batch 1": (lambda: resnet(x1), 15),
         "ResNet-18 compiled, batch 8": (lambda: resnet(x8), 5),
     }

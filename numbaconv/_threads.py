@@ -29,6 +29,7 @@ kernel cache, against none of 28 without it: not done.
 """
 
 import ctypes
+import math
 import os
 import sys
 import threading
@@ -49,6 +50,14 @@ serialize = False
 
 #: Held by a parallel kernel while it runs, when ``serialize`` is set.
 lock = threading.RLock()
+
+#: How long Numba's threads spin after a parallel kernel (``config.SPIN_WINDOW_S`` where
+#: ``start`` applied a spin to its OpenMP layer, else 0: they sleep at once); when the last
+#: parallel kernel ended, and which kernel ran last and when it ended (``time.perf_counter``):
+#: ``kernels/cpu/_window.runs_serial`` reads them.
+spin_window = 0.0
+last_parallel_end = -math.inf
+last_kernel, last_kernel_end = None, -math.inf
 
 #: OpenBLAS's idle wait, as ``OPENBLAS_THREAD_TIMEOUT`` spells it: its workers spin for
 #: 2**n cycles after a call (16: about 25 us), then sleep. Measured against its default in one
@@ -88,7 +97,7 @@ def start():
     The variables of ``config.OPENMP_ENV`` are removed again right after the threads start, so
     the rest of the process sees the environment it had.
     """
-    global applied, reason, serialize
+    global applied, reason, serialize, spin_window
     import numba
 
     try:
@@ -120,7 +129,8 @@ def start():
     except ValueError:  # no layer started
         layer = None
     serialize = layer == "workqueue"
-    if layer == "omp" and "GOMP_SPINCOUNT" in applied:  # threads spin a while between kernels
+    if layer == "omp" and "GOMP_SPINCOUNT" in applied:  # threads spin a while after each kernel
+        spin_window = config.SPIN_WINDOW_S
         config.PARALLEL_MIN_ELEMENTS = config.PARALLEL_MIN_ELEMENTS_SPINNING
 
 

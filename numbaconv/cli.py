@@ -85,6 +85,15 @@ def _thread_env():
     return " ".join(f"{k}={v}" for k, v in _threads.applied.items()) + " (numbaconv)"
 
 
+def _parallel_from():
+    config = numbaconv.config
+    awake = (f", {config.PARALLEL_MIN_ELEMENTS // config.PARALLEL_AWAKE_DIVISOR} within "
+             f"{numbaconv._threads.spin_window * 1e6:.0f} us of the last parallel kernel (its threads still spin)"
+             if numbaconv._threads.spin_window else "")
+    return (f"{config.PARALLEL_MIN_ELEMENTS} elements a kernel{awake}; a multiple for light kernels "
+            "(config.PARALLEL_MIN_ELEMENTS)")
+
+
 def _cuda():
     from numbaconv._device import cuda_status
 
@@ -160,8 +169,7 @@ def info(args):
             ("threading layer", _threading_layer()),
             ("thread start env", _thread_env()),
             ("threads", numba.get_num_threads()),
-            ("parallel from", f"{numbaconv.config.PARALLEL_MIN_ELEMENTS} elements a kernel, a multiple for light "
-                              "kernels (config.PARALLEL_MIN_ELEMENTS)"),
+            ("parallel from", _parallel_from()),
             ("cuda available", _cuda()),
             ("kernel cache", _kernel_cache()),
         ]

@@ -32,21 +32,31 @@ OPENMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "3000"}
 
 #: Parallel kernels whose largest array has fewer elements than this run on the calling thread:
 #: waking the other threads costs more than they would save (see kernels/cpu/_window.py). Where
-#: Numba's threads spin a while between kernels (``OPENMP_ENV`` applied to its OpenMP layer),
+#: Numba's threads spin a while after each kernel (``OPENMP_ENV`` applied to its OpenMP layer),
 #: numbaconv sets it to ``PARALLEL_MIN_ELEMENTS_SPINNING`` when it starts them.
 PARALLEL_MIN_ELEMENTS = 16384
 
-#: ``PARALLEL_MIN_ELEMENTS`` where the threads spin between kernels: a kernel called soon after
-#: another finds them awake, so handing work to them pays from a quarter of the size. Medians of
-#: eight alternating fresh processes a setting, 2 cores, 16384 -> 4096 (``bench/thread_wait.py
-#: --settings @16384,@4096``, bench/results/thread-wait.md): depthwise 3x3 over (8, 1024, 7x7)
-#: 0.28 -> 0.15 ms and over (1, 128, 56x56) 0.17 -> 0.10, LeNet c2 at batch 64 0.35 -> 0.30, a
-#: MobileNet-style block 1.39 -> 1.29 ms, a LeNet-5 training step 5.3 -> 4.75 ms, ResNet-18
-#: inference 30.4 -> 29.3 ms at batch 1 and within the noise at batch 8 (211 -> 217 ms; 227 ->
-#: 203 in an earlier run). Under the workqueue layer (PyTorch imported first), whose idle
-#: threads sleep, 4096 made small kernels slower ((1, 128, 56x56): 0.17 -> 0.28 ms), so there
-#: the threshold stays.
-PARALLEL_MIN_ELEMENTS_SPINNING = 4096
+#: ``PARALLEL_MIN_ELEMENTS`` where the threads spin for ``SPIN_WINDOW_S`` after each kernel and
+#: then sleep; while they still spin (a kernel that starts within the window of the last
+#: parallel kernel's end, or a kernel called again right after its own last call), a
+#: ``PARALLEL_AWAKE_DIVISOR``-th of it. Medians of seven alternating fresh processes a setting,
+#: 2 cores (``bench/thread_wait.py --settings @4096/1,@8192/2,@16384/4``,
+#: bench/results/thread-wait.md), 4096 whatever the threads do / 8192 and 4096 while they spin /
+#: 16384 and 4096: the compiled LeNet-5 at batch 1, whose kernels are tens of microseconds of
+#: Python apart, so that its threads have gone to sleep when its first parallel kernel starts,
+#: 0.178 / 0.143 / 0.144 ms; a LeNet-5 training step 4.79 / 4.85 / 5.08 ms; LeNet's c2 at batch
+#: 64 called in a loop 0.30 / 0.35 / 0.49 ms; depthwise 3x3 over (8, 1024, 7x7) in a loop 0.148 /
+#: 0.149 / 0.159 ms; a MobileNet-style block and ResNet-18 within the noise. (Against 16384
+#: whatever the threads do, 4096 had taken depthwise 3x3 over (8, 1024, 7x7) from 0.28 to 0.15
+#: ms and a LeNet-5 training step from 5.3 to 4.75.) Under the workqueue layer (PyTorch imported
+#: first), whose idle threads sleep, the threshold stays: 4096 made small kernels slower there
+#: ((1, 128, 56x56): 0.17 -> 0.28 ms).
+PARALLEL_MIN_ELEMENTS_SPINNING = 8192
+PARALLEL_AWAKE_DIVISOR = 2
+
+#: How long after a parallel kernel Numba's threads still spin (``OPENMP_ENV``'s 3000 spins: a
+#: call 40 us or less after the last found them awake, bench/results/thread-wait.md).
+SPIN_WINDOW_S = 40e-6
 
 #: Autotune mode, like cuDNN's benchmark mode: when True, ``algorithm="auto"`` times the candidate
 #: algorithms on the first call of each (geometry, direction, dtype) and keeps the fastest for the

@@ -962,11 +962,52 @@ def test_copies_between_gemms_stay_serial_while_blas_spins(monkeypatch):
     from numbaconv.kernels.cpu._window import runs_serial
 
     monkeypatch.setattr(numbaconv.config, "PARALLEL_MIN_ELEMENTS", 100)
+    monkeypatch.setattr(_threads, "spin_window", 0.0)  # threads that sleep at once
     for spins in (True, False):
         monkeypatch.setattr(_threads, "blas_spins", spins)
         assert runs_serial(99) and not runs_serial(100)
         assert runs_serial(10**9, beside_blas=True) == spins
         assert runs_serial(99, beside_blas=True)
+
+
+def test_kernels_go_parallel_from_a_smaller_size_while_the_threads_spin(monkeypatch):
+    """Where Numba's threads spin for a while after each kernel, a kernel that starts in that
+    window finds them awake and goes parallel from a PARALLEL_AWAKE_DIVISOR-th of the size: right
+    after a parallel kernel, or right after its own last call (a loop over one kernel), but not
+    right after some other kernel that ran serial (the threads have been asleep since before
+    it). Each call records what the rule reads."""
+    import math
+    import time
+
+    from numbaconv import _threads
+    from numbaconv.kernels.cpu import elementwise
+    from numbaconv.kernels.cpu._window import runs_serial
+
+    monkeypatch.setattr(numbaconv.config, "PARALLEL_MIN_ELEMENTS", 100)
+    monkeypatch.setattr(numbaconv.config, "PARALLEL_AWAKE_DIVISOR", 4)
+    mine, other = object(), object()
+    for window, awake in ((0.0, False), (3600.0, True)):  # sleep at once; spin for an hour
+        monkeypatch.setattr(_threads, "spin_window", window)
+        monkeypatch.setattr(_threads, "last_parallel_end", time.perf_counter())
+        monkeypatch.setattr(_threads, "last_kernel", other)
+        assert runs_serial(99, kernel=mine) != awake and runs_serial(25) != awake and runs_serial(24)
+        assert runs_serial(99, factor=2) != awake and runs_serial(49, factor=2)
+        monkeypatch.setattr(_threads, "last_parallel_end", -math.inf)  # long ago
+        assert runs_serial(99, kernel=mine)
+        monkeypatch.setattr(_threads, "last_kernel", mine)
+        monkeypatch.setattr(_threads, "last_kernel_end", time.perf_counter())
+        assert runs_serial(99, kernel=mine) != awake and runs_serial(99, kernel=other)
+        assert not runs_serial(100, kernel=other)
+    # a call records the kernel and, when it ran parallel, the end of a parallel kernel
+    x = np.zeros(10, np.float32)
+    monkeypatch.setattr(_threads, "last_parallel_end", -math.inf)
+    before = time.perf_counter()
+    elementwise.forward(elementwise.RELU, x, np.float32(0), np.empty_like(x))  # 10 < 25: serial
+    assert _threads.last_kernel is elementwise.forward and _threads.last_kernel_end >= before
+    assert _threads.last_parallel_end == -math.inf
+    monkeypatch.setattr(numbaconv.config, "PARALLEL_MIN_ELEMENTS", 0)
+    elementwise.forward(elementwise.RELU, x, np.float32(0), np.empty_like(x))
+    assert _threads.last_parallel_end >= before
 
 
 # --------------------------------------------------------------------------- Winograd's tiles

@@ -1,6 +1,7 @@
 """What every CPU kernel shares: how it is compiled, and the index arithmetic of windows."""
 
 import functools
+import time
 import types
 
 import numpy as np
@@ -33,8 +34,8 @@ def parallel_kernel(py_func=None, *, streaming=False, beside_blas=False):
     the cores with them, and ran 2-6 ms instead of 5 us (2 cores); serial, it runs beside them.
 
     Waking Numba's sleeping worker threads costs about 70 us (measured, 2 cores, passive OpenMP
-    wait; threads that still spin from the kernel before take a quarter of the threshold,
-    ``config.PARALLEL_MIN_ELEMENTS_SPINNING``): more than a small kernel takes on one thread (softmax over (64, 1000): 170 us
+    wait; threads that still spin from the last parallel kernel take work from a fraction of the
+    threshold, ``config.PARALLEL_AWAKE_DIVISOR``): more than a small kernel takes on one thread (softmax over (64, 1000): 170 us
     parallel against 21 us in PyTorch). Setting the parallel kernel's thread count to one is
     not enough: the workqueue layer still hands the work to a worker thread and waits for it
     (log_softmax over (64, 10): 53 us, against 4 us serial; milliseconds when other processes
@@ -62,20 +63,38 @@ def parallel_kernel(py_func=None, *, streaming=False, beside_blas=False):
     @functools.wraps(py_func)
     def run(*args):
         largest = max((a.size for a in args if isinstance(a, np.ndarray)), default=0)
-        if runs_serial(largest, factor, beside_blas):
-            return serial_twin()(*args)
-        if _threads.serialize:  # a threading layer that aborts when entered twice at once
-            with _threads.lock:
-                return compiled(*args)
-        return compiled(*args)
+        serial_route = runs_serial(largest, factor, beside_blas, run)
+        try:
+            if serial_route:
+                return serial_twin()(*args)
+            if _threads.serialize:  # a threading layer that aborts when entered twice at once
+                with _threads.lock:
+                    return compiled(*args)
+            return compiled(*args)
+        finally:
+            end = time.perf_counter()
+            if not serial_route:
+                _threads.last_parallel_end = end
+            _threads.last_kernel, _threads.last_kernel_end = run, end
 
     run.compiled = compiled
     return run
 
-def runs_serial(largest, factor=1, beside_blas=False):
+
+def runs_serial(largest, factor=1, beside_blas=False, kernel=None):
     """Whether a ``parallel_kernel`` call whose largest array has ``largest`` elements runs its
-    serial twin (see ``parallel_kernel``)."""
-    return largest < config.PARALLEL_MIN_ELEMENTS * factor or (beside_blas and _threads.blas_spins)
+    serial twin (see ``parallel_kernel``): below ``config.PARALLEL_MIN_ELEMENTS`` times
+    ``factor``; below a ``config.PARALLEL_AWAKE_DIVISOR``-th of it where the threads spin
+    after a kernel (``_threads.spin_window``) and either still spin from the last parallel
+    kernel, or ``kernel`` is called again right after its own last call (a loop over one
+    kernel: the first parallel call wakes the threads, and the rest find them awake)."""
+    threshold = config.PARALLEL_MIN_ELEMENTS
+    now = time.perf_counter()
+    window = _threads.spin_window
+    if now - _threads.last_parallel_end < window or (
+            kernel is not None and _threads.last_kernel is kernel and now - _threads.last_kernel_end < window):
+        threshold //= config.PARALLEL_AWAKE_DIVISOR
+    return largest < threshold * factor or (beside_blas and _threads.blas_spins)
 
 
 #: fastmath flags for kernels: contraction to FMA and reassociation of sums (what lets LLVM
