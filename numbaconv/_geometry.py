@@ -125,13 +125,25 @@ def _memoized(compute, *args):
     a bool argument apart from the int it equals; inside tuples only exact ints are taken, for
     the same reason. Anything else (lists, NumPy integers) is computed afresh, so the checks and
     their errors are the same either way; errors are never cached."""
-    def plain(v, top):
-        return (v is None or type(v) in ((int, str, bool) if top else (int,))
-                or (type(v) is tuple and all(plain(e, False) for e in v)))
+    for a in args:
+        if not _plain(a, True):
+            return compute.__wrapped__(*args)
+    return compute(*args)
 
-    if all(plain(a, True) for a in args):
-        return compute(*args)
-    return compute.__wrapped__(*args)
+
+_PLAIN_TOP = (int, str, bool)
+
+
+def _plain(v, top):
+    """What ``_memoized`` takes from its cache: None, an int, a str or a bool (``top``), or a
+    tuple of ints, Nones and such tuples. Plain loops: this runs on every call of every op."""
+    t = type(v)
+    if t is tuple:
+        for e in v:
+            if type(e) is not int and e is not None and not (type(e) is tuple and _plain(e, False)):
+                return False
+        return True
+    return v is None or (t in _PLAIN_TOP if top else t is int)
 
 
 def conv_geometry(op, x, weight, bias, stride, padding, dilation, groups, padding_mode, ndim):

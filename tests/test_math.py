@@ -184,7 +184,8 @@ def test_expm1_and_tanh_special_values_as_math(flags, name, dtype):
         elif math.isinf(want) or abs(want) > float(np.finfo(dtype).max):
             assert np.isinf(g) and np.sign(g) == np.sign(want), f"{name}({v!r}) = {g!r}, expected {want}"
         else:
-            assert g == pytest.approx(want, rel=ULPS * np.finfo(dtype).eps, abs=np.finfo(dtype).smallest_subnormal), \
+            assert g == pytest.approx(want, rel=float(ULPS * np.finfo(dtype).eps),
+                                      abs=float(np.finfo(dtype).smallest_subnormal)), \
                 f"{name}({v!r}) = {g!r}, expected {want!r}"
             if want == 0:
                 assert np.signbit(g) == np.signbit(v), f"{name}({v!r}) = {g!r}: the sign of zero"

@@ -90,7 +90,9 @@ class InferenceModel:
             if in_place:  # the output takes over the input's buffer
                 root[outs[0]] = root[first]
                 root_last[root[first]] = max(step, *(last.get(o, step) for o in outs if o is not None))
-            self._steps.append((node, function, ins, outs, release, in_place))
+            # lists as tuples: the ops take an attribute that is already a tuple of ints as it is
+            attrs = {k: tuple(v) if type(v) is list else v for k, v in node.attrs.items()}
+            self._steps.append((node, function, attrs, ins, outs, release, in_place))
             for o in outs:  # an output nobody reads is dropped at once
                 if o is not None and o not in last:
                     release.append(o)
@@ -102,13 +104,13 @@ class InferenceModel:
     # ------------------------------------------------------------------ running
 
     def _execute(self, values):
-        for node, function, ins, outs, release, in_place in self._steps:
+        for node, function, attrs, ins, outs, release, in_place in self._steps:
             args = [None if s is None else values[s] for s in ins]
             try:
                 if in_place and _fits(args):
-                    result = function(*args, out=args[0], **node.attrs)
+                    result = function(*args, out=args[0], **attrs)
                 else:
-                    result = function(*args, **node.attrs)
+                    result = function(*args, **attrs)
             except (ValueError, TypeError) as e:
                 raise type(e)(f"{node.describe()}: {e}") from e
             values[outs[0]] = result

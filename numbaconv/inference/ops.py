@@ -52,6 +52,8 @@ def _spatial(op, x, lo=1, hi=3):
 def _ints(op, name, value, n, default):
     if value is None:
         return (default,) * n
+    if type(value) is tuple and len(value) == n and all(type(v) is int for v in value):
+        return value  # as the graph holds it: the common case, on every call
     value = tuple(int(v) for v in value)
     if len(value) != n:
         raise OpError(f"{op}: attribute {name} must have {n} values for a {n}-D input, got {list(value)}")

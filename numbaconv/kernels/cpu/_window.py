@@ -62,7 +62,10 @@ def parallel_kernel(py_func=None, *, streaming=False, beside_blas=False):
 
     @functools.wraps(py_func)
     def run(*args):
-        largest = max((a.size for a in args if isinstance(a, np.ndarray)), default=0)
+        largest = 0
+        for a in args:  # a loop, not max() over a generator: this runs on every kernel call
+            if isinstance(a, np.ndarray) and a.size > largest:
+                largest = a.size
         serial_route = runs_serial(largest, factor, beside_blas, run)
         try:
             if serial_route:
