@@ -22,9 +22,10 @@ Method (Cody-Waite reduction, polynomial, exponent built from bits):
 
 ``expm1`` is the 1 + r + r**2 q(r) of step 3 without its 1 where k = 0 (there r = x exactly,
 so e**x - 1 = x + x**2 q(x) keeps its relative accuracy however small x is), and exp(x) - 1
-elsewhere (|exp(x) - 1| >= 0.29 there, so the subtraction loses at most two bits). ``tanh`` is expm1(2|x|) / (expm1(2|x|) + 2) with x's sign, |x| clamped at 20 (where
-tanh rounds to 1 in float64): no cancellation at any x. ``math.tanh`` made tanh over (8, 64,
-112, 112) float32 take 52-58 ms against PyTorch's 8.5.
+elsewhere (|exp(x) - 1| >= 0.29 there, so the subtraction loses at most two bits). ``tanh``
+is expm1(2|x|) / (expm1(2|x|) + 2) with x's sign, |x| clamped at 20 (where tanh rounds to 1
+in float64): no cancellation at any x. ``math.tanh`` made tanh over (8, 64, 112, 112) float32
+take 52-58 ms against PyTorch's 8.5.
 
 The float32 and float64 versions differ in constants and integer widths; which one runs is
 decided by the argument's Numba type when the caller is compiled (an ``overload``), so float32
