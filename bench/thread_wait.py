@@ -18,7 +18,9 @@ A setting is ``passive`` (``OMP_WAIT_POLICY=PASSIVE``: sleep at once), a spin co
 (``GOMP_SPINCOUNT``, GNU OpenMP's busy-wait iterations before sleeping; it overrides the
 policy there) or nothing (numbaconv's own choice), optionally followed by ``@N``:
 ``config.PARALLEL_MIN_ELEMENTS`` set to N in the process, and ``@N/D`` also
-``config.PARALLEL_AWAKE_DIVISOR`` to D (``/1``: one threshold, whether the threads spin or not). ``--import-order torch`` imports
+``config.PARALLEL_AWAKE_DIVISOR`` to D (``/1``: one threshold, whether the threads spin or not).
+A layer name and a colon in front (``tbb:``, ``omp:3000``, ``workqueue:@16384``) names
+Numba's threading layer (``NUMBA_THREADING_LAYER``; numbaconv keeps it and tunes for it). ``--import-order torch`` imports
 PyTorch first, as ``numbaconv bench`` does: with numbaconv's own choice (``@N`` settings)
 numbaconv then runs on Numba's workqueue layer; a wait setting there goes to the OpenMP
 runtime PyTorch loads, which numbaconv then shares.
@@ -105,7 +107,11 @@ def _child(import_order):
 
 
 def _environment(setting):
-    env = {k: v for k, v in os.environ.items() if k not in WAIT_VARIABLES + ("NUMBACONV_BENCH_PARALLEL_MIN",)}
+    drop = WAIT_VARIABLES + ("NUMBACONV_BENCH_PARALLEL_MIN", "NUMBA_THREADING_LAYER")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    layer, _, setting = setting.rpartition(":")
+    if layer:
+        env["NUMBA_THREADING_LAYER"] = layer
     spin, _, threshold = setting.partition("@")
     if spin:  # else numbaconv's own choice
         env["OMP_WAIT_POLICY"] = "PASSIVE"

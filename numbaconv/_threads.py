@@ -2,17 +2,21 @@
 
 numbaconv's kernels alternate with NumPy's BLAS, whose worker threads keep spinning for a
 while after each GEMM. Worker threads that spin long too when idle are not woken ahead of them,
-and on 2 cores a parallel kernel right after a GEMM waited 6-7 ms for a core. Two ways out:
+and on 2 cores a parallel kernel right after a GEMM waited 6-7 ms for a core. numbaconv tries
+the layers in ``config.THREADING_LAYER_PRIORITY``:
 
+- TBB (Numba's "tbb" layer, the ``tbb`` extra): its workers spin for well under a millisecond
+  after a kernel, then sleep, and its pool is its own, whatever another library loaded. pip's
+  ``tbb`` wheel puts the library where the loader does not look (``_load_tbb`` loads it).
 - OpenMP (Numba's "omp" layer) with ``config.OPENMP_ENV`` (a spin of about 50 us, then sleep)
   in the environment when the OpenMP runtime loads. It reads its environment once, when it is
   loaded.
 - When another library loaded the OpenMP runtime first (``import torch`` before numbaconv
   does), it is too late for that: the runtime spins, and ResNet-18 inference took 224 ms
-  instead of 32 (batch 1, 2 cores). numbaconv then starts Numba's own "workqueue" layer, whose
-  idle threads sleep (40 ms). The workqueue layer must not be entered from two threads at once
-  (it aborts the process), so numbaconv's parallel kernels then run one at a time, under
-  ``lock`` (see ``kernels/cpu/_window.parallel_kernel``).
+  instead of 32 (batch 1, 2 cores). Without TBB, numbaconv then starts Numba's own "workqueue"
+  layer, whose idle threads sleep (40 ms). The workqueue layer must not be entered from two
+  threads at once (it aborts the process), so numbaconv's parallel kernels then run one at a
+  time, under ``lock`` (see ``kernels/cpu/_window.parallel_kernel``).
 
 A choice the user made (``NUMBA_THREADING_LAYER``, or an OpenMP wait variable) is kept.
 
@@ -51,8 +55,8 @@ serialize = False
 #: Held by a parallel kernel while it runs, when ``serialize`` is set.
 lock = threading.RLock()
 
-#: How long Numba's threads spin after a parallel kernel (``config.SPIN_WINDOW_S`` where
-#: ``start`` applied a spin to its OpenMP layer, else 0: they sleep at once); when the last
+#: How long Numba's threads spin after a parallel kernel (``config.SPIN_WINDOW_S`` for TBB, and
+#: for OpenMP where ``start`` applied its spin; else 0: they sleep at once); when the last
 #: parallel kernel ended, and which kernel ran last and when it ended (``time.perf_counter``):
 #: ``kernels/cpu/_window.runs_serial`` reads them.
 spin_window = 0.0
@@ -91,6 +95,32 @@ def _openmp_loaded():
     return True
 
 
+def _load_tbb():
+    """Load the ``tbb`` package's runtime library, so that Numba's TBB layer can start; return
+    whether it is loaded. Numba's layer names the library by its bare file name, which the
+    loader finds where conda puts it, but not in the ``lib`` folder where pip's ``tbb`` wheel
+    puts it; once loaded (RTLD_GLOBAL), the bare name resolves to it."""
+    name = {"win32": "tbb12.dll", "darwin": "libtbb.12.dylib"}.get(sys.platform, "libtbb.so.12")
+    try:
+        ctypes.CDLL(name)
+        return True
+    except OSError:
+        pass
+    try:
+        from importlib import metadata
+        files = metadata.files("tbb") or ()
+    except Exception:  # not installed, or no record of its files
+        return False
+    for file in files:
+        if file.name == name:
+            try:
+                ctypes.CDLL(str(file.locate()), mode=ctypes.RTLD_GLOBAL)
+                return True
+            except OSError:
+                continue
+    return False
+
+
 def start():
     """Choose the threading layer and launch Numba's threads now (see the module docstring).
 
@@ -105,17 +135,25 @@ def start():
     except ImportError:  # a Numba without this module: its own choice, at the first kernel
         reason = "Numba's default"
         return
-    if numba.config.THREADING_LAYER != "default" or "NUMBA_THREADING_LAYER" in os.environ:
+    chosen = str(numba.config.THREADING_LAYER).lower()
+    if chosen != "default" or "NUMBA_THREADING_LAYER" in os.environ:
+        if chosen in ("tbb", "safe", "threadsafe"):
+            _load_tbb()
         reason = "chosen by the user (NUMBA_THREADING_LAYER)"
     elif any(name in os.environ for name in _USER_CHOICES):
         reason = "OpenMP wait policy chosen by the user"
-    elif config.OPENMP_ENV and _openmp_loaded():
-        numba.config.THREADING_LAYER = "workqueue"
-        reason = ("workqueue: another library loaded OpenMP first, with threads that spin when idle; "
-                  "kernels run one at a time")
     else:
-        applied = {k: v for k, v in config.OPENMP_ENV.items() if k not in os.environ}
-        reason = "Numba's default order" + (", OpenMP threads spin briefly, then sleep" if applied else "")
+        _load_tbb()
+        order = list(config.THREADING_LAYER_PRIORITY)
+        if config.OPENMP_ENV and _openmp_loaded():
+            # its threads spin as the library that loaded it set them: anything but OpenMP
+            order.remove("omp")
+            order.append("omp")
+            reason = "another library loaded OpenMP first, with threads that spin when idle"
+        else:
+            applied = {k: v for k, v in config.OPENMP_ENV.items() if k not in os.environ}
+            reason = "numbaconv's order: " + ", ".join(order)
+        numba.config.THREADING_LAYER_PRIORITY = order
     os.environ.update(applied)
     try:
         parallel._launch_threads()
@@ -128,9 +166,16 @@ def start():
         layer = numba.threading_layer()
     except ValueError:  # no layer started
         layer = None
+    if layer != "omp":
+        applied = {}
     serialize = layer == "workqueue"
-    if layer == "omp" and "GOMP_SPINCOUNT" in applied:  # threads spin a while after each kernel
-        spin_window = config.SPIN_WINDOW_S
+    if serialize:
+        reason += "; kernels run one at a time (the workqueue is not thread-safe)"
+    elif "GOMP_SPINCOUNT" in applied:
+        reason += "; OpenMP threads spin briefly, then sleep"
+    # TBB's workers spin a while after each kernel as they are; OpenMP's where numbaconv set it
+    if layer == "tbb" or "GOMP_SPINCOUNT" in applied:
+        spin_window = config.SPIN_WINDOW_S[layer]
         config.PARALLEL_MIN_ELEMENTS = config.PARALLEL_MIN_ELEMENTS_SPINNING
 
 

@@ -54,9 +54,25 @@ PARALLEL_MIN_ELEMENTS = 16384
 PARALLEL_MIN_ELEMENTS_SPINNING = 8192
 PARALLEL_AWAKE_DIVISOR = 2
 
-#: How long after a parallel kernel Numba's threads still spin (``OPENMP_ENV``'s 3000 spins: a
-#: call 40 us or less after the last found them awake, bench/results/thread-wait.md).
-SPIN_WINDOW_S = 40e-6
+#: How long after a parallel kernel Numba's threads still spin, per threading layer: OpenMP
+#: with ``OPENMP_ENV``'s 3000 spins (a call 40 us or less after the last found them awake,
+#: bench/results/thread-wait.md), TBB's workers (awake 800 us or less after the last, asleep
+#: after 1 ms). The workqueue's threads sleep at once.
+SPIN_WINDOW_S = {"omp": 40e-6, "tbb": 500e-6}
+
+#: The threading layers in the order numbaconv tries them when the user named none (Numba's own
+#: order). TBB (the ``tbb`` extra) first: its pool is apart from any OpenMP runtime another
+#: library loaded, so it runs the same whatever was imported first, and it is thread- and
+#: fork-safe. Medians of five to seven alternating fresh processes, 2 cores
+#: (``bench/thread_wait.py``, bench/results/thread-wait.md). With PyTorch imported first, the
+#: workqueue -> TBB: depthwise 3x3/2 over (1, 64, 112x112) 0.45 -> 0.158 ms, LeNet c2 at batch 64
+#: 0.66 -> 0.34, a MobileNet-style block 1.75 -> 1.47, a LeNet-5 training step 7.0 -> 6.1,
+#: ResNet-18 at batch 1 32.7 -> 29.6. With numbaconv first, OpenMP with ``OPENMP_ENV`` -> TBB:
+#: the same within the noise (MobileNet-style block 1.27 -> 1.13, LeNet-5 step 5.1 -> 4.8,
+#: ResNet-18 25.6 -> 25.7 at batch 1 and 171 -> 168 at batch 8). Without TBB, OpenMP with
+#: ``OPENMP_ENV``; where another library loaded OpenMP first (its threads spin as that library
+#: set them), the workqueue, with kernels one at a time (_threads.py).
+THREADING_LAYER_PRIORITY = ("tbb", "omp", "workqueue")
 
 #: Autotune mode, like cuDNN's benchmark mode: when True, ``algorithm="auto"`` times the candidate
 #: algorithms on the first call of each (geometry, direction, dtype) and keeps the fastest for the

@@ -42,6 +42,32 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
+def has_tbb():
+    """Whether the tbb package (numbaconv's ``tbb`` extra, in the test extras) is installed:
+    numbaconv then runs on Numba's TBB layer, whatever was imported first."""
+    from importlib import metadata
+    try:
+        metadata.version("tbb")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def has_gomp():
+    """Whether GNU OpenMP (what Numba's omp layer and PyTorch's CPU build load) is on this machine."""
+    import ctypes
+    try:
+        ctypes.CDLL("libgomp.so.1")
+    except OSError:
+        return False
+    return True
+
+
+#: A line that makes a fresh interpreter act as if TBB were not installed: Numba's TBB layer
+#: then fails to import, and the next layer in the order starts.
+NO_TBB = 'import sys; sys.modules["numba.np.ufunc.tbbpool"] = None'
+
+
 RTOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
 DTYPES = (np.float32, np.float64)
 LAYOUTS = ("contiguous", "sliced", "fortran", "reversed", "readonly")

@@ -12,6 +12,8 @@ import pytest
 import numbaconv
 from numbaconv.cli import main
 
+from conftest import NO_TBB, has_gomp, has_tbb
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -125,35 +127,58 @@ def test_no_subcommand_is_a_usage_error(capsys):
     assert exit_.value.code == 2
 
 
-def test_thread_start_env_is_restored():
-    """numbaconv starts Numba's threads with config.OPENMP_ENV, then gives the process its
-    environment back, and leaves alone a choice the user made."""
+WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "NUMBA_THREADING_LAYER")
+
+
+def _layer_env(**extra):
+    """The environment of a fresh interpreter that picks its own threading layer."""
+    env = {k: v for k, v in os.environ.items() if k not in WAIT_VARIABLES}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return {**env, **extra}
+
+
+@pytest.mark.parametrize("tbb", ["tbb", "no-tbb"])
+def test_thread_start_env_is_restored(tbb):
+    """numbaconv starts TBB's threads where the tbb package is installed, else OpenMP's with
+    config.OPENMP_ENV, then gives the process its environment back; it leaves alone a choice
+    the user made. Threads that spin a while after each kernel (TBB's, and OpenMP's with that
+    wait) take work from a smaller size on."""
+    if tbb == "tbb" and not has_tbb():
+        pytest.skip("the tbb package (numbaconv's tbb extra) is not installed")
     code = (
+        (NO_TBB + "; " if tbb == "no-tbb" else "") +
         "import os, numba, numbaconv; from numbaconv import _threads, config; "
-        "print(numba.threading_layer(), config.PARALLEL_MIN_ELEMENTS, "
+        "print(numba.threading_layer(), config.PARALLEL_MIN_ELEMENTS, _threads.spin_window, "
         "os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'), _threads.applied)"
     )
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "NUMBA_THREADING_LAYER")}
-    fresh = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    layer, threshold, *rest = fresh.stdout.split()
-    assert rest == ["None", "None", "{'OMP_WAIT_POLICY':", "'PASSIVE',", "'GOMP_SPINCOUNT':", "'3000'}"]
-    # threads that spin between kernels take work from a smaller size on (OpenMP reads the spin)
     spinning = numbaconv.config.PARALLEL_MIN_ELEMENTS_SPINNING
-    assert (int(threshold) == spinning) == (layer == "omp")
-    mine = subprocess.run([sys.executable, "-c", code], env={**env, "GOMP_SPINCOUNT": "5"},
+    fresh = subprocess.run([sys.executable, "-c", code], env=_layer_env(), capture_output=True, text=True, check=True)
+    layer, threshold, window, *rest = fresh.stdout.split()
+    if tbb == "tbb":
+        assert layer == "tbb" and rest == ["None", "None", "{}"]
+        assert float(window) == numbaconv.config.SPIN_WINDOW_S["tbb"] and int(threshold) == spinning
+    elif has_gomp():
+        assert layer == "omp"
+        assert rest == ["None", "None", "{'OMP_WAIT_POLICY':", "'PASSIVE',", "'GOMP_SPINCOUNT':", "'3000'}"]
+        assert float(window) == numbaconv.config.SPIN_WINDOW_S["omp"] and int(threshold) == spinning
+    mine = subprocess.run([sys.executable, "-c", code], env=_layer_env(GOMP_SPINCOUNT="5"),
                           capture_output=True, text=True, check=True)
-    layer, threshold, *rest = mine.stdout.split()
-    assert rest == ["None", "5", "{}"] and int(threshold) > spinning
+    layer, threshold, window, *rest = mine.stdout.split()
+    assert rest == ["None", "5", "{}"]
+    if layer != "tbb":  # OpenMP with the user's wait: numbaconv assumes no spin
+        assert int(threshold) > spinning and float(window) == 0
 
 
-def test_openmp_loaded_first_gives_a_serialized_workqueue():
+@pytest.mark.parametrize("tbb", ["tbb", "no-tbb"])
+def test_openmp_loaded_first(tbb):
     """When another library loaded OpenMP before numbaconv (PyTorch does), OpenMP's threads spin
-    and the passive wait cannot be applied any more: numbaconv starts the workqueue layer, and
-    runs its parallel kernels one at a time, because that layer aborts the process when two
-    threads enter it at once. Eight threads then call kernels big enough to run in parallel."""
+    and the passive wait cannot be applied any more: numbaconv starts TBB's threads, or without
+    TBB the workqueue layer, and runs its parallel kernels one at a time there, because that
+    layer aborts the process when two threads enter it at once. Eight threads then call kernels
+    big enough to run in parallel."""
     code = """
 import ctypes, os, threading
+NO_TBB
 ctypes.CDLL("libgomp.so.1", mode=os.RTLD_GLOBAL)  # what importing torch first does
 import numpy as np, numba, numbaconv
 from numbaconv import _threads
@@ -168,17 +193,14 @@ def work():
 threads = [threading.Thread(target=work) for _ in range(8)]
 [t.start() for t in threads]; [t.join() for t in threads]
 print(numba.threading_layer(), _threads.serialize, len(bad))
-"""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "NUMBA_THREADING_LAYER")}
-    try:
-        import ctypes
-        ctypes.CDLL("libgomp.so.1")
-    except OSError:
+""".replace("NO_TBB", NO_TBB if tbb == "no-tbb" else "")
+    if not has_gomp():
         pytest.skip("GNU OpenMP (libgomp.so.1) is not on this machine")
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    if tbb == "tbb" and not has_tbb():
+        pytest.skip("the tbb package (numbaconv's tbb extra) is not installed")
+    done = subprocess.run([sys.executable, "-c", code], env=_layer_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["workqueue", "True", "0"]
+    assert done.stdout.split() == (["tbb", "False", "0"] if tbb == "tbb" else ["workqueue", "True", "0"])
 
 
 def test_exit_skips_collecting_what_numba_loaded():
@@ -202,7 +224,9 @@ QUIET_BLAS = """
 import json, os, sys
 if sys.argv[1] == "numpy-first":
     import numpy
-if sys.argv[1] == "openmp":
+if sys.argv[1] == "openmp-no-tbb":
+    NO_TBB
+if sys.argv[1].startswith("openmp"):
     import ctypes
     ctypes.CDLL("libgomp.so.1", mode=os.RTLD_GLOBAL)  # what importing torch first does
 import numbaconv
@@ -217,19 +241,15 @@ print(json.dumps({"openblas": lib is not None, "spins": _threads.blas_spins, "re
 """
 
 
-@pytest.mark.parametrize("case", ["fresh", "numpy-first", "user", "user-quiet", "openmp"])
+@pytest.mark.parametrize("case", ["fresh", "numpy-first", "user", "user-quiet", "openmp", "openmp-no-tbb"])
 def test_blas_threads_sleep_when_idle(case):
     """Imported before NumPy, numbaconv has NumPy's OpenBLAS load with a short idle spin and
     gives the environment back, and im2col's copies go parallel. NumPy imported first, or a
     spin the user chose, leaves OpenBLAS as it is (copies parallel only if that spin is short
-    too); under Numba's workqueue layer (OpenMP loaded first, as by PyTorch) the copies stay
-    serial. GEMMs work throughout."""
-    if case == "openmp":
-        try:
-            import ctypes
-            ctypes.CDLL("libgomp.so.1")
-        except OSError:
-            pytest.skip("GNU OpenMP (libgomp.so.1) is not on this machine")
+    too); under Numba's workqueue layer (OpenMP loaded first, as by PyTorch, and no TBB) the
+    copies stay serial. GEMMs work throughout."""
+    if case.startswith("openmp") and not has_gomp():
+        pytest.skip("GNU OpenMP (libgomp.so.1) is not on this machine")
     from numbaconv._threads import BLAS_THREAD_TIMEOUT
 
     env = {k: v for k, v in os.environ.items()
@@ -238,7 +258,7 @@ def test_blas_threads_sleep_when_idle(case):
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     if case.startswith("user"):
         env["OPENBLAS_THREAD_TIMEOUT"] = "20" if case == "user" else "8"
-    done = subprocess.run([sys.executable, "-c", QUIET_BLAS, case], env=env, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", QUIET_BLAS.replace("NO_TBB", NO_TBB), case], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout.strip().splitlines()[-1])
@@ -248,14 +268,16 @@ def test_blas_threads_sleep_when_idle(case):
         assert got["spins"] and "not OpenBLAS" in got["reason"]
         return
     expected_timeout = {"fresh": BLAS_THREAD_TIMEOUT, "numpy-first": 0, "user": 20, "user-quiet": 8,
-                        "openmp": BLAS_THREAD_TIMEOUT}[case]
+                        "openmp": BLAS_THREAD_TIMEOUT, "openmp-no-tbb": BLAS_THREAD_TIMEOUT}[case]
     assert got["timeout"] == expected_timeout
-    if got["serialize"]:  # the workqueue layer (always so for "openmp")
+    # the workqueue layer: OpenMP loaded first and no TBB
+    assert got["serialize"] == (case == "openmp-no-tbb" or (case == "openmp" and not has_tbb()))
+    if got["serialize"]:
         assert got["spins"]
     else:
-        assert case != "openmp"
         assert got["spins"] == (case in ("numpy-first", "user"))
     said = {"fresh": "(numbaconv)", "numpy-first": "NumPy was imported before numbaconv",
             "user": "chosen by the user", "user-quiet": "(OPENBLAS_THREAD_TIMEOUT)",
-            "openmp": "stay serial under the workqueue layer"}[case]
+            "openmp": "stay serial under the workqueue layer" if got["serialize"] else "(numbaconv)",
+            "openmp-no-tbb": "stay serial under the workqueue layer"}[case]
     assert said in got["reason"]

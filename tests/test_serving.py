@@ -3,7 +3,7 @@
 Numba's workqueue threading layer aborts the process when two threads enter parallel kernels at
 once, and numbaconv picks its layer when it is imported (``numbaconv/_threads.py``): OpenMP when
 numbaconv loads it, workqueue with serialized kernels when another library (torch) loaded OpenMP
-first. Each case runs in a fresh interpreter, so the layer is the one that import order gives,
+first; TBB before either when it is installed. Each case runs in a fresh interpreter, so the layer is the one that import order gives,
 and an abort fails the test instead of taking pytest down.
 """
 
@@ -13,8 +13,12 @@ import sys
 
 import pytest
 
+from conftest import NO_TBB, has_gomp, has_tbb
+
 SCRIPT = r"""
 import sys, threading
+if sys.argv[2] == "no-tbb":
+    NO_TBB
 if sys.argv[1] == "torch-first":
     import torch  # loads OpenMP before numbaconv does
 import numba
@@ -60,22 +64,26 @@ print("calls", sum(done), "failures", len(failures), failures[:3])
 """
 
 
-def _serve(mode):
+def _serve(mode, tbb):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run([sys.executable, "-c", SCRIPT, mode], cwd=root, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-c", SCRIPT.replace("NO_TBB", NO_TBB), mode, tbb], cwd=root, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"return code {done.returncode}\n{done.stdout}\n{done.stderr[-3000:]}"
     lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
     return lines
 
 
+@pytest.mark.parametrize("tbb", ["tbb", "no-tbb"])
 @pytest.mark.parametrize("mode", ["numbaconv-first", "torch-first"])
-def test_eight_threads_fifty_calls_each(mode):
+def test_eight_threads_fifty_calls_each(mode, tbb):
     if mode == "torch-first":
         pytest.importorskip("torch")
-    lines = _serve(mode)
+    if tbb == "tbb" and not has_tbb():
+        pytest.skip("the tbb package (numbaconv's tbb extra) is not installed")
+    lines = _serve(mode, tbb)
     assert lines["calls"].startswith("400 failures 0 "), lines["calls"]
     layer, _, serialized = lines["layer"].partition(" serialized ")
     # a layer that is not thread-safe is only ever entered one kernel at a time
     assert layer in ("omp", "tbb") or serialized == "True", lines["layer"]
-    if mode == "torch-first":
-        assert layer == "workqueue" and serialized == "True", lines["layer"]
+    # TBB whatever came first; else OpenMP where numbaconv loads it, the workqueue where not
+    expected = "tbb" if tbb == "tbb" else "omp" if mode == "numbaconv-first" and has_gomp() else "workqueue"
+    assert layer == expected, lines["layer"]
