@@ -115,9 +115,16 @@ def _backward_rows(go, y, out, log):
                 out[o, U(d)] = y[o, U(d)] * (go[o, U(d)] - t)
 
 
-# streaming: threads pay off only past about 2 x their hand-off (70-100 us): softmax over
-# (64, 1000) took 46 us on one thread and 140 us on two (PyTorch 28 us)
-@parallel_kernel(streaming=True)
+#: ``parallel_kernel``'s factor for softmax: half the plain streaming kernels', since an
+#: exponential per element makes it compute-bound. Over (64, 1000) on 2 cores with TBB's threads
+#: (medians of seven alternating bursts, either import order): forward 37 -> 26 us (PyTorch 22),
+#: backward 18 -> 16 us, and a linear into 1000 classes followed by the softmax no slower (354 ->
+#: 308 us, and 315 -> 290 with PyTorch imported first). (Under the workqueue layer, whose
+#: hand-offs cost 70-100 us, it had taken 46 us on one thread and 140 on two.)
+STREAMING = 8
+
+
+@parallel_kernel(streaming=STREAMING)
 def forward(x, out, m, s, log):
     """out = softmax(x) along axis 1 (log_softmax when ``log``); m, s: (outer, inner) scratch."""
     O, D, I = x.shape
@@ -154,7 +161,7 @@ def forward(x, out, m, s, log):
                     out[o, d, U(i)] *= s[o, U(i)]
 
 
-@parallel_kernel(streaming=True)
+@parallel_kernel(streaming=STREAMING)
 def backward(go, y, out, s, log):
     """Input gradient from the forward's output y; s: (outer, inner) scratch.
 
