@@ -15,9 +15,10 @@ differ by more than the two libraries do. Here the implementations take turns:
     python bench/models_alternating.py --import-order numbaconv
 
 PyTorch first is the suite's conservative default (see bench/README.md, "Import order"):
-numbaconv then runs on Numba's workqueue layer and leaves NumPy's BLAS threads spinning. With
-numbaconv first it runs its OpenMP layer and quiets them, and PyTorch's OpenMP threads wait
-as numbaconv's do (a short spin, then sleep).
+numbaconv then leaves NumPy's BLAS threads spinning, and runs on TBB's threads where the tbb
+extra is installed, else on Numba's workqueue layer. With numbaconv first it quiets NumPy's
+BLAS threads, and without TBB runs its OpenMP layer, whose threads PyTorch's then share (a
+short spin, then sleep).
 """
 
 import argparse

@@ -20,10 +20,11 @@ policy there) or nothing (numbaconv's own choice), optionally followed by ``@N``
 ``config.PARALLEL_MIN_ELEMENTS`` set to N in the process, and ``@N/D`` also
 ``config.PARALLEL_AWAKE_DIVISOR`` to D (``/1``: one threshold, whether the threads spin or not).
 A layer name and a colon in front (``tbb:``, ``omp:3000``, ``workqueue:@16384``) names
-Numba's threading layer (``NUMBA_THREADING_LAYER``; numbaconv keeps it and tunes for it). ``--import-order torch`` imports
-PyTorch first, as ``numbaconv bench`` does: with numbaconv's own choice (``@N`` settings)
-numbaconv then runs on Numba's workqueue layer; a wait setting there goes to the OpenMP
-runtime PyTorch loads, which numbaconv then shares.
+Numba's threading layer (``NUMBA_THREADING_LAYER``; numbaconv keeps it and tunes for it).
+``--import-order torch`` imports PyTorch first, as ``numbaconv bench`` does: with numbaconv's
+own choice numbaconv then runs on TBB's threads, or without TBB on Numba's workqueue layer; a
+wait setting on the OpenMP layer goes to the OpenMP runtime PyTorch loads, which numbaconv then
+shares.
 """
 
 import argparse

@@ -78,9 +78,19 @@ def _threading_layer():
 
 def _thread_env():
     """What numbaconv added to the environment while Numba's threads started (config.OPENMP_ENV)."""
+    import numba
+
     from numbaconv import _threads
 
     if not _threads.applied:
+        try:
+            layer = numba.threading_layer()
+        except ValueError:
+            layer = None
+        if layer is None:
+            return "unchanged (no threading layer started)"
+        if layer != "omp":
+            return f"unchanged (the {layer} layer reads no OpenMP wait settings)"
         return "unchanged (set by the user, or config.OPENMP_ENV is empty)"
     return " ".join(f"{k}={v}" for k, v in _threads.applied.items()) + " (numbaconv)"
 
