@@ -126,7 +126,7 @@ def main(argv=None):
     from numbaconv import _threads
 
     torch.set_num_threads(numba.get_num_threads())  # as many threads each
-    print(f"import order: {args.import_order} first; numbaconv: {_threads.reason}; BLAS: {_threads.blas_reason}")
+    print(f"import order: {args.import_order} first; numbaconv: {numba.threading_layer()} ({_threads.reason}); BLAS: {_threads.blas_reason}")
     print()
     models = args.models.split(",")
     if "lenet" in models:
