@@ -87,3 +87,42 @@ def test_eight_threads_fifty_calls_each(mode, tbb):
     # TBB whatever came first; else OpenMP where numbaconv loads it, the workqueue where not
     expected = "tbb" if tbb == "tbb" else "omp" if mode == "numbaconv-first" and has_gomp() else "workqueue"
     assert layer == expected, lines["layer"]
+
+
+FORK = r"""
+import multiprocessing as mp
+import numba, numpy as np, numbaconv as nc
+x = np.random.default_rng(0).standard_normal((8, 16, 64, 64)).astype(np.float32)
+w = np.random.default_rng(1).standard_normal((16, 16, 3, 3)).astype(np.float32)
+ref = nc.conv2d(x, w, padding=1)  # the parent runs parallel kernels before it forks
+
+def child(q):
+    q.put(float(np.abs(nc.conv2d(x, w, padding=1) - ref).max()))
+
+if __name__ == "__main__":
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    children = [ctx.Process(target=child, args=(q,)) for _ in range(2)]
+    for c in children:
+        c.start()
+    errors = [q.get(timeout=120) for _ in children]
+    for c in children:
+        c.join(60)
+    print(numba.threading_layer(), errors, [c.exitcode for c in children])
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_forked_children_run_kernels_on_tbb(tmp_path):
+    """TBB's layer survives fork: children of a process that ran parallel kernels run them too
+    (GNU OpenMP's threads do not survive a fork, which is one reason TBB comes first)."""
+    if not has_tbb():
+        pytest.skip("the tbb package (numbaconv's tbb extra) is not installed")
+    script = tmp_path / "fork.py"
+    script.write_text(FORK)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, str(script)], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["tbb", "[0.0,", "0.0]", "[0,", "0]"], done.stdout
