@@ -96,29 +96,38 @@ def _openmp_loaded():
 
 
 def _load_tbb():
-    """Load the ``tbb`` package's runtime library, so that Numba's TBB layer can start; return
-    whether it is loaded. Numba's layer names the library by its bare file name, which the
-    loader finds where conda puts it, but not in the ``lib`` folder where pip's ``tbb`` wheel
-    puts it; once loaded (RTLD_GLOBAL), the bare name resolves to it."""
+    """Load the ``tbb`` package's runtime library where it is installed, so that Numba's TBB
+    layer can start. Numba's layer names the library by its bare file name, which the loader
+    finds where conda puts it, but not in the ``lib`` folder where pip's ``tbb`` wheel puts it;
+    once loaded (RTLD_GLOBAL), the bare name resolves to it."""
     name = {"win32": "tbb12.dll", "darwin": "libtbb.12.dylib"}.get(sys.platform, "libtbb.so.12")
     try:
         ctypes.CDLL(name)
-        return True
+        return
     except OSError:
         pass
     try:
         from importlib import metadata
         files = metadata.files("tbb") or ()
     except Exception:  # not installed, or no record of its files
-        return False
+        return
     for file in files:
         if file.name == name:
             try:
                 ctypes.CDLL(str(file.locate()), mode=ctypes.RTLD_GLOBAL)
-                return True
+                return
             except OSError:
                 continue
-    return False
+
+
+def current_layer():
+    """Numba's threading layer ("tbb", "omp" or "workqueue"), or None before one has started."""
+    import numba
+
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return None
 
 
 def start():
@@ -162,10 +171,7 @@ def start():
     finally:
         for name in applied:
             os.environ.pop(name, None)
-    try:
-        layer = numba.threading_layer()
-    except ValueError:  # no layer started
-        layer = None
+    layer = current_layer()
     if layer != "omp":
         applied = {}
     serialize = layer == "workqueue"

@@ -78,15 +78,10 @@ def _threading_layer():
 
 def _thread_env():
     """What numbaconv added to the environment while Numba's threads started (config.OPENMP_ENV)."""
-    import numba
-
     from numbaconv import _threads
 
     if not _threads.applied:
-        try:
-            layer = numba.threading_layer()
-        except ValueError:
-            layer = None
+        layer = _threads.current_layer()
         if layer is None:
             return "unchanged (no threading layer started)"
         if layer != "omp":

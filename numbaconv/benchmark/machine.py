@@ -70,10 +70,7 @@ def machine_info():
         import torch
     except ImportError:
         torch = None
-    try:
-        layer = numba.threading_layer()
-    except ValueError:  # no parallel kernel has run in this process yet
-        layer = None
+    layer = _threads.current_layer()
     return {
         "cpu_model": cpu_model(),
         "cpu_vector": cpu_flags(),
