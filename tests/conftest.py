@@ -63,6 +63,18 @@ def has_gomp():
     return True
 
 
+def skip_without_tbb():
+    """Skip the calling test where the tbb package is not installed (CI installs it)."""
+    if not has_tbb():
+        pytest.skip("the tbb package (numbaconv's tbb extra) is not installed")
+
+
+def skip_without_gomp():
+    """Skip the calling test where GNU OpenMP is not on this machine."""
+    if not has_gomp():
+        pytest.skip("GNU OpenMP (libgomp.so.1) is not on this machine")
+
+
 #: A line that makes a fresh interpreter act as if TBB were not installed: Numba's TBB layer
 #: then fails to import, and the next layer in the order starts.
 NO_TBB = 'import sys; sys.modules["numba.np.ufunc.tbbpool"] = None'

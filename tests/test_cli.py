@@ -12,7 +12,7 @@ import pytest
 import numbaconv
 from numbaconv.cli import main
 
-from conftest import NO_TBB, has_gomp, has_tbb
+from conftest import NO_TBB, has_gomp, has_tbb, skip_without_gomp, skip_without_tbb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,8 +143,8 @@ def test_thread_start_env_is_restored(tbb):
     config.OPENMP_ENV, then gives the process its environment back; it leaves alone a choice
     the user made. Threads that spin a while after each kernel (TBB's, and OpenMP's with that
     wait) take work from a smaller size on."""
-    if tbb == "tbb" and not has_tbb():
-        pytest.skip("the tbb package (numbaconv's tbb extra) is not installed")
+    if tbb == "tbb":
+        skip_without_tbb()
     code = (
         (NO_TBB + "; " if tbb == "no-tbb" else "") +
         "import os, numba, numbaconv; from numbaconv import _threads, config; "
@@ -194,10 +194,9 @@ threads = [threading.Thread(target=work) for _ in range(8)]
 [t.start() for t in threads]; [t.join() for t in threads]
 print(numba.threading_layer(), _threads.serialize, len(bad))
 """.replace("NO_TBB", NO_TBB if tbb == "no-tbb" else "")
-    if not has_gomp():
-        pytest.skip("GNU OpenMP (libgomp.so.1) is not on this machine")
-    if tbb == "tbb" and not has_tbb():
-        pytest.skip("the tbb package (numbaconv's tbb extra) is not installed")
+    skip_without_gomp()
+    if tbb == "tbb":
+        skip_without_tbb()
     done = subprocess.run([sys.executable, "-c", code], env=_layer_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == (["tbb", "False", "0"] if tbb == "tbb" else ["workqueue", "True", "0"])
@@ -248,8 +247,8 @@ def test_blas_threads_sleep_when_idle(case):
     spin the user chose, leaves OpenBLAS as it is (copies parallel only if that spin is short
     too); under Numba's workqueue layer (OpenMP loaded first, as by PyTorch, and no TBB) the
     copies stay serial. GEMMs work throughout."""
-    if case.startswith("openmp") and not has_gomp():
-        pytest.skip("GNU OpenMP (libgomp.so.1) is not on this machine")
+    if case.startswith("openmp"):
+        skip_without_gomp()
     from numbaconv._threads import BLAS_THREAD_TIMEOUT
 
     env = {k: v for k, v in os.environ.items()

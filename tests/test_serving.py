@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import NO_TBB, has_gomp, has_tbb
+from conftest import NO_TBB, has_gomp, skip_without_tbb
 
 SCRIPT = r"""
 import sys, threading
@@ -77,8 +77,8 @@ def _serve(mode, tbb):
 def test_eight_threads_fifty_calls_each(mode, tbb):
     if mode == "torch-first":
         pytest.importorskip("torch")
-    if tbb == "tbb" and not has_tbb():
-        pytest.skip("the tbb package (numbaconv's tbb extra) is not installed")
+    if tbb == "tbb":
+        skip_without_tbb()
     lines = _serve(mode, tbb)
     assert lines["calls"].startswith("400 failures 0 "), lines["calls"]
     layer, _, serialized = lines["layer"].partition(" serialized ")
@@ -116,8 +116,7 @@ if __name__ == "__main__":
 def test_forked_children_run_kernels_on_tbb(tmp_path):
     """TBB's layer survives fork: children of a process that ran parallel kernels run them too
     (GNU OpenMP's threads do not survive a fork, which is one reason TBB comes first)."""
-    if not has_tbb():
-        pytest.skip("the tbb package (numbaconv's tbb extra) is not installed")
+    skip_without_tbb()
     script = tmp_path / "fork.py"
     script.write_text(FORK)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
