@@ -56,12 +56,14 @@ def _calls(shape, algorithm):
     x = rng.standard_normal(shape.x_shape, dtype=np.float32)
     w = rng.standard_normal(shape.weight_shape, dtype=np.float32)
     kw = dict(stride=s, padding=p, groups=g, algorithm=algorithm)
-    go = rng.standard_normal(numbaconv.conv2d(x, w, stride=s, padding=p, groups=g).shape, dtype=np.float32)
+    op = f"conv{shape.ndim}d"
+    conv, backward = getattr(numbaconv, op), getattr(numbaconv, op + "_backward")
+    go = rng.standard_normal(conv(x, w, stride=s, padding=p, groups=g).shape, dtype=np.float32)
     return {
-        "forward": lambda: numbaconv.conv2d(x, w, **kw),
-        "grad_input": lambda: numbaconv.conv2d_backward(go, x, w, needs=(True, False, False), **kw),
-        "grad_weight": lambda: numbaconv.conv2d_backward(go, x, w, needs=(False, True, False), **kw),
-    }, conv_geometry("conv2d", x, w, None, s, p, 1, g, "zeros", 2)
+        "forward": lambda: conv(x, w, **kw),
+        "grad_input": lambda: backward(go, x, w, needs=(True, False, False), **kw),
+        "grad_weight": lambda: backward(go, x, w, needs=(False, True, False), **kw),
+    }, conv_geometry(op, x, w, None, s, p, 1, g, "zeros", shape.ndim)
 
 
 def main(argv=None):

@@ -389,12 +389,12 @@ def test_direct_forward_with_interleaved_samples_matches_naive(monkeypatch, rout
     grid_row = conv_direct._grid_shape(geom)[2]
     monkeypatch.setattr(conv_direct, "STACK_BLOCK", grid_row * m)  # at most m samples a grid
     assert conv_direct.samples_interleaved(geom) == m
-    placed, calls = conv_direct._place_interleaved, []
-    monkeypatch.setattr(conv_direct, "_place_interleaved", lambda *a: calls.append(1) or placed(*a))
+    placed, calls = conv_direct._place, []  # records how many samples share each grid
+    monkeypatch.setattr(conv_direct, "_place", lambda a, xs, *r: calls.append(a.shape[0] // xs.shape[1]) or placed(a, xs, *r))
     ref = naive.conv(x, w, b, **kw)
     check(conv_fn(nd)(x, w, b, algorithm="direct", **kw), ref, naive.conv(_abs(x), _abs(w), _abs(b), **kw),
           np.float64, "forward")
-    assert calls, "the samples were not interleaved"
+    assert calls == [m], "the samples were not interleaved"
     if mode == "zeros":  # the kernel entry point itself, as an inference graph calls it
         out, r = np.empty((*ref.shape[:2], *geom.out_size)), rng.standard_normal((*ref.shape[:2], *geom.out_size))
         conv_direct.forward(x.reshape(*x.shape[:2], *geom.in_size), w.reshape(*w.shape[:2], *geom.kernel), b, out,
@@ -863,8 +863,15 @@ def test_auto_rule(c_in, c_out, groups, stride, direction, expected):
         ((64, 6, 14, 14), 16, 5, 0, ("direct", "im2col", "im2col")),  # LeNet's c2: half its grid
         # dropped, but the forward pass interleaves its samples and skips the margin
         ((2, 8, 20, 20), 24, 5, 0, "im2col"),  # a third margin, rows too short to interleave
-        ((8, 32, 32, 32), 64, 3, 1, "im2col"),  # more than 32 output channels
-        ((64, 16, 32, 32), 32, 5, 2, "im2col"),  # past the work bound
+        # past those bounds, up to 64 channels a side and 64 x 64 x 9 multiply-adds a position
+        ((8, 32, 32, 32), 64, 3, 1, "direct"),  # 64 output channels
+        ((64, 16, 32, 32), 32, 5, 2, "direct"),  # past the first work bound
+        ((1, 64, 1, 16000), 64, (1, 9), (0, 4), "direct"),  # audio, 64 into 64
+        ((1, 3, 224, 224), 64, 3, 1, ("direct", "im2col", "direct")),  # 3 input channels: too
+        # few for the input gradient's loops to produce
+        ((1, 8, 1, 16000), 64, (1, 9), (0, 4), ("direct", "im2col", "direct")),
+        ((8, 64, 28, 28), 64, 5, 2, "im2col"),  # 64 x 64 x 25: past the wider work bound
+        ((1, 128, 1, 4000), 128, (1, 9), (0, 4), "im2col"),  # more than 64 channels
         ((8, 16, 32, 32), 16, 1, 0, "im2col"),  # pointwise: a GEMM on the input itself
         ((8, 1, 1, 16000), 64, (1, 9), (0, 4), "im2col"),  # one channel into 64 (audio)
     ],
@@ -872,7 +879,8 @@ def test_auto_rule(c_in, c_out, groups, stride, direction, expected):
 def test_auto_rule_by_grid_fill(x_shape, c_out, k, padding, expected):
     """At stride 1, few output channels a group over a grid that is mostly output run the direct
     loops in every direction (``DIRECT_MIN_FILL`` and its bounds, in choose_algorithm), and the
-    forward pass over any grid when its samples interleave."""
+    forward pass over any grid when its samples interleave; within the wider bounds
+    (``DIRECT_MAX_CHANNELS``, ``DIRECT_MAX_WORK_WIDE``), where the loops produce enough channels."""
     from numbaconv._geometry import conv_geometry
     from numbaconv.functional.conv import choose_algorithm
 

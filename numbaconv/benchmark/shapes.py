@@ -166,7 +166,8 @@ _NETWORKS = {
 }
 
 # The shapes behind choose_algorithm's rules (bench/algorithms.py): where direct, im2col and
-# Winograd's tiles trade places, by channels per group, stride, batch and (Winograd's) tiles. name: (N, C, H=W, K, kernel, stride, padding, groups)
+# Winograd's tiles trade places, by channels per group, stride, batch and (Winograd's) tiles.
+# name: (N, C, H=W or the spatial size, K, kernel, stride, padding, groups)
 _RULES = {
     "lenet-c1": (64, 1, 32, 6, 5, 1, 0, 1),
     "lenet-c2": (64, 6, 14, 16, 5, 1, 0, 1),
@@ -189,6 +190,12 @@ _RULES = {
     "groups-cg4": (8, 64, 28, 64, 3, 1, 1, 16),
     "groups-cg8": (8, 64, 28, 64, 3, 1, 1, 8),
     "groups-cg16": (8, 64, 28, 64, 3, 1, 1, 4),
+    "vgg-c1_1": (1, 3, 224, 64, 3, 1, 1, 1),
+    "audio-64-64": (1, 64, (16000,), 64, 9, 1, 4, 1),
+    "audio-64-64-b8": (8, 64, (16000,), 64, 9, 1, 4, 1),
+    "audio-8-64": (1, 8, (16000,), 64, 9, 1, 4, 1),
+    "audio-128-128": (1, 128, (4000,), 128, 9, 1, 4, 1),
+    "video-32-32": (1, 32, (16, 56, 56), 32, 3, 1, 1, 1),
 }
 
 SUITES = {}
@@ -198,7 +205,7 @@ for _net, (_batches, _layer_table) in _NETWORKS.items():
     SUITES[_net] = tuple(_shapes)
     SHAPES.update(_shapes)
 SUITES["all"] = tuple(name for net, names in SUITES.items() if net != "tiny" for name in names)
-_shapes = {f"rules-{name}": ConvShape(n, c, (h, h), k, kernel, s, p, g)
+_shapes = {f"rules-{name}": ConvShape(n, c, h if isinstance(h, tuple) else (h, h), k, kernel, s, p, g)
            for name, (n, c, h, k, kernel, s, p, g) in _RULES.items()}
 SUITES["rules"] = tuple(_shapes)
 SHAPES.update(_shapes)

@@ -37,6 +37,15 @@ DIRECT_MAX_OUT_PER_GROUP = 32
 DIRECT_MAX_WORK = 32 * 32 * 9
 DIRECT_MIN_FILL = 0.75
 
+#: The wider bounds within which the rules run a stride-1 convolution on the direct loops where
+#: Winograd's tiles do not pay (see ``choose_algorithm``): at most this many channels per group
+#: on either side, at most ``DIRECT_MAX_WORK_WIDE`` multiply-adds per output position a group,
+#: and at least ``DIRECT_MIN_PRODUCED`` channels a group out of the loops (the input channels
+#: for the input gradient, the output channels otherwise).
+DIRECT_MAX_CHANNELS = 64
+DIRECT_MAX_WORK_WIDE = 64 * 64 * 9
+DIRECT_MIN_PRODUCED = 16
+
 
 def choose_algorithm(geom, direction="forward"):
     """The algorithm ``algorithm="auto"`` runs for one direction ("forward", "grad_input" or
@@ -92,6 +101,26 @@ def choose_algorithm(geom, direction="forward"):
       batch 1; VGG-16's layers at batch 1 up to 56x56). Its GEMMs are 36 a call, tiles x C by
       C x K, and each call transforms the weight: with few tiles (ResNet-18's last two stages
       at batch 1) the GEMMs are short, and im2col's one long GEMM wins.
+    - stride 1, where Winograd's tiles do not pay: the direct loops within wider bounds, every
+      direction: at most ``DIRECT_MAX_CHANNELS`` channels a group on either side, at most
+      ``DIRECT_MAX_WORK_WIDE`` multiply-adds per output position a group, a kernel wider than
+      1x1, ``DIRECT_MIN_FILL`` of the grid output, more than one channel a group into the loops
+      and at least ``DIRECT_MIN_PRODUCED`` out of them (the input channels for the input
+      gradient, the output channels otherwise). Long planes above all, whose column buffer
+      (taps times the input) spills from the caches while the loops keep a block of the input
+      in L2 for every output channel. Measured, ms, direct / im2col, forward, input gradient,
+      weight gradient (2-core AVX-512, alternating calls, numbaconv imported first): audio
+      (1, 64, 16000) -> 64, k = 9, 8.6 / 11.8, 8.3 / 10.1, 9.7 / 10.2; at batch 8 63 / 83,
+      55 / 71, 82 / 79; video (1, 32, 16x56x56) -> 32, 3x3x3, 24 / 28, 24 / 25, 19 / 29;
+      (64, 16, 32x32) -> 32, 5x5, 14 / 26, 16 / 29, 19 / 26; (8, 32, 32x32) -> 64, 3x3, 3.2 /
+      3.8, 2.9 / 5.1, 3.1 / 3.5; VGG-16's first layer (8, 3, 224x224) -> 64 34 / 40 and 21 / 35
+      forward and weight gradient, but its input gradient, 3 channels out of the loops, 29 /
+      26. With NumPy's BLAS threads spinning after each GEMM (NumPy imported before numbaconv),
+      a backward pass that mixes the loops and a GEMM paid for it: audio at batch 1, PyTorch
+      first, whole backward 16.3 ms direct, 24.3 mixed, 25.1 im2col. Not past the bounds:
+      (8, 64, 28x28) -> 64, 5x5 (64 x 64 x 25 a position) 11 / 12, 15 / 9.2, 12 / 13;
+      (8, 48, 28x28) -> 48, 5x5 8.6 / 7.6, 8.7 / 5.9; ResNet-18's (1, 256, 14x14) -> 256
+      3.1 / 2.0; VGG-16's (1, 128, 112x112) -> 128 33 / 27.
     - otherwise im2col, by 1.2x to 30x on larger channel counts and every strided shape.
 
     The rules are a fixed guess made on one machine; where they guess wrong for a shape, the
@@ -117,6 +146,13 @@ def choose_algorithm(geom, direction="forward"):
             return "direct"
         if conv_winograd.applies(geom, direction) and conv_winograd.pays(geom):  # never the weight gradient
             return "winograd"
+        produced, consumed = ((per_group_in, per_group_out) if direction == "grad_input"
+                              else (per_group_out, per_group_in))
+        if (1 < math.prod(geom.kernel) and 1 < consumed and DIRECT_MIN_PRODUCED <= produced
+                and max(produced, consumed) <= DIRECT_MAX_CHANNELS
+                and work * math.prod(geom.kernel) <= DIRECT_MAX_WORK_WIDE
+                and math.prod(geom.out_size) >= DIRECT_MIN_FILL * math.prod(_grid(geom))):
+            return "direct"
     return "im2col"
 
 

@@ -26,13 +26,14 @@ beside them undisturbed. So they are parallel kernels that run serial while BLAS
 
 import dataclasses
 import math
-import threading
 
 import numpy as np
 from numba import prange
 
 from . import conv_direct
-from ._window import IDENTITY, U, activate, is_identity, parallel_kernel, tap_offsets, valid_outputs
+from ._window import (
+    IDENTITY, U, activate, is_identity, parallel_kernel, scratch_array, tap_offsets, valid_outputs,
+)
 from .conv_direct import run_epilogue
 
 
@@ -374,23 +375,6 @@ def _chunks(geom, size):
     return [(n0, min(n0 + size, geom.batch)) for n0 in range(0, geom.batch, size)]
 
 
-_scratch = threading.local()
-
-
-def _scratch_array(name, shape, dtype):
-    """An uninitialized array kept per thread under ``name`` and reused by later calls.
-
-    A fresh buffer of tens of MB is paid for again on every call with a page fault per 4 KiB at
-    first touch (measured on 58 MB: 8.8 ms to allocate and fill against 3.6 ms to refill). Per
-    thread, so that calls from several threads never share one."""
-    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-    held = getattr(_scratch, name, None)
-    if held is None or held.nbytes < nbytes:
-        held = np.empty(nbytes, dtype=np.uint8)
-        setattr(_scratch, name, held)
-    return held[:nbytes].view(dtype).reshape(shape)
-
-
 #: The exact columns interleave a chunk's samples when output rows are at most this wide.
 #: Unfolding copies one output row per channel, tap and row of the output: rows of a few
 #: elements (7x7 planes) make it a loop of short copies, and per-sample GEMMs of a few dozen
@@ -429,7 +413,7 @@ def _interleave(a, n0, n1, m, name):
     n, C = n1 - n0, a.shape[1]
     if m == 1:
         return a[n0:n1].reshape(n, C, -1)
-    dst = _scratch_array(name, (n // m, C, math.prod(a.shape[2:]), m), a.dtype)
+    dst = scratch_array(name, (n // m, C, math.prod(a.shape[2:]), m), a.dtype)
     np.copyto(dst, a[n0:n1].reshape(n // m, m, C, -1).transpose(0, 2, 3, 1))
     return dst.reshape(n // m, C, -1)
 
@@ -451,7 +435,7 @@ def _columns(x, geom, workspace):
     for n0, n1 in _chunks(geom, size):
         n = n1 - n0
         m = n if interleaved else 1
-        cols = _scratch_array("cols", (n // m, rows, OD, OH, OW * m), x.dtype)
+        cols = scratch_array("cols", (n // m, rows, OD, OH, OW * m), x.dtype)
         xt = _interleave(x, n0, n1, m, "padded").reshape(n // m, C, D, H, W * m)
         _im2col(xt, cols, geom.kernel, geom.stride, geom.dilation, geom.padding, geom.out_size)
         yield n0, n1, cols.reshape(n // m, G, rows // G, -1)
@@ -464,8 +448,8 @@ def _grid_columns(x, geom, grid, workspace):
     for n0, n1 in _chunks(geom, _grid_chunk_size(geom, grid, x.itemsize, workspace)):
         n = n1 - n0
         m = _side_by_side(n, grid)
-        cols = _scratch_array("cols", (n // m, rows, m, grid.positions), x.dtype)
-        xp = _scratch_array("padded", (n, x.shape[1], *grid.shape), x.dtype)
+        cols = scratch_array("cols", (n // m, rows, m, grid.positions), x.dtype)
+        xp = scratch_array("padded", (n, x.shape[1], *grid.shape), x.dtype)
         conv_direct.place_on_grid(x[n0:n1], geom, xp)
         _unfold_grid(xp.reshape(n, x.shape[1], -1), cols, grid.shifts)
         yield n0, n1, cols.reshape(n // m, geom.groups, rows // geom.groups, -1)
@@ -476,7 +460,7 @@ def _grid_grad_out(go, n0, n1, geom, grid):
     (Q = ``grid.outputs``), zeros past the outputs."""
     n, K = n1 - n0, go.shape[1]
     m = _side_by_side(n, grid)
-    gog = _scratch_array("result", (n // m, K, m, grid.outputs), go.dtype)
+    gog = scratch_array("result", (n // m, K, m, grid.outputs), go.dtype)
     _to_grid(go, n0, gog, grid.shape[1:])
     return gog.reshape(n // m, geom.groups, K // geom.groups, -1)
 
@@ -544,7 +528,7 @@ def forward(x, w, b, out, geom, workspace, epilogue=IDENTITY, residual=None):
         w3 = _depth_rows(w, geom, grid)
         b, r, *activation = _epilogue_args(out, b, epilogue, residual)
         for n0, n1, cols in _grid_columns(x, geom, grid, workspace):
-            res = np.matmul(w3, cols, out=_scratch_array("result", (cols.shape[0], *w3.shape[:2], cols.shape[3]), out.dtype))
+            res = np.matmul(w3, cols, out=scratch_array("result", (cols.shape[0], *w3.shape[:2], cols.shape[3]), out.dtype))
             _from_grid(res.reshape(cols.shape[0], G, grid.depth_taps, K // G, -1, grid.positions), n0, out, b, r,
                        grid.shape[1:], grid.depth_step, *activation)
         return
@@ -558,7 +542,7 @@ def forward(x, w, b, out, geom, workspace, epilogue=IDENTITY, residual=None):
             elif b is not None:
                 out[n0:n1] += b.reshape(-1, 1, 1, 1)
             continue
-        res = np.matmul(w3, cols, out=_scratch_array("result", (1, G, w3.shape[1], cols.shape[3]), out.dtype))
+        res = np.matmul(w3, cols, out=scratch_array("result", (1, G, w3.shape[1], cols.shape[3]), out.dtype))
         out3 = out.reshape(*out.shape[:2], -1)
         _deinterleave(res.reshape(1, out.shape[1], -1), n0, out3, *_epilogue_args(out3, b, epilogue, residual))
 
@@ -584,8 +568,8 @@ def grad_input(go, w, gx, geom, workspace):
         for n0, n1 in _chunks(geom, _grid_chunk_size(geom, grid, go.itemsize, workspace)):
             n = n1 - n0
             gog = _grid_grad_out(go, n0, n1, geom, grid)
-            cols = np.matmul(w3t, gog, out=_scratch_array("cols", (gog.shape[0], *w3t.shape[:2], gog.shape[3]), go.dtype))
-            gxp = _scratch_array("padded", (n, gx.shape[1], grid.size), gx.dtype)
+            cols = np.matmul(w3t, gog, out=scratch_array("cols", (gog.shape[0], *w3t.shape[:2], gog.shape[3]), go.dtype))
+            gxp = scratch_array("padded", (n, gx.shape[1], grid.size), gx.dtype)
             _fold_grid(_unsplit(cols, grid), gxp, grid.shifts)
             gx[(slice(n0, n1), slice(None), *inner)] = gxp.reshape(n, gx.shape[1], *grid.shape)[(..., *outer)]
         return
@@ -595,8 +579,8 @@ def grad_input(go, w, gx, geom, workspace):
         n = n1 - n0
         m = n if interleaved else 1
         got = _interleave(go, n0, n1, m, "result").reshape(n // m, G, w3t.shape[2], -1)
-        cols = np.matmul(w3t, got, out=_scratch_array("cols", (n // m, G, w3t.shape[1], got.shape[3]), go.dtype))
-        gxt = gx[n0:n1] if m == 1 else _scratch_array("padded", (1, C, D, H, W * m), gx.dtype)
+        cols = np.matmul(w3t, got, out=scratch_array("cols", (n // m, G, w3t.shape[1], got.shape[3]), go.dtype))
+        gxt = gx[n0:n1] if m == 1 else scratch_array("padded", (1, C, D, H, W * m), gx.dtype)
         _col2im(cols.reshape(n // m, -1, OD, OH, OW * m), gxt.reshape(n // m, C, D, H, W * m),
                 geom.kernel, geom.stride, geom.dilation, geom.padding, geom.out_size)
         if m > 1:

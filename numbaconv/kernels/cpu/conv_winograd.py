@@ -36,9 +36,9 @@ import numpy as np
 from numba import njit, prange
 
 from . import conv_im2col
-from ._window import IDENTITY, U, activate, parallel_kernel
+from ._window import IDENTITY, U, activate, parallel_kernel, scratch_array
 from .conv_direct import flipped
-from .conv_im2col import _adjoint, _quiet, _scratch_array
+from .conv_im2col import _adjoint, _quiet
 
 #: Outputs per tile side, inputs per tile side (TILE + 3 - 1) and transformed positions a tile.
 TILE, ALPHA, POSITIONS = 4, 6, 36
@@ -283,7 +283,7 @@ def forward(x, w, b, out, geom, workspace, epilogue=IDENTITY, residual=None):
     bt, g, at = (m.astype(dtype) for m in (_BT, _G, _AT))
     # the transformed weight, 4x the weight's size, in a buffer kept per thread: a fresh one of
     # several MB cost a page fault per 4 KiB on every call
-    u = _scratch_array("winograd_weight", (POSITIONS, C, K), dtype)
+    u = scratch_array("winograd_weight", (POSITIONS, C, K), dtype)
     wt = w.reshape(K, C, 9).transpose(1, 2, 0)
     _weights(np.ascontiguousarray(wt).reshape(-1), u.reshape(-1), g, C, K)
     b = np.zeros(K, dtype=dtype) if b is None else b
@@ -294,15 +294,15 @@ def forward(x, w, b, out, geom, workspace, epilogue=IDENTITY, residual=None):
     nonfinite = np.empty(size * (TILE * th + 2), dtype=np.int64)
     for s0 in range(0, planes, size):
         S = min(size, planes - s0)
-        xcl = _scratch_array("padded", (S, TILE * th + 2, TILE * tw + 2, C), dtype)
+        xcl = scratch_array("padded", (S, TILE * th + 2, TILE * tw + 2, C), dtype)
         _channels_last(x, xcl, s0, pad_h, pad_w, nonfinite)
         if nonfinite[:S * (TILE * th + 2)].any():  # im2col then writes all of out again
             return conv_im2col.forward(x, w, b, out, geom, workspace, epilogue, residual)
-        v = _scratch_array("cols", (POSITIONS, S * th * tw, C), dtype)
+        v = scratch_array("cols", (POSITIONS, S * th * tw, C), dtype)
         _input_tiles(xcl.reshape(-1), v.reshape(-1), th, tw, S * th, TILE * tw + 2, C, bt)
         # the 36 GEMMs on contiguous matrices, position-major: with the tiles major instead
         # (rows 36 C apart), (1, 64, 56x56)'s took 1.03 ms against 0.65
-        m = _scratch_array("result", (POSITIONS, S * th * tw, K), dtype)
+        m = scratch_array("result", (POSITIONS, S * th * tw, K), dtype)
         np.matmul(v, u, out=m)
         _output_tiles(m.reshape(-1), out, s0 * th, th, tw, S * th, K, at, b, r, *activation)
 
