@@ -82,6 +82,10 @@ blas_spins = True
 #: What ``check_blas`` found, in words (``numbaconv info`` prints it).
 blas_reason = "not checked"
 
+#: How many cycles NumPy's OpenBLAS threads spin after each call (``check_blas``; 0 where that
+#: is not known): ``numbaconv bench`` lets them settle before timing the next candidate.
+blas_spin_cycles = 0
+
 #: Whether ``quiet_blas_env`` set OpenBLAS's idle wait while NumPy loaded it.
 _blas_env_set = False
 
@@ -226,11 +230,13 @@ def check_blas():
     workqueue: there, measured as ``BLAS_THREAD_TIMEOUT`` is, the short wait made a LeNet-5
     training step 1.08-1.15x slower with parallel copies, and every model 1.04-1.17x slower with
     serial ones."""
-    global blas_spins, blas_reason
+    global blas_spins, blas_reason, blas_spin_cycles
     lib = _openblas()
     timeout = lib.openblas_thread_timeout() if lib is not None else 0
     quiet = 0 < timeout <= BLAS_THREAD_TIMEOUT
     blas_spins = serialize or not quiet
+    # OpenBLAS clamps the exponent to 4..30 and takes 28 for 0 (its default)
+    blas_spin_cycles = 0 if lib is None else 2 ** (min(max(timeout, 4), 30) if timeout else 28)
     if lib is None:
         blas_reason = "not OpenBLAS, or not one numbaconv can reach: threads left as they are"
     elif not quiet:

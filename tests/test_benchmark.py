@@ -9,6 +9,8 @@ import json
 import math
 import threading
 
+import time
+
 import numpy as np
 import pytest
 from conftest import assert_close
@@ -92,6 +94,30 @@ def test_candidates_are_timed_in_bursts_that_start_untimed():
         assert first == "abc"[b % 3]  # a different candidate first each round
         for name, count in turns[3 * b:3 * b + 3]:
             assert count > shares[b]  # untimed calls came first
+
+
+@pytest.mark.parametrize("settle_blas", [True, False])
+def test_bursts_settle_while_blas_threads_spin(monkeypatch, settle_blas):
+    """Where NumPy's BLAS threads spin after each GEMM, each burst's untimed calls last as long
+    as that spin (so the next candidate is not timed beside them), unless the policy says not."""
+    from numbaconv import _threads
+    from numbaconv.benchmark import runner
+
+    monkeypatch.setattr(_threads, "blas_spin_cycles", int(0.2 * runner.LOW_CLOCK_HZ))  # 0.2 s
+    log = []
+    calls = {name: (lambda name=name: log.append((name, time.perf_counter()))) for name in "abc"}
+    policy = runner.Policy(budget_s=0.0, min_rounds=2, max_rounds=2, slow_s=3.0, settle_blas=settle_blas)
+    runner._time(calls, policy, lambda: None)
+    runs = []  # the calls of each turn of one candidate, after the probes
+    for name, stamp in log[3:]:
+        if runs and runs[-1][0] == name:
+            runs[-1][1].append(stamp)
+        else:
+            runs.append((name, [stamp]))
+    settle = 0.2 if settle_blas else runner.SETTLE_S
+    for name, stamps in runs:  # untimed calls for the settling time, then one timed call
+        assert settle <= stamps[-1] - stamps[0] < settle + 0.15, name
+
 
 def test_run_rows(capfd):
     rows = nb.run(suite="tiny", quick=True, algorithms=("direct", "auto"), directions=("forward", "backward"),

@@ -23,7 +23,7 @@ import tracemalloc
 import numpy as np
 
 import numbaconv
-from .. import config
+from .. import _threads, config
 from .._device import require_cuda
 from .._geometry import conv_geometry
 from ..functional.conv import ALGORITHM_CHOICES, choose_algorithm
@@ -35,10 +35,12 @@ DEVICES = ("cpu", "cuda")
 
 class Policy:
     """How many timed calls ("rounds") a candidate gets: enough to fill ``budget_s`` (between
-    ``min_rounds`` and ``max_rounds``), a single one when one call takes longer than ``slow_s``."""
+    ``min_rounds`` and ``max_rounds``), a single one when one call takes longer than ``slow_s``;
+    and whether each burst settles for as long as NumPy's BLAS threads spin (``_time``)."""
 
-    def __init__(self, budget_s, min_rounds, max_rounds, slow_s):
+    def __init__(self, budget_s, min_rounds, max_rounds, slow_s, settle_blas=True):
         self.budget_s, self.min_rounds, self.max_rounds, self.slow_s = budget_s, min_rounds, max_rounds, slow_s
+        self.settle_blas = settle_blas
 
     def rounds(self, probe_s):
         if probe_s > self.slow_s:
@@ -47,7 +49,7 @@ class Policy:
 
 
 FULL = Policy(budget_s=1.0, min_rounds=3, max_rounds=50, slow_s=3.0)
-QUICK = Policy(budget_s=0.0, min_rounds=3, max_rounds=3, slow_s=3.0)
+QUICK = Policy(budget_s=0.0, min_rounds=3, max_rounds=3, slow_s=3.0, settle_blas=False)
 
 #: A result agrees with the reference when its largest error is within this fraction of the
 #: reference's largest magnitude (float32 sums of up to ~10**5 terms stay far inside it; a wrong
@@ -213,8 +215,15 @@ def _max_error(got, want):
 #: switch share the cores with them (LeNet c2 at batch 64, 2 cores, medians: PyTorch's forward
 #: 0.64 ms as the first call after numbaconv's, 0.25 from the third on; numbaconv's 2.9 ms
 #: right after PyTorch's, 0.86 after about 10 ms). Timing single calls in alternation measured
-#: mostly those switches.
+#: mostly those switches. NumPy's OpenBLAS threads spin far longer after each GEMM (2^28
+#: cycles unless numbaconv quieted them: ``_threads.check_blas``), so where they do, a burst
+#: settles for as long as they spin, at ``LOW_CLOCK_HZ``: the candidate after im2col shared the
+#: cores with them otherwise ("auto" running the direct loops on (1, 64, 16000) -> 64, k = 9,
+#: right after im2col: median 7.9 ms, against 6.6 for the same loops as "direct").
 SETTLE_S = 0.02
+
+#: A low clock rate, at which a spin of so many cycles lasts longest.
+LOW_CLOCK_HZ = 2e9
 
 #: The timed calls of a candidate are spread over at most this many bursts, the candidates
 #: taking turns, so that load which comes and goes on the machine touches all of them alike.
@@ -231,6 +240,7 @@ def _time(calls, policy, sync):
         sync()
         return time.perf_counter() - start
 
+    settle_s = max(SETTLE_S, policy.settle_blas * _threads.blas_spin_cycles / LOW_CLOCK_HZ)
     probes = {name: once(fn) for name, fn in calls.items()}
     counts = {name: policy.rounds(probe) for name, probe in probes.items()}
     bursts = min(BURSTS, max(counts.values(), default=1))
@@ -241,8 +251,8 @@ def _time(calls, policy, sync):
             fn, todo = calls[name], counts[name] * (b + 1) // bursts - counts[name] * b // bursts
             if todo == 0:
                 continue
-            settle = time.perf_counter() + SETTLE_S
-            if probes[name] < SETTLE_S:
+            settle = time.perf_counter() + settle_s
+            if probes[name] < settle_s:
                 while time.perf_counter() < settle:
                     once(fn)
             samples[name].extend(once(fn) for _ in range(todo))
