@@ -98,8 +98,9 @@ def test_candidates_are_timed_in_bursts_that_start_untimed():
 
 @pytest.mark.parametrize("settle_blas", [True, False])
 def test_bursts_settle_while_blas_threads_spin(monkeypatch, settle_blas):
-    """Where NumPy's BLAS threads spin after each GEMM, each burst's untimed calls last as long
-    as that spin (so the next candidate is not timed beside them), unless the policy says not."""
+    """Where NumPy's BLAS threads spin after each GEMM, each burst starts after a pause as long
+    as that spin (so the next candidate is not timed beside them), unless the policy says not;
+    then its untimed calls for ``SETTLE_S``."""
     from numbaconv import _threads
     from numbaconv.benchmark import runner
 
@@ -114,9 +115,11 @@ def test_bursts_settle_while_blas_threads_spin(monkeypatch, settle_blas):
             runs[-1][1].append(stamp)
         else:
             runs.append((name, [stamp]))
-    settle = 0.2 if settle_blas else runner.SETTLE_S
     for name, stamps in runs:  # untimed calls for the settling time, then one timed call
-        assert settle <= stamps[-1] - stamps[0] < settle + 0.15, name
+        assert runner.SETTLE_S <= stamps[-1] - stamps[0] < runner.SETTLE_S + 0.1, name
+    for (_, before), (name, stamps) in zip(runs, runs[1:]):  # the pause between turns
+        gap = stamps[0] - before[-1]
+        assert (0.2 <= gap < 0.35) if settle_blas else gap < 0.1, name
 
 
 def test_run_rows(capfd):

@@ -353,6 +353,31 @@ def test_direct_flat_loops_take_taps_in_threes(monkeypatch, route, kw, dw):
         check(got, ref, scale, np.float64, name)
 
 
+@pytest.mark.parametrize("block", [1, 5, 13, 64])
+@pytest.mark.parametrize("spatial, kernel, padding", [((40,), 5, 2), ((6, 23), 3, 1), ((3, 4, 9), 2, (1, 0, 1))])
+def test_direct_blocks_that_split_grid_rows_match_naive(monkeypatch, block, spatial, kernel, padding):
+    """With ``STACK_BLOCK`` under a grid row, the stride-1 loops split each row into blocks of
+    equal parts (``conv_direct.block_length``: a long 1-D signal), the outputs of a row written
+    by several tasks: forward with a bias, and both gradients, against the naive reference on
+    the parallel kernels, blocks of every size from one position to a few rows."""
+    monkeypatch.setattr(numbaconv.config, "PARALLEL_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(conv_direct, "STACK_BLOCK", block)
+    nd = len(spatial)
+    rng = np.random.default_rng(block + nd)
+    x = rng.standard_normal((3, 4) + spatial)
+    w = rng.standard_normal((5, 4) + (kernel,) * nd)
+    b = rng.standard_normal(5)
+    y = conv_fn(nd)(x, w, b, padding=padding, algorithm="direct")
+    check(y, naive.conv(x, w, b, padding=padding), naive.conv(_abs(x), _abs(w), _abs(b), padding=padding),
+          np.float64, "forward")
+    go = rng.standard_normal(y.shape)
+    grads = conv_backward_fn(nd)(go, x, w, padding=padding, algorithm="direct")
+    refs = naive.conv_backward(go, x, w, padding=padding)
+    scales = naive.conv_backward(_abs(go), _abs(x), _abs(w), padding=padding)
+    for name, got, ref, scale in zip(("grad_x", "grad_weight", "grad_bias"), grads, refs, scales):
+        check(got, ref, scale, np.float64, name)
+
+
 #: stride-1 forward passes whose samples interleave (``conv_direct.samples_interleaved``):
 #: (spatial, kernel, padding, dilation, groups, padding_mode, c_in, c_out, batch, samples a grid):
 #: 1-D to 3-D, a crop-free margin on one side only, dilation, groups with an odd channel count a

@@ -85,6 +85,7 @@ def machine_info():
         "numba_threads": numba.get_num_threads(),
         "threading_layer": layer,
         "threading_reason": _threads.reason,
+        "blas_spin_cycles": _threads.blas_spin_cycles,
         "torch": torch.__version__ if torch else None,
         "torch_threads": torch.get_num_threads() if torch else None,
     }

@@ -2,6 +2,8 @@
 
 import math
 
+from .runner import FULL, LOW_CLOCK_HZ, SETTLE_S
+
 #: The issue's targets for numbaconv's time / PyTorch's (float32, CPU), read by :func:`targets`.
 TARGETS = {
     "forward geometric mean": 1.0,
@@ -40,9 +42,12 @@ def header(machine, peak_gflops=None, device="cpu", quick=False, run=True):
         f"{m.get('threading_reason') or '-'}), PyTorch {m.get('torch_threads') or '-'}",
     ]
     if run:
+        wait = FULL.settle_blas * (m.get("blas_spin_cycles") or 0) / LOW_CLOCK_HZ
+        pause = f"a {wait * 1e3:.0f} ms pause while NumPy's BLAS threads spin, then " if wait else ""
         lines.append(f"- Device {device}; GEMM peak {_fmt(peak_gflops, '.1f')} GFLOP/s (float32 matmul, measured at "
                      "the start); " + ("quick run: 3 timed rounds per case" if quick
-                                       else "median of 3-50 timed calls per case (about 1 s each, in bursts after 20 ms untimed)"))
+                                       else "median of 3-50 timed calls per case (about 1 s each, in bursts after "
+                                            f"{pause}{SETTLE_S * 1e3:.0f} ms untimed)"))
     if busy:
         lines.append(f"- NOTE: the machine was busy (load {load:.1f} on {m['cores']} cores): other processes "
                      "took time slices, threads that wait for each other waited for them too, and these figures "

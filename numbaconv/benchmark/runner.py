@@ -216,10 +216,11 @@ def _max_error(got, want):
 #: 0.64 ms as the first call after numbaconv's, 0.25 from the third on; numbaconv's 2.9 ms
 #: right after PyTorch's, 0.86 after about 10 ms). Timing single calls in alternation measured
 #: mostly those switches. NumPy's OpenBLAS threads spin far longer after each GEMM (2^28
-#: cycles unless numbaconv quieted them: ``_threads.check_blas``), so where they do, a burst
-#: settles for as long as they spin, at ``LOW_CLOCK_HZ``: the candidate after im2col shared the
-#: cores with them otherwise ("auto" running the direct loops on (1, 64, 16000) -> 64, k = 9,
-#: right after im2col: median 7.9 ms, against 6.6 for the same loops as "direct").
+#: cycles unless numbaconv quieted them: ``_threads.check_blas``), so where they do, each burst
+#: first sleeps for as long as they spin, at ``LOW_CLOCK_HZ``: the candidate after im2col shared
+#: the cores with them otherwise ("auto" running the direct loops on (1, 64, 16000) -> 64,
+#: k = 9, right after im2col: median 7.9 ms, against 6.6 for the same loops as "direct"; and
+#: PyTorch, which ran after numbaconv's "auto", read 1.6x its own time over the whole suite).
 SETTLE_S = 0.02
 
 #: A low clock rate, at which a spin of so many cycles lasts longest.
@@ -232,15 +233,16 @@ BURSTS = 5
 
 def _time(calls, policy, sync):
     """{name: [seconds per timed call]}: each call once to probe, then rounds in which every
-    candidate in turn runs a burst (a different one first each round): untimed calls for
-    ``SETTLE_S``, then its share of the timed calls."""
+    candidate in turn runs a burst (a different one first each round): a sleep while NumPy's
+    BLAS threads may spin (``Policy.settle_blas``), untimed calls for ``SETTLE_S``, then its
+    share of the timed calls."""
     def once(fn):
         start = time.perf_counter()
         fn()
         sync()
         return time.perf_counter() - start
 
-    settle_s = max(SETTLE_S, policy.settle_blas * _threads.blas_spin_cycles / LOW_CLOCK_HZ)
+    blas_wait_s = policy.settle_blas * _threads.blas_spin_cycles / LOW_CLOCK_HZ
     probes = {name: once(fn) for name, fn in calls.items()}
     counts = {name: policy.rounds(probe) for name, probe in probes.items()}
     bursts = min(BURSTS, max(counts.values(), default=1))
@@ -251,8 +253,9 @@ def _time(calls, policy, sync):
             fn, todo = calls[name], counts[name] * (b + 1) // bursts - counts[name] * b // bursts
             if todo == 0:
                 continue
-            settle = time.perf_counter() + settle_s
-            if probes[name] < settle_s:
+            time.sleep(blas_wait_s)
+            settle = time.perf_counter() + SETTLE_S
+            if probes[name] < SETTLE_S:
                 while time.perf_counter() < settle:
                     once(fn)
             samples[name].extend(once(fn) for _ in range(todo))

@@ -186,7 +186,7 @@ def _channel_pair(kp, pairs, Kg):
 
 
 @parallel_kernel
-def _correlate_stacked(xs, w, b, out, shifts, origin, rows_per_block, grid, m, slope, lo, hi):
+def _correlate_stacked(xs, w, b, out, shifts, origin, block_len, grid, m, slope, lo, hi):
     """out[n, k, i - origin] = activate(b[k] + the sum over c, t of w[k, c*T + t] *
     xs[g*Cg + c, n*P + i + shifts[t]]) for every grid position i (P of them per sample) that
     lands inside out, g being k's group: a stride-1 correlation on the samples' grids stacked
@@ -199,9 +199,9 @@ def _correlate_stacked(xs, w, b, out, shifts, origin, rows_per_block, grid, m, s
     positions it drops.
 
     Each task takes a pair of a group's output channels (the last one twice when the group has
-    an odd number) and a block of ``rows_per_block`` grid rows, whose sums stay in L1 while
-    every channel and tap is added to them, six taps per pass: each input element loaded once
-    for twelve multiply-adds. Tasks run block by block, every channel pair of a block in turn,
+    an odd number) and a block of ``block_len`` grid positions (whole grid rows with m > 1),
+    whose sums stay in L1 while every channel and tap is added to them, six taps per pass: each
+    input element loaded once for twelve multiply-adds. Tasks run block by block, every channel pair of a block in turn,
     so each thread's block of the input (C/g channels of it) is read from L2 by every pair: pair
     by pair, each pair streamed the whole input from memory once the input outgrew the L3 cache
     (audio (8, 64, 16000) -> 64, k = 9, forward 99 -> 65 ms; the same elsewhere). A grid row of one sample that reads into the next computes
@@ -221,16 +221,17 @@ def _correlate_stacked(xs, w, b, out, shifts, origin, rows_per_block, grid, m, s
     q_end = L - shifts[T - 1]
     width = min(OW, Wp - origin[2])  # an output row past the grid's (output_padding) keeps its zeros
     row_len = Wp * m
-    rows = N // m * Dp * Hp
-    blocks = (rows + rows_per_block - 1) // rows_per_block
+    total = N // m * Dp * Hp * row_len
+    blocks = (total + block_len - 1) // block_len
     xf = xs.reshape(-1)
     n_pairs = K // Kg * pairs
     for task in prange(n_pairs * blocks):
         block, kp = task // n_pairs, task % n_pairs
         k0, k1 = _channel_pair(kp, pairs, Kg)
-        r0, r1 = block * rows_per_block, min(rows, (block + 1) * rows_per_block)
-        q0 = r0 * row_len
-        n_q = max(0, min(r1 * row_len, q_end) - q0)
+        q0 = block * block_len
+        q1 = min(total, q0 + block_len)
+        n_q = max(0, min(q1, q_end) - q0)
+        r0, r1 = q0 // row_len, (q1 - 1) // row_len + 1  # the grid rows the block touches
         acc = np.empty((2, _acc_stride(n_q)), dtype=xs.dtype)
         acc[0] = b[k0]
         acc[1] = b[k1]
@@ -242,7 +243,7 @@ def _correlate_stacked(xs, w, b, out, shifts, origin, rows_per_block, grid, m, s
                 rem = r % (Dp * Hp)
                 if not (0 <= rem // Hp - origin[0] < OD and 0 <= rem % Hp - origin[1] < OH):
                     continue
-                g0 = (r - r0) * row_len + origin[2] * m
+                g0 = r * row_len - q0 + origin[2] * m
                 g1 = min(g0 + width * m, n_q)
             else:
                 g0, g1 = 0, n_q
@@ -251,12 +252,13 @@ def _correlate_stacked(xs, w, b, out, shifts, origin, rows_per_block, grid, m, s
             n, rem = r // (Dp * Hp) * m, r % (Dp * Hp)
             od, oh = rem // Hp - origin[0], rem % Hp - origin[1]
             if 0 <= od < OD and 0 <= oh < OH:
-                a = (r - r0) * row_len + origin[2] * m
+                a = r * row_len - q0 + origin[2] * m  # negative where a block (m = 1) starts mid-row
+                ow0, ow1 = max(0, -a), min(width, q1 - q0 - a)
                 for s in range(m):  # sample n + s's row, read every m-th position
-                    for ow in range(width):
+                    for ow in range(ow0, ow1):
                         out[n + s, k0, od, oh, U(ow)] = activate(acc[0, U(a + ow * m + s)], slope, lo, hi)
                     if k1 != k0:
-                        for ow in range(width):
+                        for ow in range(ow0, ow1):
                             out[n + s, k1, od, oh, U(ow)] = activate(acc[1, U(a + ow * m + s)], slope, lo, hi)
 
 
@@ -457,7 +459,19 @@ def _correlate(xs, w, b, out, geom, origin, slope, lo, hi, m=1):
     geometry's grid."""
     grid = _grid_shape(geom)
     _correlate_stacked(xs, w.reshape(w.shape[0], -1), b, out, _tap_shifts(grid, geom, m), origin,
-                       max(1, STACK_BLOCK // (grid[2] * m)), grid, m, slope, lo, hi)
+                       block_length(grid[2] * m, m), grid, m, slope, lo, hi)
+
+
+def block_length(row_len, m=1):
+    """Grid positions per task of ``_correlate_stacked``: whole grid rows up to ``STACK_BLOCK``,
+    or with rows longer than that and m = 1 (a long 1-D signal), each row in equal parts under
+    it. Whole rows of 16008 (audio, (1, 64, 16000) -> 64, k = 9) kept 128 KiB of sums out of L1
+    and left 32 tasks for all threads; in parts, forward 6.76 -> 6.63 ms at batch 1 and 55.8 ->
+    55.0 at batch 8 (medians of 7 alternating rounds, 2 cores: the sums streamed well from L2;
+    the tasks are for machines with more cores)."""
+    if row_len <= STACK_BLOCK or m > 1:
+        return max(1, STACK_BLOCK // row_len) * row_len
+    return -(-row_len // -(-row_len // STACK_BLOCK))
 
 
 #: The share of the grid's positions that are outputs below which the stride-1 forward pass
@@ -575,6 +589,6 @@ def grad_weight(go, x, gw, geom, workspace=None):
         depthwise.grad_weight(go, x, gw, geom)
     elif geom.stride == (1, 1, 1):
         _grad_weight_stacked(_stacked(go, geom, (0, 0, 0), name="stacked_grad"), _stacked(x, geom, geom.padding),
-                             gw.reshape(*gw.shape[:2], -1), _tap_shifts(_grid_shape(geom), geom), STACK_BLOCK // 2)
+                             gw.reshape(*gw.shape[:2], -1), _tap_shifts(_grid_shape(geom), geom), max(1, STACK_BLOCK // 2))
     else:
         _grad_weight(go, x, gw, geom.stride, geom.dilation, geom.padding, geom.groups)
