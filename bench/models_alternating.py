@@ -8,8 +8,11 @@ differ by more than the two libraries do. Here the implementations take turns:
 - LeNet-5: each trains one epoch of 60,000 random 32x32 images at batch 64 (SGD with
   momentum, as in ``test_models.py``), in ten alternating tenths. The epoch time is the sum of
   its tenths; the ratio is the median of the tenths' ratios.
-- ResNet-18: every round runs each implementation once, after one untimed call (so each is
-  timed warm); medians, and the median of the rounds' ratios.
+- ResNet-18: every round runs each implementation once, after a pause while NumPy's BLAS
+  threads may still spin from the last GEMM (``numbaconv.benchmark.runner.blas_wait_s``) and one
+  untimed call (so each is timed warm and alone); medians, and the median of the rounds'
+  ratios. Without the pause, PyTorch's call right after numbaconv's GEMMs shared the cores with
+  OpenBLAS's spinning threads (2^28 cycles with PyTorch imported first).
 
     python bench/models_alternating.py                         # PyTorch imported first
     python bench/models_alternating.py --import-order numbaconv
@@ -73,6 +76,8 @@ def _lenet(numbaconv, torch, np):
 def _resnet(numbaconv, torch, np, rounds):
     from torch_ref import resnet18
 
+    from numbaconv.benchmark.runner import FULL, blas_wait_s
+
     numbaconv.manual_seed(0)
     model = numbaconv.models.resnet18().eval()
     compiled = numbaconv.compile(model)
@@ -97,6 +102,7 @@ def _resnet(numbaconv, torch, np, rounds):
         times = {name: [] for name in calls}
         for _ in range(n):
             for name, call in calls.items():
+                time.sleep(blas_wait_s(FULL))
                 call()
                 start = time.perf_counter()
                 call()

@@ -116,7 +116,7 @@ def test_bursts_settle_while_blas_threads_spin(monkeypatch, settle_blas):
         else:
             runs.append((name, [stamp]))
     for name, stamps in runs:  # untimed calls for the settling time, then one timed call
-        assert runner.SETTLE_S <= stamps[-1] - stamps[0] < runner.SETTLE_S + 0.1, name
+        assert runner.SETTLE_S - 0.005 <= stamps[-1] - stamps[0] < runner.SETTLE_S + 0.1, name
     for (_, before), (name, stamps) in zip(runs, runs[1:]):  # the pause between turns
         gap = stamps[0] - before[-1]
         assert (0.2 <= gap < 0.35) if settle_blas else gap < 0.1, name

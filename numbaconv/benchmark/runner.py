@@ -220,7 +220,7 @@ def _max_error(got, want):
 #: first sleeps for as long as they spin, at ``LOW_CLOCK_HZ``: the candidate after im2col shared
 #: the cores with them otherwise ("auto" running the direct loops on (1, 64, 16000) -> 64,
 #: k = 9, right after im2col: median 7.9 ms, against 6.6 for the same loops as "direct"; and
-#: PyTorch, which ran after numbaconv's "auto", read 1.6x its own time over the whole suite).
+#: PyTorch, which ran after numbaconv's "auto", read 1.5x its own time over the whole suite).
 SETTLE_S = 0.02
 
 #: A low clock rate, at which a spin of so many cycles lasts longest.
@@ -229,6 +229,13 @@ LOW_CLOCK_HZ = 2e9
 #: The timed calls of a candidate are spread over at most this many bursts, the candidates
 #: taking turns, so that load which comes and goes on the machine touches all of them alike.
 BURSTS = 5
+
+
+def blas_wait_s(policy):
+    """How long to pause before timing a candidate: as long as NumPy's BLAS threads may still
+    spin after the last GEMM (``_threads.blas_spin_cycles`` at ``LOW_CLOCK_HZ``), where the
+    policy settles for them; else 0."""
+    return policy.settle_blas * _threads.blas_spin_cycles / LOW_CLOCK_HZ
 
 
 def _time(calls, policy, sync):
@@ -242,7 +249,7 @@ def _time(calls, policy, sync):
         sync()
         return time.perf_counter() - start
 
-    blas_wait_s = policy.settle_blas * _threads.blas_spin_cycles / LOW_CLOCK_HZ
+    wait_s = blas_wait_s(policy)
     probes = {name: once(fn) for name, fn in calls.items()}
     counts = {name: policy.rounds(probe) for name, probe in probes.items()}
     bursts = min(BURSTS, max(counts.values(), default=1))
@@ -253,7 +260,7 @@ def _time(calls, policy, sync):
             fn, todo = calls[name], counts[name] * (b + 1) // bursts - counts[name] * b // bursts
             if todo == 0:
                 continue
-            time.sleep(blas_wait_s)
+            time.sleep(wait_s)
             settle = time.perf_counter() + SETTLE_S
             if probes[name] < SETTLE_S:
                 while time.perf_counter() < settle:
