@@ -201,11 +201,12 @@ def _correlate_stacked(xs, w, b, out, shifts, origin, block_len, grid, m, slope,
     Each task takes a pair of a group's output channels (the last one twice when the group has
     an odd number) and a block of ``block_len`` grid positions (whole grid rows with m > 1),
     whose sums stay in L1 while every channel and tap is added to them, six taps per pass: each
-    input element loaded once for twelve multiply-adds. Tasks run block by block, every channel pair of a block in turn,
-    so each thread's block of the input (C/g channels of it) is read from L2 by every pair: pair
-    by pair, each pair streamed the whole input from memory once the input outgrew the L3 cache
-    (audio (8, 64, 16000) -> 64, k = 9, forward 99 -> 65 ms; the same elsewhere). A grid row of one sample that reads into the next computes
-    positions no output keeps. Measured against the loops this replaced (one sample's plane per
+    input element loaded once for twelve multiply-adds. Tasks run block by block, every channel
+    pair of a block in turn, so each thread's block of the input (C/g channels of it) is read
+    from L2 by every pair: pair by pair, each pair streamed the whole input from memory once
+    the input outgrew the L3 cache (audio (8, 64, 16000) -> 64, k = 9, forward 99 -> 65 ms; the
+    same elsewhere). A grid row of one sample that reads into the next computes positions no
+    output keeps. Measured against the loops this replaced (one sample's plane per
     output channel, three taps per pass, and a scatter for the input gradient), fastest of 15
     bursts, forward and input gradient: LeNet's c2 at batch 64 1.63 -> 1.18 and 1.90 -> 1.22 ms;
     (8, 64, 56x56) -> 64, 3x3, 26.3 -> 22.3 and 33.1 -> 19.7; (64, 16, 16x16) -> 20, 5x5, 8.3
