@@ -25,11 +25,14 @@ which NumPy's wheels bundle, lets its workers spin for 2^28 cycles (a tenth of a
 each call before they sleep, so every Numba kernel between two GEMMs shares its cores with a
 spinning thread: max pooling over (1, 64, 112x112) took 4.2 ms right after a GEMM against 2.2
 ms alone. OpenBLAS reads ``OPENBLAS_THREAD_TIMEOUT`` once, when NumPy loads it, so numbaconv
-can set it only when it is imported before NumPy; then im2col's copy kernels, serial while BLAS
-spins, run parallel too (``_window.parallel_kernel(beside_blas=True)``). Restarting OpenBLAS's
-threads after the fact (its ``blas_thread_shutdown_`` and ``blas_thread_init``) also worked,
-but with it ``tests/test_pool.py`` aborted on a corrupted heap in 3 of 24 runs from an empty
-kernel cache, against none of 28 without it: not done.
+can set it only when it is imported before NumPy. Imported after NumPy, numbaconv runs
+OpenBLAS on one thread for its own GEMMs and splits them over its own threads instead
+(``blas_split``, ``kernels/cpu/gemm.py``), so OpenBLAS's workers are not woken. Either way
+im2col's copy kernels, serial while BLAS spins, run parallel too
+(``_window.parallel_kernel(beside_blas=True)``). Restarting OpenBLAS's threads after the fact
+(its ``blas_thread_shutdown_`` and ``blas_thread_init``) also worked, but with it
+``tests/test_pool.py`` aborted on a corrupted heap in 3 of 24 runs from an empty kernel cache,
+against none of 28 without it: not done.
 """
 
 import ctypes
@@ -78,6 +81,14 @@ _BLAS_TIMEOUT_VARIABLES = ("OPENBLAS_THREAD_TIMEOUT", "GOTO_THREAD_TIMEOUT")
 #: True while NumPy's BLAS threads may still spin after each call (``check_blas``): im2col's
 #: copy kernels then stay on one thread.
 blas_spins = True
+
+#: True where numbaconv splits its GEMMs over its own threads and runs the BLAS on one thread,
+#: which wakes none of the BLAS's workers (``kernels/cpu/gemm.py``): where they would spin long.
+blas_split = False
+
+#: The BLAS's ``(get_num_threads, set_num_threads)`` as ctypes functions, or None where
+#: numbaconv cannot reach them.
+blas_threads = None
 
 #: What ``check_blas`` found, in words (``numbaconv info`` prints it).
 blas_reason = "not checked"
@@ -207,6 +218,22 @@ def _openblas():
     return None
 
 
+def _thread_count_functions(lib):
+    """OpenBLAS's get and set of its thread count, by whichever names this build gives them
+    (NumPy's wheels prefix and suffix its symbols), or None."""
+    for prefix in ("", "scipy_"):
+        for suffix in ("", "64_", "_64"):
+            try:
+                get = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}")
+                put = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}")
+            except AttributeError:
+                continue
+            get.restype, get.argtypes = ctypes.c_int, []
+            put.restype, put.argtypes = None, [ctypes.c_int]
+            return get, put
+    return None
+
+
 def quiet_blas_env():
     """Load NumPy with ``OPENBLAS_THREAD_TIMEOUT=BLAS_THREAD_TIMEOUT`` in the environment, then
     give the environment back: OpenBLAS reads it when it loads. Only when NumPy is not loaded
@@ -224,17 +251,23 @@ def quiet_blas_env():
 
 
 def check_blas():
-    """Set ``blas_spins`` and ``blas_reason`` from the idle wait NumPy's OpenBLAS runs with
-    (``openblas_thread_timeout``, what it read at load; 0 for its default). Copies go parallel
-    only when that wait is at most ``BLAS_THREAD_TIMEOUT`` and Numba's layer is not the
+    """Set ``blas_spins``, ``blas_split`` and ``blas_reason`` from the idle wait NumPy's OpenBLAS
+    runs with (``openblas_thread_timeout``, what it read at load; 0 for its default). Where that
+    wait is longer than ``BLAS_THREAD_TIMEOUT``, numbaconv splits its GEMMs itself when it can
+    set OpenBLAS's thread count (``kernels/cpu/gemm.py``), and its BLAS threads then stay asleep.
+    Copies go parallel where the BLAS's threads are quiet either way and Numba's layer is not the
     workqueue: there, measured as ``BLAS_THREAD_TIMEOUT`` is, the short wait made a LeNet-5
     training step 1.08-1.15x slower with parallel copies, and every model 1.04-1.17x slower with
     serial ones."""
-    global blas_spins, blas_reason, blas_spin_cycles
+    global blas_spins, blas_reason, blas_spin_cycles, blas_split, blas_threads
+    import numba
+
     lib = _openblas()
     timeout = lib.openblas_thread_timeout() if lib is not None else 0
     quiet = 0 < timeout <= BLAS_THREAD_TIMEOUT
-    blas_spins = serialize or not quiet
+    blas_threads = _thread_count_functions(lib) if lib is not None else None
+    blas_split = not quiet and blas_threads is not None and numba.get_num_threads() > 1
+    blas_spins = serialize or not (quiet or blas_split)
     # OpenBLAS clamps the exponent to 4..30 and takes 28 for 0 (its default)
     blas_spin_cycles = 0 if lib is None else 2 ** (min(max(timeout, 4), 30) if timeout else 28)
     if lib is None:
@@ -243,8 +276,14 @@ def check_blas():
         spin = min(max(timeout, 4), 30) if timeout else 28  # OpenBLAS's clamp, and its default
         why = ("chosen by the user" if any(v in os.environ for v in _BLAS_TIMEOUT_VARIABLES)
                else "NumPy was imported before numbaconv")
-        blas_reason = (f"OpenBLAS, its threads spin 2^{spin} cycles after each call ({why}; "
-                       f"OPENBLAS_THREAD_TIMEOUT={BLAS_THREAD_TIMEOUT} or importing numbaconv first quiets them)")
+        blas_reason = f"OpenBLAS, its threads spin 2^{spin} cycles after each call ({why})"
+        if blas_split:
+            blas_reason += ": numbaconv splits its GEMMs over its own threads, each on one BLAS thread"
+            if serialize:
+                blas_reason += "; im2col's copies stay serial under the workqueue layer"
+        else:
+            blas_reason += (f"; OPENBLAS_THREAD_TIMEOUT={BLAS_THREAD_TIMEOUT} or importing numbaconv first "
+                            f"quiets them")
     else:
         who = "numbaconv" if _blas_env_set else "OPENBLAS_THREAD_TIMEOUT"
         blas_reason = f"OpenBLAS, its threads sleep after 2^{max(timeout, 4)} cycles idle ({who})"

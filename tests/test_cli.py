@@ -234,6 +234,7 @@ from numbaconv import _threads
 lib = _threads._openblas()
 a = np.random.default_rng(0).standard_normal((300, 200))
 print(json.dumps({"openblas": lib is not None, "spins": _threads.blas_spins, "reason": _threads.blas_reason,
+                  "split": _threads.blas_split, "threads": _threads.blas_threads is not None,
                   "timeout": lib.openblas_thread_timeout() if lib is not None else None,
                   "env": os.environ.get("OPENBLAS_THREAD_TIMEOUT"), "serialize": _threads.serialize,
                   "gemm": bool(np.allclose(a @ a.T, np.einsum("ik,jk->ij", a, a)))}))
@@ -244,9 +245,9 @@ print(json.dumps({"openblas": lib is not None, "spins": _threads.blas_spins, "re
 def test_blas_threads_sleep_when_idle(case):
     """Imported before NumPy, numbaconv has NumPy's OpenBLAS load with a short idle spin and
     gives the environment back, and im2col's copies go parallel. NumPy imported first, or a
-    spin the user chose, leaves OpenBLAS as it is (copies parallel only if that spin is short
-    too); under Numba's workqueue layer (OpenMP loaded first, as by PyTorch, and no TBB) the
-    copies stay serial. GEMMs work throughout."""
+    long spin the user chose, leaves OpenBLAS as it is, and numbaconv splits its own GEMMs over
+    its own threads instead (so copies go parallel too); under Numba's workqueue layer (OpenMP
+    loaded first, as by PyTorch, and no TBB) the copies stay serial. GEMMs work throughout."""
     if case.startswith("openmp"):
         skip_without_gomp()
     from numbaconv._threads import BLAS_THREAD_TIMEOUT
@@ -264,17 +265,17 @@ def test_blas_threads_sleep_when_idle(case):
     assert got["gemm"]
     assert got["env"] == env.get("OPENBLAS_THREAD_TIMEOUT")  # the environment as it was
     if not got["openblas"]:  # another BLAS: nothing to quiet
-        assert got["spins"] and "not OpenBLAS" in got["reason"]
+        assert got["spins"] and not got["split"] and "not OpenBLAS" in got["reason"]
         return
+    assert got["threads"]  # NumPy's OpenBLAS gives its thread count functions
     expected_timeout = {"fresh": BLAS_THREAD_TIMEOUT, "numpy-first": 0, "user": 20, "user-quiet": 8,
                         "openmp": BLAS_THREAD_TIMEOUT, "openmp-no-tbb": BLAS_THREAD_TIMEOUT}[case]
     assert got["timeout"] == expected_timeout
     # the workqueue layer: OpenMP loaded first and no TBB
     assert got["serialize"] == (case == "openmp-no-tbb" or (case == "openmp" and not has_tbb()))
-    if got["serialize"]:
-        assert got["spins"]
-    else:
-        assert got["spins"] == (case in ("numpy-first", "user"))
+    assert got["split"] == (case in ("numpy-first", "user"))
+    assert got["spins"] == got["serialize"]
+    assert ("splits its GEMMs over its own threads" in got["reason"]) == got["split"]
     said = {"fresh": "(numbaconv)", "numpy-first": "NumPy was imported before numbaconv",
             "user": "chosen by the user", "user-quiet": "(OPENBLAS_THREAD_TIMEOUT)",
             "openmp": "stay serial under the workqueue layer" if got["serialize"] else "(numbaconv)",

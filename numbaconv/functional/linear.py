@@ -14,6 +14,7 @@ import numpy as np
 from .._device import CUDA, place
 from .._geometry import check_array, check_grad_out, check_needs
 from .._random import generator
+from ..kernels.cpu import gemm
 from ..kernels.cpu import linear as small_gemm
 from .activation import check_dim, check_real, contiguous, empty, flat, kernels
 
@@ -68,7 +69,7 @@ def linear(x, weight, bias=None):
         y = small_gemm.forward(rows, weight, bias)
     else:
         with _quiet():
-            y = np.matmul(rows, weight.T)  # BLAS GEMM; weight.T is a transposed view, not a copy
+            y = gemm.matmul(rows, weight.T)  # BLAS GEMM; weight.T is a transposed view, not a copy
             if bias is not None:
                 y += bias
     return y.reshape(*x.shape[:-1], weight.shape[0])
@@ -96,9 +97,9 @@ def linear_backward(grad_out, x, weight, needs=(True, True, True)):
     small = small_gemm.is_small(go.shape[0], weight.shape[0], weight.shape[1])
     with _quiet():
         if needs[0]:
-            grad_x = (small_gemm.grad_input(go, weight) if small else np.matmul(go, weight)).reshape(x.shape)
+            grad_x = (small_gemm.grad_input(go, weight) if small else gemm.matmul(go, weight)).reshape(x.shape)
         if needs[1]:
-            grad_weight = small_gemm.grad_weight(go, _rows(x)) if small else np.matmul(go.T, _rows(x))
+            grad_weight = small_gemm.grad_weight(go, _rows(x)) if small else gemm.matmul(go.T, _rows(x))
         if needs[2]:
             grad_bias = go.sum(axis=0, dtype=x.dtype)
     return grad_x, grad_weight, grad_bias

@@ -24,6 +24,7 @@ from .._geometry import check_array, conv_geometry
 from ..functional.conv import choose_algorithm
 from ..kernels.cpu import ALGORITHMS
 from ..kernels.cpu import elementwise
+from ..kernels.cpu import gemm as gemms
 from ..kernels.cpu._window import IDENTITY
 
 REQUIRED = object()
@@ -364,7 +365,7 @@ def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
     if a.shape[1] != b.shape[0]:
         raise OpError(f"Gemm: inner dimensions disagree: A' is {a.shape}, B' is {b.shape}")
     with _quiet():
-        y = np.matmul(a, b)
+        y = gemms.matmul(a, b)
         if alpha != 1:
             y *= y.dtype.type(alpha)
         if c is not None:
@@ -378,7 +379,9 @@ def linear(x, weight, bias=None):
 
 
 def matmul(a, b):
-    with _quiet():
+    if a.ndim >= 2 and b.ndim >= 2:
+        return gemms.matmul(a, b)
+    with _quiet():  # a vector: no GEMM
         return np.matmul(a, b)
 
 

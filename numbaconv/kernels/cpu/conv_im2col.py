@@ -5,7 +5,7 @@ the chunk, input channel c, kernel tap and output position p (P = OD*OH*OW). The
 are contiguous, so ``cols.reshape(n, G, C/G * taps, P)`` lines up with the output's own layout
 ``(n, G, K/G, P)``: one batched matmul writes the output in place, and the backward reads
 ``grad_out`` as it is, with no transposing copies. The GEMM is NumPy's matmul (the BLAS NumPy
-was built with), which runs near the machine's peak.
+was built with, through ``gemm.matmul``), which runs near the machine's peak.
 
 Where output rows are short (``_interleaves``), a chunk's samples are interleaved instead, sample
 innermost: ``cols[c * taps + tap, p, j]``, unfolded from a copy of the input laid out the same
@@ -17,7 +17,8 @@ pointwise convolution (1x1x1 kernel, stride 1, no padding, equal sizes) needs no
 already is the column matrix.
 
 The copy kernels run between GEMMs. NumPy's BLAS keeps its worker threads spinning for a while
-after each GEMM unless NumPy loaded it with a short idle wait (``_threads.quiet_blas_env``), and a
+after each GEMM unless NumPy loaded it with a short idle wait (``_threads.quiet_blas_env``) or
+``gemm.matmul`` keeps them asleep, and a
 parallel Numba kernel between two GEMMs fights spinning threads for the cores (measured on 2
 cores: 2-6 ms instead of 5 us for a small kernel right after a GEMM), while a serial one runs
 beside them undisturbed. So they are parallel kernels that run serial while BLAS spins
@@ -30,7 +31,7 @@ import math
 import numpy as np
 from numba import prange
 
-from . import conv_direct
+from . import conv_direct, gemm
 from ._window import (
     IDENTITY, U, activate, is_identity, parallel_kernel, scratch_array, tap_offsets, valid_outputs,
 )
@@ -528,21 +529,21 @@ def forward(x, w, b, out, geom, workspace, epilogue=IDENTITY, residual=None):
         w3 = _depth_rows(w, geom, grid)
         b, r, *activation = _epilogue_args(out, b, epilogue, residual)
         for n0, n1, cols in _grid_columns(x, geom, grid, workspace):
-            res = np.matmul(w3, cols, out=scratch_array("result", (cols.shape[0], *w3.shape[:2], cols.shape[3]), out.dtype))
+            res = gemm.matmul(w3, cols, out=scratch_array("result", (cols.shape[0], *w3.shape[:2], cols.shape[3]), out.dtype))
             _from_grid(res.reshape(cols.shape[0], G, grid.depth_taps, K // G, -1, grid.positions), n0, out, b, r,
                        grid.shape[1:], grid.depth_step, *activation)
         return
     w3, out4 = w.reshape(G, w.shape[0] // G, -1), _grouped(out, G)
     for n0, n1, cols in _columns(x, geom, workspace):
         if cols.shape[0] == n1 - n0:  # one sample per GEMM, written in place
-            np.matmul(w3, cols, out=out4[n0:n1])
+            gemm.matmul(w3, cols, out=out4[n0:n1])
             r = None if residual is None else residual[n0:n1]
             if epilogue != IDENTITY or r is not None:
                 run_epilogue(out[n0:n1], b, epilogue, r)
             elif b is not None:
                 out[n0:n1] += b.reshape(-1, 1, 1, 1)
             continue
-        res = np.matmul(w3, cols, out=scratch_array("result", (1, G, w3.shape[1], cols.shape[3]), out.dtype))
+        res = gemm.matmul(w3, cols, out=scratch_array("result", (1, G, w3.shape[1], cols.shape[3]), out.dtype))
         out3 = out.reshape(*out.shape[:2], -1)
         _deinterleave(res.reshape(1, out.shape[1], -1), n0, out3, *_epilogue_args(out3, b, epilogue, residual))
 
@@ -553,7 +554,7 @@ def grad_input(go, w, gx, geom, workspace):
     w3t = w.reshape(G, w.shape[0] // G, -1).transpose(0, 2, 1)
     go4 = _grouped(go, G)
     if _is_pointwise(geom):
-        np.matmul(w3t, go4, out=_grouped(gx, G))
+        gemm.matmul(w3t, go4, out=_grouped(gx, G))
         return
     adjoint = _adjoint(geom) if geom.kernel[0] > 1 else None
     if adjoint is not None and _stacks_depth(adjoint):
@@ -568,7 +569,7 @@ def grad_input(go, w, gx, geom, workspace):
         for n0, n1 in _chunks(geom, _grid_chunk_size(geom, grid, go.itemsize, workspace)):
             n = n1 - n0
             gog = _grid_grad_out(go, n0, n1, geom, grid)
-            cols = np.matmul(w3t, gog, out=scratch_array("cols", (gog.shape[0], *w3t.shape[:2], gog.shape[3]), go.dtype))
+            cols = gemm.matmul(w3t, gog, out=scratch_array("cols", (gog.shape[0], *w3t.shape[:2], gog.shape[3]), go.dtype))
             gxp = scratch_array("padded", (n, gx.shape[1], grid.size), gx.dtype)
             _fold_grid(_unsplit(cols, grid), gxp, grid.shifts)
             gx[(slice(n0, n1), slice(None), *inner)] = gxp.reshape(n, gx.shape[1], *grid.shape)[(..., *outer)]
@@ -579,7 +580,7 @@ def grad_input(go, w, gx, geom, workspace):
         n = n1 - n0
         m = n if interleaved else 1
         got = _interleave(go, n0, n1, m, "result").reshape(n // m, G, w3t.shape[2], -1)
-        cols = np.matmul(w3t, got, out=scratch_array("cols", (n // m, G, w3t.shape[1], got.shape[3]), go.dtype))
+        cols = gemm.matmul(w3t, got, out=scratch_array("cols", (n // m, G, w3t.shape[1], got.shape[3]), go.dtype))
         gxt = gx[n0:n1] if m == 1 else scratch_array("padded", (1, C, D, H, W * m), gx.dtype)
         _col2im(cols.reshape(n // m, -1, OD, OH, OW * m), gxt.reshape(n // m, C, D, H, W * m),
                 geom.kernel, geom.stride, geom.dilation, geom.padding, geom.out_size)
@@ -610,9 +611,9 @@ def _add_weight_grad(gw3, go4, cols):
         go4 = go4.transpose(1, 2, 0, 3).reshape(1, G, kg, n * P)
         cols = cols.transpose(1, 2, 0, 3).reshape(1, G, rows, n * P)
     if gw3.size <= TRANSPOSED_WEIGHT_GRAD_MAX:
-        gw3 += _summed(np.matmul(cols, go4.transpose(0, 1, 3, 2))).transpose(0, 2, 1)
+        gw3 += _summed(gemm.matmul(cols, go4.transpose(0, 1, 3, 2))).transpose(0, 2, 1)
     else:
-        gw3 += _summed(np.matmul(go4, cols.transpose(0, 1, 3, 2)))
+        gw3 += _summed(gemm.matmul(go4, cols.transpose(0, 1, 3, 2)))
 
 
 def _summed(products):

@@ -1,0 +1,185 @@
+"""numbaconv's GEMMs split over its own threads (kernels/cpu/gemm.py): the same products as
+NumPy's matmul, the BLAS on one thread while they run and its thread count given back, errors
+raised in the caller, and correct from many threads at once and after a fork."""
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from numbaconv import _threads
+from numbaconv.kernels.cpu import gemm
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def split(monkeypatch):
+    """Every product split, into up to 3 parts, however small; the BLAS's own thread count
+    functions where numbaconv reaches them, else stand-ins that record the count."""
+    monkeypatch.setattr(_threads, "blas_split", True)
+    monkeypatch.setattr(gemm, "SPLIT_MIN_WORK", 1)
+    monkeypatch.setattr(gemm, "SPLIT_ALIGN", 2)
+    monkeypatch.setattr(gemm.numba, "get_num_threads", lambda: 3)
+    if _threads.blas_threads is None:
+        count = [4]
+
+        def put(n):
+            count[0] = n
+        monkeypatch.setattr(_threads, "blas_threads", (lambda: count[0], put))
+    return _threads.blas_threads
+
+
+def _operands(rng, batch_a, batch_b, m, k, n, dtype):
+    return (rng.standard_normal((*batch_a, m, k)).astype(dtype),
+            rng.standard_normal((*batch_b, k, n)).astype(dtype))
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # the fixture holds for every example
+@given(batch=st.sampled_from([((), ()), ((4,), (4,)), ((5,), ()), ((), (3,)), ((3, 2), (2,)), ((1, 2), (3, 1, 1)),
+                              ((2,), (1,))]),
+       m=st.integers(1, 40), k=st.integers(1, 12), n=st.integers(1, 40),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16))
+def test_split_products_match_numpy(split, batch, m, k, n, dtype, seed):
+    """Split along the batch (where it is as long as the thread count), the rows or the
+    columns, broadcasting as matmul does, into a new array or a strided ``out``; the operands
+    unchanged."""
+    a, b = _operands(np.random.default_rng(seed), *batch, m, k, n, dtype)
+    a0, b0 = a.copy(), b.copy()
+    expected = np.matmul(a, b)
+    # the BLAS may sum a slice in another order than the whole (a matrix-vector product for
+    # one column): equal to rounding, each element against its own scale
+    bound = 4 * k * np.finfo(dtype).eps * np.matmul(np.abs(a), np.abs(b))
+    got = gemm.matmul(a, b)
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    assert (np.abs(got - expected) <= bound).all()
+    wide = np.full(expected.shape[:-1] + (expected.shape[-1] + 3,), np.nan, dtype)
+    assert gemm.matmul(a, b, out=wide[..., 1:-2]) is not None
+    assert (np.abs(wide[..., 1:-2] - expected) <= bound).all()
+    assert np.isnan(wide[..., [0, -2, -1]]).all()
+    np.testing.assert_array_equal(a, a0)
+    np.testing.assert_array_equal(b, b0)
+
+
+def test_parts_cover_the_product_once(split):
+    """Each way of splitting gives disjoint parts that together make the whole output."""
+    rng = np.random.default_rng(0)
+    for a_shape, b_shape, axis in [((6, 4, 5), (6, 5, 3), 0), ((1, 40, 5), (5, 7), -2), ((7, 5), (5, 40), -1)]:
+        a, b = rng.standard_normal(a_shape), rng.standard_normal(b_shape)
+        out = np.zeros(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1]))
+        parts = gemm._parts(a, b, out, 3)
+        assert len(parts) == 3
+        covered = np.zeros(out.shape, int)
+        for part in parts:
+            _, _, piece = part.args
+            assert piece.base is out or piece is out
+            offset = (piece.__array_interface__["data"][0] - out.__array_interface__["data"][0]) // out.itemsize
+            start = np.unravel_index(offset, out.shape)
+            covered[tuple(slice(s, s + e) for s, e in zip(start, piece.shape))] += 1
+            assert piece.shape[axis] < out.shape[axis]
+        assert (covered == 1).all()
+
+
+def test_work_below_the_threshold_stays_whole(monkeypatch):
+    monkeypatch.setattr(gemm, "SPLIT_MIN_WORK", 1000)
+    a, b = np.ones((10, 10)), np.ones((10, 19))
+    assert len(gemm._parts(a, b, np.empty((10, 19)), 8)) == 1  # 1900 multiply-adds: one part
+    b = np.ones((10, 20))
+    assert len(gemm._parts(a, b, np.empty((10, 20)), 8)) == 2
+
+
+def test_the_blas_runs_on_one_thread_and_gets_its_count_back(split, monkeypatch):
+    get, put = split
+    before = get()
+    seen = []
+    product = gemm._product
+
+    def recording(a, b, out):
+        seen.append(get())
+        product(a, b, out)
+    monkeypatch.setattr(gemm, "_product", recording)
+    a, b = np.ones((30, 4)), np.ones((4, 30))
+    np.testing.assert_array_equal(gemm.matmul(a, b), np.full((30, 30), 4.0))
+    assert seen == [1, 1, 1]  # three parts, each with the BLAS on one thread
+    assert get() == before
+
+
+def test_an_error_in_a_part_reaches_the_caller(split, monkeypatch):
+    """Raised from whichever thread ran the failing part; the pool and the BLAS's thread count
+    are as before, and the next product is right."""
+    get, _ = split
+    before = get()
+    product = gemm._product
+
+    def failing(a, b, out):
+        if out.shape[-1] < 30:
+            raise RuntimeError("a part failed")
+        product(a, b, out)
+    monkeypatch.setattr(gemm, "_product", failing)
+    a, b = np.ones((8, 4)), np.ones((4, 30))
+    with pytest.raises(RuntimeError, match="a part failed"):
+        gemm.matmul(a, b)
+    assert get() == before
+    assert not gemm._Pool.busy.locked()
+    monkeypatch.setattr(gemm, "_product", product)
+    np.testing.assert_array_equal(gemm.matmul(a, b), np.full((8, 30), 4.0))
+
+
+def test_products_from_many_threads_at_once(split):
+    """Threads that find the pool busy run their parts themselves; every result right, and the
+    BLAS's count given back after the last one."""
+    get, _ = split
+    before = get()
+    rng = np.random.default_rng(1)
+    cases = [_operands(rng, (2,), (), 9 + i, 6, 17, np.float64) for i in range(8)]
+    wrong = []
+
+    def call(a, b):
+        for _ in range(30):
+            if not np.allclose(gemm.matmul(a, b), np.matmul(a, b), rtol=1e-12, atol=0):
+                wrong.append(a.shape)
+    threads = [threading.Thread(target=call, args=case) for case in cases]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
+    assert get() == before
+
+
+FORKED = """
+import os, sys
+import numpy as np
+import numbaconv
+from numbaconv import _threads
+from numbaconv.kernels.cpu import gemm
+assert _threads.blas_split, _threads.blas_reason
+gemm.SPLIT_MIN_WORK = 1
+a, b = np.ones((64, 8)), np.ones((8, 64))
+gemm.matmul(a, b)  # the pool's threads start
+pid = os.fork()
+if pid == 0:
+    ok = np.array_equal(gemm.matmul(a, b), np.full((64, 64), 8.0)) and _threads.blas_threads[0]() > 0
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+@pytest.mark.skipif(_threads.blas_threads is None, reason="NumPy's BLAS is not an OpenBLAS numbaconv reaches")
+def test_a_forked_child_splits_its_products_too():
+    """NumPy imported first, as PyTorch does: numbaconv splits its GEMMs; a child forked after
+    the pool started has none of its threads, and starts its own."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env.pop("OPENBLAS_THREAD_TIMEOUT", None)
+    env.pop("GOTO_THREAD_TIMEOUT", None)
+    done = subprocess.run([sys.executable, "-c", FORKED], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "0"
