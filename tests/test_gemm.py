@@ -153,6 +153,20 @@ def test_products_from_many_threads_at_once(split):
     assert get() == before
 
 
+@pytest.mark.skipif(gemm._sched_getcpu is None or not hasattr(os, "sched_setaffinity"),
+                    reason="this platform cannot say or set which CPU a thread runs on")
+def test_workers_run_off_the_callers_cpu(split):
+    """Where the caller may run on more than one CPU, each worker may run on all of them but
+    the one the caller ran on when it handed the parts out."""
+    a, b = np.ones((60, 4)), np.ones((4, 60))
+    gemm.matmul(a, b)
+    allowed = os.sched_getaffinity(0)
+    assert len(gemm._Pool.workers) >= 2
+    for _, tid, mask in gemm._Pool.workers[:2]:
+        assert os.sched_getaffinity(tid) == mask
+        assert mask <= allowed and len(mask) == max(1, len(allowed) - 1)
+
+
 FORKED = """
 import os, sys
 import numpy as np

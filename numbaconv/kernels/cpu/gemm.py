@@ -4,23 +4,30 @@ threads where the BLAS's threads would spin.
 OpenBLAS's worker threads spin for a while after each call before they sleep: 2^28 cycles
 (about a tenth of a second) unless numbaconv quieted them when NumPy loaded (see ``_threads``).
 When NumPy was imported first (as ``import torch`` does), every kernel numbaconv runs between
-two GEMMs shared the cores with those spinning threads: ResNet-18 inference took 1.15-1.19x
-PyTorch's time at batch 1 and 8 (2 cores), against 0.95-1.0x with numbaconv imported first.
+two GEMMs shared the cores with those spinning threads: ResNet-18 inference took 1.15-1.23x
+PyTorch's time at batch 1 and 8 (2 cores), against 0.95-0.96x with numbaconv imported first.
 
 There (``_threads.blas_split``), ``matmul`` runs the BLAS on one thread, which wakes none of its
 workers, and splits the product itself: into as many parts as Numba has threads, along the
 batch of matrices, or the rows or the columns of the product, whichever is longer, so each part
 stays one BLAS call on contiguous rows. One part runs on the calling thread, the others on
-threads of ``_Pool``, which sleep when idle. ResNet-18 inference with PyTorch imported first
-then took 0.98x and 0.91x PyTorch's time at batch 1 and 8 (measured in one process, the two
-ways taking turns). Where OpenBLAS's threads do not spin long, the split measured no faster and
-``matmul`` is NumPy's matmul as it is.
+threads of ``_Pool``, which sleep when idle. Where OpenBLAS's threads do not spin long, the split
+measured no faster and ``matmul`` is NumPy's matmul as it is.
+
+A woken worker often started on the calling thread's own core and waited there for
+milliseconds, the other core idle, until the kernel's scheduler moved it (a worker must take
+Python's lock before its BLAS call, from the caller, which then goes on computing): ResNet-18 at
+batch 1 took 29.5 ms with the pool against 23.6 with numbaconv imported first, the time lost in
+a few convolutions at a time. So each worker may run on any core but the caller's
+(``_keep_off``): 25 ms, and 0.93 and 0.92x PyTorch's time at batch 1 and 8 (compiled graph,
+calls alternating).
 
 The BLAS's thread count is process-wide: ``_one_blas_thread`` sets it to one while any GEMM of
 numbaconv runs and gives the count back after the last one, so NumPy products of the caller's
 own, running at that moment in another thread, get one thread too.
 """
 
+import ctypes
 import functools
 import os
 import queue
@@ -94,9 +101,8 @@ class _Pool:
     One GEMM at a time uses them: a GEMM that finds them busy (another Python thread's, as when
     a served model is called from many threads) runs its parts on its own thread, in turn.
     """
-    jobs = queue.SimpleQueue()
+    workers = []  # [its queue of parts, its native thread id, the CPUs it may run on]
     busy = threading.Lock()
-    started = 0
 
     @classmethod
     def run(cls, parts):
@@ -105,12 +111,14 @@ class _Pool:
                 part()
             return
         try:
-            while cls.started < len(parts) - 1:
-                threading.Thread(target=cls._work, args=(cls.jobs,), daemon=True, name="numbaconv-gemm").start()
-                cls.started += 1
+            while len(cls.workers) < len(parts) - 1:
+                jobs, started = queue.SimpleQueue(), queue.SimpleQueue()
+                threading.Thread(target=cls._work, args=(jobs, started), daemon=True, name="numbaconv-gemm").start()
+                cls.workers.append([jobs, started.get(), None])
+            _keep_off(cls.workers[:len(parts) - 1])
             done = queue.SimpleQueue()
-            for part in parts[1:]:
-                cls.jobs.put((part, done))
+            for worker, part in zip(cls.workers, parts[1:]):
+                worker[0].put((part, done))
             try:
                 parts[0]()
             finally:  # every part ends before the operands may go
@@ -121,7 +129,8 @@ class _Pool:
             cls.busy.release()
 
     @staticmethod
-    def _work(jobs):
+    def _work(jobs, started):
+        started.put(threading.get_native_id())
         while True:
             part, done = jobs.get()
             try:
@@ -130,6 +139,28 @@ class _Pool:
                 done.put(error)
             else:
                 done.put(None)
+
+
+try:
+    _sched_getcpu = ctypes.CDLL(None).sched_getcpu  # Linux's C library
+except (OSError, AttributeError, TypeError):
+    _sched_getcpu = None
+
+
+def _keep_off(workers):
+    """Let the workers run on any of the calling thread's CPUs but the one it runs on now (a
+    system call only when that changed); nothing where the platform cannot say or set it."""
+    if _sched_getcpu is None or not hasattr(os, "sched_setaffinity"):
+        return
+    allowed = os.sched_getaffinity(0)
+    mask = allowed - {_sched_getcpu()} or allowed
+    for worker in workers:
+        if worker[2] != mask:
+            try:
+                os.sched_setaffinity(worker[1], mask)
+            except OSError:  # not allowed here: the worker runs where the scheduler puts it
+                pass
+            worker[2] = mask
 
 
 class _OneBlasThread:
@@ -162,7 +193,7 @@ def _after_fork():
     global _one_blas_thread
     if _one_blas_thread.depth:  # forked while a GEMM ran: the child's BLAS gets its count back
         _threads.blas_threads[1](_one_blas_thread.saved)
-    _Pool.jobs, _Pool.busy, _Pool.started = queue.SimpleQueue(), threading.Lock(), 0
+    _Pool.workers, _Pool.busy = [], threading.Lock()
     _one_blas_thread = _OneBlasThread()
 
 
