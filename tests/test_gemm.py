@@ -26,6 +26,7 @@ def split(monkeypatch):
     monkeypatch.setattr(_threads, "blas_split", True)
     monkeypatch.setattr(gemm, "SPLIT_MIN_WORK", 1)
     monkeypatch.setattr(gemm, "SPLIT_ALIGN", 2)
+    monkeypatch.setattr(gemm, "LEAD_WORK", 0)
     monkeypatch.setattr(gemm.numba, "get_num_threads", lambda: 3)
     if _threads.blas_threads is None:
         count = [4]
@@ -41,7 +42,8 @@ def _operands(rng, batch_a, batch_b, m, k, n, dtype):
             rng.standard_normal((*batch_b, k, n)).astype(dtype))
 
 
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # the fixture holds for every example
+# the fixture holds for every example; the first compiles the pool's wait loop
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
 @given(batch=st.sampled_from([((), ()), ((4,), (4,)), ((5,), ()), ((), (3,)), ((3, 2), (2,)), ((1, 2), (3, 1, 1)),
                               ((2,), (1,))]),
        m=st.integers(1, 40), k=st.integers(1, 12), n=st.integers(1, 40),
@@ -86,8 +88,35 @@ def test_parts_cover_the_product_once(split):
         assert (covered == 1).all()
 
 
+@given(length=st.integers(1, 300), parts=st.integers(2, 8), align=st.sampled_from([1, 2, 16]),
+       lead=st.sampled_from([0.0, 0.1, 0.5, 1.0]))
+def test_cuts_tile_the_length(length, parts, align, lead):
+    """Pieces in order, end to end, at most ``parts`` of them, each but the last a multiple of
+    ``align``; the caller's first piece the longest, and longer than an even share by about
+    ``lead`` of the length."""
+    cuts = gemm._cuts(length, parts, align, lead)
+    assert cuts[0][0] == 0 and cuts[-1][1] == length
+    assert all(e0 == s1 for (_, e0), (s1, _) in zip(cuts, cuts[1:]))
+    assert len(cuts) <= parts and all(e > s for s, e in cuts)
+    assert all((e - s) % align == 0 for s, e in cuts[:-1])
+    sizes = [e - s for s, e in cuts]
+    assert sizes[0] == max(sizes)
+    assert sizes[0] >= min(length, length * (1 + lead * (parts - 1)) / parts)
+
+
+def test_the_caller_takes_the_larger_part(monkeypatch):
+    """It starts its part while the workers still wait for Python's lock: LEAD_WORK more
+    multiply-adds than each of them, to the alignment."""
+    monkeypatch.setattr(gemm, "SPLIT_MIN_WORK", 1)
+    monkeypatch.setattr(gemm, "SPLIT_ALIGN", 1)
+    a, b, out = np.ones((100, 10)), np.ones((10, 50)), np.empty((100, 50))  # 50,000 multiply-adds
+    monkeypatch.setattr(gemm, "LEAD_WORK", 10_000)  # a fifth of the whole: 60 rows and 40
+    assert [p.args[2].shape[0] for p in gemm._parts(a, b, out, 2)] == [60, 40]
+
+
 def test_work_below_the_threshold_stays_whole(monkeypatch):
     monkeypatch.setattr(gemm, "SPLIT_MIN_WORK", 1000)
+    monkeypatch.setattr(gemm, "LEAD_WORK", 0)
     a, b = np.ones((10, 10)), np.ones((10, 19))
     assert len(gemm._parts(a, b, np.empty((10, 19)), 8)) == 1  # 1900 multiply-adds: one part
     b = np.ones((10, 20))
@@ -162,9 +191,9 @@ def test_workers_run_off_the_callers_cpu(split):
     gemm.matmul(a, b)
     allowed = os.sched_getaffinity(0)
     assert len(gemm._Pool.workers) >= 2
-    for _, tid, mask in gemm._Pool.workers[:2]:
-        assert os.sched_getaffinity(tid) == mask
-        assert mask <= allowed and len(mask) == max(1, len(allowed) - 1)
+    for worker in gemm._Pool.workers[:2]:
+        assert os.sched_getaffinity(worker.tid) == worker.cpus
+        assert worker.cpus <= allowed and len(worker.cpus) == max(1, len(allowed) - 1)
 
 
 FORKED = """

@@ -11,8 +11,16 @@ There (``_threads.blas_split``), ``matmul`` runs the BLAS on one thread, which w
 workers, and splits the product itself: into as many parts as Numba has threads, along the
 batch of matrices, or the rows or the columns of the product, whichever is longer, so each part
 stays one BLAS call on contiguous rows. One part runs on the calling thread, the others on
-threads of ``_Pool``, which sleep when idle. Where OpenBLAS's threads do not spin long, the split
-measured no faster and ``matmul`` is NumPy's matmul as it is.
+threads of ``_Pool``, which look for their next part for ``WORKER_SPIN_S`` (50 us) and then
+sleep: far shorter than OpenBLAS's tenth of a second, and long enough for the next GEMM of a
+convolution called in a loop. Where OpenBLAS's threads do not spin long, the split measured no
+faster and ``matmul`` is NumPy's matmul as it is.
+
+What it costs: a worker starts its part some 17 us after the caller (it takes Python's lock,
+which the caller holds until its own BLAS call), and two parts run 8-20% slower side by side
+than alone. A product of 6.4 million multiply-adds called in a loop took 96-110 us split, 131
+whole on one thread, and 71-82 on OpenBLAS's own two threads kept awake by the loop: a layer
+that small, timed alone, runs slower than before; models run faster (below).
 
 A woken worker often started on the calling thread's own core and waited there for
 milliseconds, the other core idle, until the kernel's scheduler moved it (a worker must take
@@ -29,23 +37,31 @@ own, running at that moment in another thread, get one thread too.
 
 import ctypes
 import functools
+import math
 import os
 import queue
 import threading
+import time
 
 import numba
 import numpy as np
+from numba import njit, types
+from numba.extending import intrinsic
 
 from ... import _threads
 
-#: Fewest multiply-adds worth a part of its own: a sleeping thread takes tens of microseconds
-#: to wake. Measured on 2 cores, products called back to back, split in two against whole on
-#: one thread: 2.4 million multiply-adds 95 against 61 us, 7.2 million 142 against 156, 29
-#: million 368 against 586.
-SPLIT_MIN_WORK = 1 << 22
+#: Fewest multiply-adds worth a part of its own. Measured on 2 cores, products called back to
+#: back, split in two against whole on one thread: 2.4 million multiply-adds 54 against 56 us,
+#: 7.2 million 120 against 154, 29 million 361-385 against 581-645.
+SPLIT_MIN_WORK = 1 << 21
 
 #: Rows and columns of a part come in multiples of this (the BLAS kernels' register tiles).
 SPLIT_ALIGN = 16
+
+#: How many more multiply-adds the calling thread takes on than each worker: it starts its part
+#: first, while a worker still waits for Python's lock (about 17 us after the caller, in which a
+#: core does about a million).
+LEAD_WORK = 1 << 20
 
 
 def matmul(a, b, out=None):
@@ -68,40 +84,98 @@ def _product(a, b, out):
 
 
 def _parts(a, b, out, threads):
-    """The product as at most ``threads`` calls of ``_product`` on slices of the operands."""
+    """The product as at most ``threads`` calls of ``_product`` on slices of the operands, the
+    first for the calling thread."""
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
-    batch = out.size // max(1, M * N)
-    parts = max(1, min(threads, batch * M * N * K // SPLIT_MIN_WORK))
+    work = out.size // max(1, M * N) * M * N * K
+    parts = max(1, min(threads, work // SPLIT_MIN_WORK))
     if parts == 1:
         return [functools.partial(_product, a, b, out)]
+    lead = min(1.0, LEAD_WORK / work)  # the caller's extra share, as a fraction of the whole
     if out.ndim > 2 and out.shape[0] >= parts:
         # whole matrices of the leading batch axis (an operand that broadcasts along it is whole)
-        cuts = _cuts(out.shape[0], parts, 1)
-
         def cut(m, s, e):
             return m[s:e] if m.ndim == out.ndim and m.shape[0] > 1 else m
-        return [functools.partial(_product, cut(a, s, e), cut(b, s, e), out[s:e]) for s, e in cuts]
+        return [functools.partial(_product, cut(a, s, e), cut(b, s, e), out[s:e])
+                for s, e in _cuts(out.shape[0], parts, 1, lead)]
     if M >= N:
         return [functools.partial(_product, a[..., s:e, :], b, out[..., s:e, :])
-                for s, e in _cuts(M, parts, SPLIT_ALIGN)]
-    return [functools.partial(_product, a, b[..., s:e], out[..., s:e]) for s, e in _cuts(N, parts, SPLIT_ALIGN)]
+                for s, e in _cuts(M, parts, SPLIT_ALIGN, lead)]
+    return [functools.partial(_product, a, b[..., s:e], out[..., s:e]) for s, e in _cuts(N, parts, SPLIT_ALIGN, lead)]
 
 
-def _cuts(length, parts, align):
+def _cuts(length, parts, align, lead=0.0):
     """[(start, end)]: ``length`` in at most ``parts`` pieces, each but the last a multiple of
-    ``align`` long."""
-    step = -(-length // parts)
-    step = min(length, -(-step // align) * align)
-    return [(s, min(s + step, length)) for s in range(0, length, step)]
+    ``align`` long, the first longer than the others by about ``lead`` of the length."""
+    def up(n):
+        return min(length, -(-math.ceil(n) // align) * align)
+    first = up(length * (1 + lead * (parts - 1)) / parts)
+    if first >= length:
+        return [(0, length)]
+    step = up((length - first) / (parts - 1))
+    return [(0, first)] + [(s, min(s + step, length)) for s in range(first, length, step)]
+
+
+@intrinsic
+def _read(typingctx, flags):
+    """flags[0] of an int64 array, read from memory each time (an atomic load, which the
+    compiler may not hoist out of a loop that waits for another thread's store)."""
+    if not (isinstance(flags, types.Array) and flags.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.load_atomic(array.data, "acquire", 8)
+    return types.int64(flags), codegen
+
+
+@njit(nogil=True, cache=True)
+def _spin(flags, rounds):
+    """Whether flags[0] turned nonzero within ``rounds`` reads, waiting without Python's lock."""
+    for _ in range(rounds):
+        if _read(flags) != 0:
+            return True
+    return False
+
+
+#: About how long a worker keeps looking for its next part before it sleeps, and how long the
+#: caller looks for the workers' parts to end before it sleeps, in seconds. Waking a sleeping
+#: thread and handing it Python's lock took about 15 us each way: a product split in two took
+#: 83 us, of 56 whole (2.4 million multiply-adds, 2 cores).
+WORKER_SPIN_S = 50e-6
+CALLER_SPIN_S = 1e-3
+
+
+class _Worker:
+    def __init__(self):
+        self.jobs = queue.SimpleQueue()
+        self.ready, self.done = np.zeros(1, np.int64), np.zeros(1, np.int64)  # set by the caller, by the worker
+        self.cpus = None  # the CPUs it may run on, as last set
+        started = queue.SimpleQueue()
+        threading.Thread(target=self._work, args=(started,), daemon=True, name="numbaconv-gemm").start()
+        self.tid = started.get()
+
+    def _work(self, started):
+        started.put(threading.get_native_id())
+        while True:
+            _spin(self.ready, _rounds(WORKER_SPIN_S))  # the next part is often microseconds away
+            part, errors = self.jobs.get()
+            self.ready[0] = 0
+            try:
+                part()
+            except BaseException as error:  # handed to the caller, who raises it
+                errors.append(error)
+            self.done[0] = 1
 
 
 class _Pool:
-    """Threads that run the parts of a GEMM beside the calling thread, sleeping when idle.
+    """Threads that run the parts of a GEMM beside the calling thread, looking for work for
+    ``WORKER_SPIN_S`` after each part, then sleeping until the next.
 
     One GEMM at a time uses them: a GEMM that finds them busy (another Python thread's, as when
     a served model is called from many threads) runs its parts on its own thread, in turn.
     """
-    workers = []  # [its queue of parts, its native thread id, the CPUs it may run on]
+    workers = []
     busy = threading.Lock()
 
     @classmethod
@@ -112,33 +186,34 @@ class _Pool:
             return
         try:
             while len(cls.workers) < len(parts) - 1:
-                jobs, started = queue.SimpleQueue(), queue.SimpleQueue()
-                threading.Thread(target=cls._work, args=(jobs, started), daemon=True, name="numbaconv-gemm").start()
-                cls.workers.append([jobs, started.get(), None])
-            _keep_off(cls.workers[:len(parts) - 1])
-            done = queue.SimpleQueue()
-            for worker, part in zip(cls.workers, parts[1:]):
-                worker[0].put((part, done))
+                cls.workers.append(_Worker())
+            workers = cls.workers[:len(parts) - 1]
+            _keep_off(workers)
+            errors = []
+            for worker, part in zip(workers, parts[1:]):
+                worker.done[0] = 0
+                worker.jobs.put((part, errors))
+                worker.ready[0] = 1
             try:
                 parts[0]()
             finally:  # every part ends before the operands may go
-                errors = [e for e in (done.get() for _ in parts[1:]) if e is not None]
+                for worker in workers:
+                    while not _spin(worker.done, _rounds(CALLER_SPIN_S)):
+                        time.sleep(50e-6)
             if errors:
                 raise errors[0]
         finally:
             cls.busy.release()
 
-    @staticmethod
-    def _work(jobs, started):
-        started.put(threading.get_native_id())
-        while True:
-            part, done = jobs.get()
-            try:
-                part()
-            except BaseException as error:  # handed to the caller, who raises it
-                done.put(error)
-            else:
-                done.put(None)
+
+@functools.lru_cache(maxsize=None)
+def _rounds(seconds):
+    """How many reads ``_spin`` makes in about ``seconds`` on this machine (timed once)."""
+    flags, n = np.zeros(1, np.int64), 1 << 16
+    _spin(flags, n)
+    start = time.perf_counter()
+    _spin(flags, n)
+    return max(1, int(seconds * n / max(time.perf_counter() - start, 1e-9)))
 
 
 try:
@@ -155,12 +230,12 @@ def _keep_off(workers):
     allowed = os.sched_getaffinity(0)
     mask = allowed - {_sched_getcpu()} or allowed
     for worker in workers:
-        if worker[2] != mask:
+        if worker.cpus != mask:
             try:
-                os.sched_setaffinity(worker[1], mask)
+                os.sched_setaffinity(worker.tid, mask)
             except OSError:  # not allowed here: the worker runs where the scheduler puts it
                 pass
-            worker[2] = mask
+            worker.cpus = mask
 
 
 class _OneBlasThread:
