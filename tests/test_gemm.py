@@ -2,6 +2,7 @@
 NumPy's matmul, the BLAS on one thread while they run and its thread count given back, errors
 raised in the caller, and correct from many threads at once and after a fork."""
 
+import math
 import os
 import subprocess
 import sys
@@ -27,6 +28,7 @@ def split(monkeypatch):
     monkeypatch.setattr(gemm, "SPLIT_MIN_WORK", 1)
     monkeypatch.setattr(gemm, "SPLIT_ALIGN", 2)
     monkeypatch.setattr(gemm, "LEAD_WORK", 0)
+    monkeypatch.setattr(gemm, "GIL_FREE_OUTPUT", 0)
     monkeypatch.setattr(gemm.numba, "get_num_threads", lambda: 3)
     if _threads.blas_threads is None:
         count = [4]
@@ -47,12 +49,14 @@ def _operands(rng, batch_a, batch_b, m, k, n, dtype):
 @given(batch=st.sampled_from([((), ()), ((4,), (4,)), ((5,), ()), ((), (3,)), ((3, 2), (2,)), ((1, 2), (3, 1, 1)),
                               ((2,), (1,))]),
        m=st.integers(1, 40), k=st.integers(1, 12), n=st.integers(1, 40),
-       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16))
-def test_split_products_match_numpy(split, batch, m, k, n, dtype, seed):
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16), sums=st.booleans())
+def test_split_products_match_numpy(split, batch, m, k, n, dtype, seed, sums, monkeypatch):
     """Split along the batch (where it is as long as the thread count), the rows or the
-    columns, broadcasting as matmul does, into a new array or a strided ``out``; the operands
-    unchanged."""
+    columns, or (``sums``: outputs too few to split) along the sums, broadcasting as matmul
+    does, into a new array or a strided ``out``; the operands unchanged."""
     a, b = _operands(np.random.default_rng(seed), *batch, m, k, n, dtype)
+    size = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (m, n)
+    monkeypatch.setattr(gemm, "GIL_FREE_OUTPUT", int(np.prod(size)) - 1 if sums else 0)
     a0, b0 = a.copy(), b.copy()
     expected = np.matmul(a, b)
     # the BLAS may sum a slice in another order than the whole (a matrix-vector product for
@@ -75,8 +79,8 @@ def test_parts_cover_the_product_once(split):
     for a_shape, b_shape, axis in [((6, 4, 5), (6, 5, 3), 0), ((1, 40, 5), (5, 7), -2), ((7, 5), (5, 40), -1)]:
         a, b = rng.standard_normal(a_shape), rng.standard_normal(b_shape)
         out = np.zeros(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1]))
-        parts = gemm._parts(a, b, out, 3)
-        assert len(parts) == 3
+        parts, partials = gemm._parts(a, b, out, 3)
+        assert len(parts) == 3 and partials == []
         covered = np.zeros(out.shape, int)
         for part in parts:
             _, _, piece = part.args
@@ -92,16 +96,17 @@ def test_parts_cover_the_product_once(split):
        lead=st.sampled_from([0.0, 0.1, 0.5, 1.0]))
 def test_cuts_tile_the_length(length, parts, align, lead):
     """Pieces in order, end to end, at most ``parts`` of them, each but the last a multiple of
-    ``align``; the caller's first piece the longest, and longer than an even share by about
-    ``lead`` of the length."""
+    ``align``; the caller's first piece longer than an even share by ``lead`` of the length, to
+    the nearest multiple of ``align``."""
     cuts = gemm._cuts(length, parts, align, lead)
     assert cuts[0][0] == 0 and cuts[-1][1] == length
     assert all(e0 == s1 for (_, e0), (s1, _) in zip(cuts, cuts[1:]))
     assert len(cuts) <= parts and all(e > s for s, e in cuts)
     assert all((e - s) % align == 0 for s, e in cuts[:-1])
-    sizes = [e - s for s, e in cuts]
-    assert sizes[0] == max(sizes)
-    assert sizes[0] >= min(length, length * (1 + lead * (parts - 1)) / parts)
+    first, target = cuts[0][1], length * (1 + lead * (parts - 1)) / parts
+    assert first == length or abs(first - target) <= align / 2 or first == align > target
+    assert len(cuts) == 1 or all(e - s <= max(first, align * math.ceil(length / parts / align) + align)
+                                 for s, e in cuts[1:])
 
 
 def test_the_caller_takes_the_larger_part(monkeypatch):
@@ -111,16 +116,31 @@ def test_the_caller_takes_the_larger_part(monkeypatch):
     monkeypatch.setattr(gemm, "SPLIT_ALIGN", 1)
     a, b, out = np.ones((100, 10)), np.ones((10, 50)), np.empty((100, 50))  # 50,000 multiply-adds
     monkeypatch.setattr(gemm, "LEAD_WORK", 10_000)  # a fifth of the whole: 60 rows and 40
-    assert [p.args[2].shape[0] for p in gemm._parts(a, b, out, 2)] == [60, 40]
+    assert [p.args[2].shape[0] for p in gemm._parts(a, b, out, 2)[0]] == [60, 40]
 
 
 def test_work_below_the_threshold_stays_whole(monkeypatch):
     monkeypatch.setattr(gemm, "SPLIT_MIN_WORK", 1000)
     monkeypatch.setattr(gemm, "LEAD_WORK", 0)
+    monkeypatch.setattr(gemm, "GIL_FREE_OUTPUT", 0)
     a, b = np.ones((10, 10)), np.ones((10, 19))
-    assert len(gemm._parts(a, b, np.empty((10, 19)), 8)) == 1  # 1900 multiply-adds: one part
+    assert len(gemm._parts(a, b, np.empty((10, 19)), 8)[0]) == 1  # 1900 multiply-adds: one part
     b = np.ones((10, 20))
-    assert len(gemm._parts(a, b, np.empty((10, 20)), 8)) == 2
+    assert len(gemm._parts(a, b, np.empty((10, 20)), 8)[0]) == 2
+
+
+def test_no_part_holds_pythons_lock(monkeypatch):
+    """NumPy keeps Python's lock through a matmul of GIL_FREE_OUTPUT outputs or fewer, so
+    every part has more: 9 x 64 outputs of 16,000-long sums split along the sums (each part
+    all 576 outputs, the second into a partial product), 9 x 50 not at all."""
+    monkeypatch.setattr(gemm, "SPLIT_MIN_WORK", 1)
+    a, b = np.ones((9, 16000), np.float32), np.ones((16000, 64), np.float32)
+    parts, partials = gemm._parts(a, b, np.empty((9, 64), np.float32), 2)
+    assert len(parts) == 2 and len(partials) == 1
+    assert all(p.args[2].size > gemm.GIL_FREE_OUTPUT for p in parts)
+    assert sum(p.args[0].shape[1] for p in parts) == 16000
+    parts, partials = gemm._parts(a, b[:, :50], np.empty((9, 50), np.float32), 2)
+    assert len(parts) == 1 and partials == []
 
 
 def test_the_blas_runs_on_one_thread_and_gets_its_count_back(split, monkeypatch):
