@@ -258,6 +258,9 @@ def test_cli_quick_suite(tmp_path, capfd):
                                 "algorithms": "direct,im2col,auto", "directions": "forward,backward"}
     assert printed.startswith("# numbaconv bench --suite tiny --device cpu --quick --algorithms direct,im2col,auto")
     assert data["gemm_peak_gflops"] > 0 and data["machine"]["cores"] >= 1
+    from numbaconv import _threads  # what numbaconv does about NumPy's BLAS threads, in the header
+    assert data["machine"]["blas_threads"] == _threads.blas_reason
+    assert f"; NumPy's BLAS: {_threads.blas_reason}" in printed.split("| shape |")[0]
     assert len(data["rows"]) == len(table)
     for row in data["rows"]:
         assert set(row) == ROW_KEYS and row["error"] is None and row["ms"] > 0

@@ -86,6 +86,7 @@ def machine_info():
         "threading_layer": layer,
         "threading_reason": _threads.reason,
         "blas_spin_cycles": _threads.blas_spin_cycles,
+        "blas_threads": _threads.blas_reason,
         "torch": torch.__version__ if torch else None,
         "torch_threads": torch.get_num_threads() if torch else None,
     }

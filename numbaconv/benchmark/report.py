@@ -39,7 +39,8 @@ def header(machine, peak_gflops=None, device="cpu", quick=False, run=True):
         f"- numbaconv {m.get('numbaconv')} ({m.get('source') or 'not a git checkout'}), Python {m.get('python')}, NumPy {m.get('numpy')} ({m.get('blas')}), Numba {m.get('numba')}, "
         f"PyTorch {m.get('torch') or 'not installed'}",
         f"- Threads: Numba {m.get('numba_threads')} ({m.get('threading_layer') or 'layer not started'}: "
-        f"{m.get('threading_reason') or '-'}), PyTorch {m.get('torch_threads') or '-'}",
+        f"{m.get('threading_reason') or '-'}), PyTorch {m.get('torch_threads') or '-'}"
+        + (f"; NumPy's BLAS: {m['blas_threads']}" if m.get("blas_threads") else ""),
     ]
     if run:
         wait = FULL.settle_blas * (m.get("blas_spin_cycles") or 0) / LOW_CLOCK_HZ
