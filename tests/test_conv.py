@@ -329,6 +329,40 @@ def test_depthwise_kernels(monkeypatch, nd, k, stride, dilation, padding, m, siz
             check(got, ref, scale, np.float32, "transposed " + name)
 
 
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_depthwise_strided_input_gradient_by_phases(data):
+    """A strided depthwise convolution's input gradient runs one stride phase at a time
+    (depthwise._gather_phases): strides differing per dimension, phases no tap reaches (stride
+    past the dilated kernel), dilation, a depth multiplier, batches, and odd sizes, on the
+    serial and the parallel kernel, against the naive reference; float64, so that the sums must
+    agree to rounding."""
+    from numbaconv.kernels.cpu import depthwise
+
+    nd = data.draw(st.integers(1, 3), "nd")
+    k = data.draw(st.lists(st.integers(1, 4), min_size=nd, max_size=nd), "kernel")
+    stride = data.draw(st.lists(st.integers(1, 3), min_size=nd, max_size=nd).filter(lambda s: max(s) > 1), "stride")
+    dilation = data.draw(st.lists(st.integers(1, 2), min_size=nd, max_size=nd), "dilation")
+    size = [data.draw(st.integers(d * (kk - 1) + 1, 9 if nd == 3 else 14), "size") for kk, d in zip(k, dilation)]
+    padding = [data.draw(st.integers(0, d * (kk - 1) // 2), "padding") for kk, d in zip(k, dilation)]
+    c, m, n = data.draw(st.integers(1, 3), "c"), data.draw(st.integers(1, 2), "m"), data.draw(st.integers(1, 2), "n")
+    parallel = data.draw(st.booleans(), "parallel")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16), "seed"))
+    x = rng.standard_normal((n, c, *size))
+    w = rng.standard_normal((c * m, 1, *k))
+    kw = dict(stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation), groups=c)
+    go = rng.standard_normal(naive.conv(x, w, None, **kw).shape)
+    ran, kernel = [], depthwise._gather_phases
+    with pytest.MonkeyPatch.context() as mp:
+        if parallel:
+            mp.setattr(numbaconv.config, "PARALLEL_MIN_ELEMENTS", 1)
+        mp.setattr(depthwise, "_gather_phases", lambda *a: (ran.append(1), kernel(*a))[1])
+        grad_x = conv_backward_fn(nd)(go, x, w, algorithm="direct", needs=(True, False, False), **kw)[0]
+    ref = naive.conv_backward(go, x, w, **kw)[0]
+    check(grad_x, ref, naive.conv_backward(_abs(go), _abs(x), _abs(w), **kw)[0], np.float64, "grad_x")
+    assert ran, "the strided input gradient did not run by phases"
+
+
 @pytest.mark.parametrize("route", ["serial", "parallel"])
 @pytest.mark.parametrize("kw, dw", [(1, 1), (2, 3), (3, 1), (4, 2), (5, 1), (6, 2), (7, 3)])
 def test_direct_flat_loops_take_taps_in_threes(monkeypatch, route, kw, dw):
