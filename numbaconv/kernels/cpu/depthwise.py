@@ -71,7 +71,7 @@ def _source_range(v0, v1, pad, n):
 @njit(inline="always", cache=True)
 def _fill_ranges(ext, src_size, pad):
     """The source index range [lo, hi) of each dimension that lands on a buffer of extents
-    ``ext``: computed once per call, as its floor divisions cost more than a small plane's copy."""
+    ``ext``, computed once per call rather than per plane."""
     i0, i1 = _source_range(0, ext[0], pad[0], src_size[0])
     j0, j1 = _source_range(0, ext[1], pad[1], src_size[1])
     l0, l1 = _source_range(0, ext[2], pad[2], src_size[2])
