@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from numba import njit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -327,6 +328,36 @@ def test_depthwise_kernels(monkeypatch, nd, k, stride, dilation, padding, m, siz
         tscales = naive.conv_transpose_backward(_abs(gt), _abs(x), _abs(w), **tkw)
         for name, got, ref, scale in zip(("grad_x", "grad_weight", "grad_bias"), tgrads, trefs, tscales):
             check(got, ref, scale, np.float32, "transposed " + name)
+
+
+@njit  # not cached: Numba's cache would not see a change to the inlined _taps in another module
+def _taps_into(xf, wq, bq, j, offs, base, stride, n):
+    accf = np.full(conv_direct.QUAD * stride, np.nan, xf.dtype)
+    conv_direct._taps(xf, wq, bq, j, offs, base, accf, stride, n)
+    return accf.reshape(conv_direct.QUAD, stride)
+
+
+@settings(max_examples=60, deadline=None)
+@given(dtype=st.sampled_from([np.float32, np.float64]), n=st.integers(0, 70), taps=st.integers(1, 12),
+       quads=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_direct_register_blocked_taps_match_numpy(dtype, n, taps, quads, seed):
+    """``conv_direct._taps``, the stride-1 loops' register-blocked sums, for every count of
+    positions around its vector sizes (three vectors, one, the last vector overlapping the one
+    before, fewer positions than a vector): each of a quad's four sums at each position against
+    NumPy, and nothing written past the positions asked for."""
+    rng = np.random.default_rng(seed)
+    xf = rng.standard_normal(200).astype(dtype)
+    offs = rng.integers(0, 200 - 70 - 9, taps)
+    base = int(rng.integers(0, 10))
+    wq, bq = rng.standard_normal((quads, taps, conv_direct.QUAD)).astype(dtype), rng.standard_normal((quads, 4)).astype(dtype)
+    j = int(rng.integers(0, quads))
+    stride = n + 5
+    acc = _taps_into(xf, wq, bq, j, offs, base, stride, n)
+    window = xf[base + offs[:, None] + np.arange(n)[None, :]]  # (taps, n)
+    ref = bq[j][:, None] + np.einsum("tr,tq->rq", wq[j].astype(np.float64), window.astype(np.float64))
+    scale = np.abs(bq[j])[:, None] + np.einsum("tr,tq->rq", np.abs(wq[j]).astype(np.float64), np.abs(window))
+    assert np.all(np.abs(acc[:, :n] - ref) <= 8 * np.finfo(dtype).eps * (scale + 1e-30)), "a sum is wrong"
+    assert np.isnan(acc[:, n:]).all(), "a sum was written past the positions asked for"
 
 
 @settings(max_examples=60, deadline=None)

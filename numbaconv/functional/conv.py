@@ -68,8 +68,9 @@ def choose_algorithm(geom, direction="forward"):
     - stride 1, at most ``DIRECT_MAX_OUT_PER_GROUP`` output channels per group, at most
       ``DIRECT_MAX_WORK`` multiply-adds per output position a group (C/g * K/g * taps, a
       kernel wider than 1x1) and ``DIRECT_MIN_FILL`` of the grid's positions outputs: direct,
-      every direction. The stride-1 loops compute at every position of the padded grid, two
-      output channels and six taps per pass (``conv_direct._correlate_stacked``); where most of
+      every direction. The stride-1 loops compute at every position of the padded grid (these
+      measurements: two output channels and six taps per pass; since, four channels' sums in
+      registers through every tap, ``conv_direct._correlate_stacked``); where most of
       the grid is output and a GEMM would have few rows, that beats unfolding. Measured, ms,
       direct / im2col, forward, input gradient, weight gradient (``bench/algorithms.py``, 2-core
       AVX2): (64, 3, 32x32) -> 16, 5x5, pad 2 (fill 0.79) 5.5 / 7.4, 6.9 / 8.4, 4.8 / 7.7;

@@ -9,7 +9,9 @@ constant offset from the output, ``q + (kd*Hp + kh)*Wp + kw`` on the grid, so a 
 one long contiguous loop that vectorizes, with no bounds to check. Outputs are computed at every
 grid position and those past the true output, which mix neighbouring rows, are dropped at the
 end. The forward pass (``_correlate_stacked``) lays every sample's grid end to end, channel by
-channel, so one loop runs over many samples and small planes make loops as long as large ones;
+channel, so one loop runs over many samples and small planes make loops as long as large ones,
+and keeps four output channels' sums over three vectors of positions in registers through every
+channel and tap (``_taps``, written with ``_simd``'s explicit vectors);
 the input gradient is the same correlation of ``grad_out``, laid on the grid, with the flipped
 kernel, and the weight gradient (``_grad_weight_stacked``) reads both grids stacked, with
 ``grad_out`` placed on its own and zeros at the dropped positions.
@@ -45,6 +47,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import depthwise
+from ._simd import lanes, vfma, vload, vsplat, vstore
 from ._window import IDENTITY, U, activate, is_identity, parallel_kernel, scratch_array, valid_outputs
 
 @parallel_kernel(streaming=True, beside_blas=True)
@@ -185,124 +188,177 @@ def _channel_pair(kp, pairs, Kg):
     return k0, min(k0 + 1, (kp // pairs + 1) * Kg - 1)
 
 
+#: Output channels one task of ``_correlate_stacked`` sums at once. With three vectors of
+#: positions, ``_taps`` keeps twelve accumulators in registers; with the three input vectors and
+#: a weight, sixteen: what AVX2 has (AVX-512 has 32).
+QUAD = 4
+
+
 @parallel_kernel
-def _correlate_stacked(xs, w, b, out, shifts, origin, block_len, grid, m, slope, lo, hi):
+def _correlate_stacked(xs, wq, bq, out, offs, reach, origin, block_len, grid, m, groups, slope, lo, hi):
     """out[n, k, i - origin] = activate(b[k] + the sum over c, t of w[k, c*T + t] *
     xs[g*Cg + c, n*P + i + shifts[t]]) for every grid position i (P of them per sample) that
     lands inside out, g being k's group: a stride-1 correlation on the samples' grids stacked
-    end to end (``_stacked``), one flat loop over many samples at once.
+    end to end (``_stacked``), one flat loop over many samples at once. The weights and biases
+    come in quads of a group's output channels (``_quads``: wq (quads, C/g * T, QUAD), bq
+    (quads, QUAD)); offs[c*T + t] = c * L + shifts[t], the taps' offsets from a group's first
+    channel; ``reach``, the largest shift.
 
-    With m > 1 samples interleaved on each grid row, sample innermost (``_stacked``; shifts in
-    that layout's units), the loops run over each output row's m * OW positions alone, rows and
-    columns that only the kernel's reach covers skipped: on a grid that is mostly margin (a
-    5x5 kernel over 14x14 leaves 10x10), the flat loop would spend most of its work on
-    positions it drops.
+    A task sums one quad over one run of grid positions with ``_taps`` into a staging buffer,
+    then writes the outputs among them (the fused epilogue applied). The runs: with m = 1,
+    blocks of ``block_len`` positions (whole grid rows, or parts of one long row); with m > 1
+    samples interleaved on each grid row, sample innermost (``_stacked``; shifts in that layout's
+    units), each output row's m * OW positions alone, so rows and columns that only the
+    kernel's reach covers are skipped: on a grid that is mostly margin (a 5x5 kernel over 14x14
+    leaves 10x10), the flat loop would spend most of its work on positions it drops. One task an
+    output row keeps the threads' shares even: blocks of whole grid rows gave one thread the
+    rows with outputs and the other the margin (LeNet's c2 at batch 64, sums in registers either
+    way: 0.30 -> 0.25 ms).
 
-    Each task takes a pair of a group's output channels (the last one twice when the group has
-    an odd number) and a block of ``block_len`` grid positions (whole grid rows with m > 1),
-    whose sums stay in L1 while every channel and tap is added to them, six taps per pass: each
-    input element loaded once for twelve multiply-adds. Tasks run block by block, every channel
-    pair of a block in turn, so each thread's block of the input (C/g channels of it) is read
-    from L2 by every pair: pair by pair, each pair streamed the whole input from memory once
-    the input outgrew the L3 cache (audio (8, 64, 16000) -> 64, k = 9, forward 99 -> 65 ms; the
-    same elsewhere). A grid row of one sample that reads into the next computes positions no
-    output keeps. Measured against the loops this replaced (one sample's plane per
-    output channel, three taps per pass, and a scatter for the input gradient), fastest of 15
-    bursts, forward and input gradient: LeNet's c2 at batch 64 1.63 -> 1.18 and 1.90 -> 1.22 ms;
-    (8, 64, 56x56) -> 64, 3x3, 26.3 -> 22.3 and 33.1 -> 19.7; (64, 16, 16x16) -> 20, 5x5, 8.3
-    -> 6.0 and 11.4 -> 6.8; at batch 1 a tie (LeNet's c2, 0.09 against 0.08)."""
+    Each input element is loaded once per tap for four channels' multiply-adds, the sums in
+    registers throughout. Measured against the loops this replaced (two channels' rows of sums
+    in L1, loaded and stored once per six taps, blocks of whole grid rows), ms, medians of
+    bursts taking turns in one process, 2-core AVX-512, PyTorch's whole convolution beside:
+    forward, LeNet's c2 at batch 64 0.41 -> 0.26 (PyTorch 0.19); (64, 16, 16x16) -> 20, 5x5,
+    pad 2 2.36 -> 1.94 (1.81); (8, 32, 32x32) -> 32, 3x3 1.44 -> 1.21 (0.79); (8, 64, 56x56)
+    -> 64, 3x3 12.4 -> 10.9 (9.1); audio (1, 64, 16000) -> 64, k = 9 7.7 -> 6.4 (6.4); video
+    (1, 32, 16x56x56) -> 32, 3x3x3 20.4 -> 17.5 (13.1); input gradient, audio 6.7 -> 5.8,
+    (8, 64, 56x56) 13.4 -> 12.1, video 18.8 -> 17.4. Slower where a group's channels are far
+    from a multiple of four or the taps few: LeNet's c1 at batch 64 (one channel into six, 25
+    taps) 0.28 -> 0.31 (PyTorch 0.41), its c2 at batch 1 0.032 -> 0.034 (0.046).
+
+    Tasks run run by run, every quad of a run in turn, so each thread's run of the input (C/g
+    channels of it) is read from L2 by every quad: quad by quad, each would stream the whole
+    input from memory once the input outgrew the L3 cache (audio (8, 64, 16000) -> 64, k = 9,
+    forward 99 -> 65 ms, before registers). A grid row of one sample that reads into the next
+    computes positions no output keeps."""
     L = xs.shape[1]
-    K, CT = w.shape
-    N, C_out, OD, OH, OW = out.shape
+    quads = wq.shape[0]
+    N, K, OD, OH, OW = out.shape
     Dp, Hp, Wp = grid
-    T = shifts.shape[0]
-    Cg = CT // T
-    Kg = K // (xs.shape[0] // Cg)
-    pairs = (Kg + 1) // 2
-    q_end = L - shifts[T - 1]
+    Kg = K // groups
+    per_group = quads // groups
+    group_len = xs.shape[0] // groups * L
+    q_end = L - reach  # positions from here on would read past the last channel
     width = min(OW, Wp - origin[2])  # an output row past the grid's (output_padding) keeps its zeros
     row_len = Wp * m
     total = N // m * Dp * Hp * row_len
-    blocks = (total + block_len - 1) // block_len
+    runs = N // m * OD * OH if m > 1 else (total + block_len - 1) // block_len
+    stride = _acc_stride(width * m if m > 1 else block_len)
     xf = xs.reshape(-1)
-    n_pairs = K // Kg * pairs
-    for task in prange(n_pairs * blocks):
-        block, kp = task // n_pairs, task % n_pairs
-        k0, k1 = _channel_pair(kp, pairs, Kg)
-        q0 = block * block_len
-        q1 = min(total, q0 + block_len)
-        n_q = max(0, min(q1, q_end) - q0)
-        r0, r1 = q0 // row_len, (q1 - 1) // row_len + 1  # the grid rows the block touches
-        acc = np.empty((2, _acc_stride(n_q)), dtype=xs.dtype)
-        acc[0] = b[k0]
-        acc[1] = b[k1]
-        base = (k0 // Kg) * Cg * L + q0  # where the group's first channel starts, at this block
-        # the positions summed: the whole block in one flat run (m = 1), or every output row's
-        # own (m > 1)
-        for r in range(r0, r1 if m > 1 else r0 + 1):
-            if m > 1:
-                rem = r % (Dp * Hp)
-                if not (0 <= rem // Hp - origin[0] < OD and 0 <= rem % Hp - origin[1] < OH):
-                    continue
-                g0 = r * row_len - q0 + origin[2] * m
-                g1 = min(g0 + width * m, n_q)
-            else:
-                g0, g1 = 0, n_q
-            _add_taps(xf, w, acc, base, shifts, L, k0, k1, g0, g1)
-        for r in range(r0, r1):
+    for task in prange(runs * quads):
+        run, j = task // quads, task % quads
+        if m > 1:
+            g, rem = run // (OD * OH), run % (OD * OH)
+            r = (g * Dp + rem // OH + origin[0]) * Hp + rem % OH + origin[1]
+            q0 = r * row_len + origin[2] * m
+            q1 = q0 + width * m
+        else:
+            q0 = run * block_len
+            q1 = min(total, q0 + block_len)
+        group, k0 = j // per_group, (j // per_group) * Kg + (j % per_group) * QUAD
+        nk = min(QUAD, (group + 1) * Kg - k0)
+        acc = np.empty((QUAD, stride), dtype=xs.dtype)
+        _taps(xf, wq, bq, j, offs, group * group_len + q0, acc.reshape(-1), stride, max(0, min(q1, q_end) - q0))
+        for r in range(q0 // row_len, (q1 - 1) // row_len + 1):  # the grid rows the run touches
             n, rem = r // (Dp * Hp) * m, r % (Dp * Hp)
             od, oh = rem // Hp - origin[0], rem % Hp - origin[1]
             if 0 <= od < OD and 0 <= oh < OH:
                 a = r * row_len - q0 + origin[2] * m  # negative where a block (m = 1) starts mid-row
                 ow0, ow1 = max(0, -a), min(width, q1 - q0 - a)
                 for s in range(m):  # sample n + s's row, read every m-th position
-                    for ow in range(ow0, ow1):
-                        out[n + s, k0, od, oh, U(ow)] = activate(acc[0, U(a + ow * m + s)], slope, lo, hi)
-                    if k1 != k0:
+                    for c in range(nk):
                         for ow in range(ow0, ow1):
-                            out[n + s, k1, od, oh, U(ow)] = activate(acc[1, U(a + ow * m + s)], slope, lo, hi)
+                            out[n + s, k0 + c, od, oh, U(ow)] = activate(acc[c, U(a + ow * m + s)], slope, lo, hi)
 
 
 @njit(inline="always", cache=True)
 def _acc_stride(n):
-    """A row stride of at least n elements for the two rows of sums, 64 elements (256 bytes in
+    """A row stride of at least n elements for the rows of sums, 64 elements (256 bytes in
     float32) past a multiple of 1024: rows a multiple of 4 KiB apart alias in the core's
     store-to-load check, each load of one row waiting on the store to the other. Measured, one
-    thread, 64 channels x 9 taps into two rows of 4096 sums: 51 GFLOP/s, against 87-97 with
-    4000 or 16000. In the loops, (8, 64, 28x28) -> 64, 5x5, pad 2, whose blocks are 4096
-    positions, forward: fastest of 15 calls 8.8-9.0 ms against 9.2-9.3 with rows 4096 apart."""
+    thread, 64 channels x 9 taps into two rows of 4096 sums (the loops before registers): 51
+    GFLOP/s, against 87-97 with 4000 or 16000."""
     return n + (1088 - n % 1024) % 1024
 
 
 @njit(inline="always", cache=True)
-def _add_taps(xf, w, acc, base, shifts, L, k0, k1, g0, g1):
-    """acc[j, q] += the sum over c, t of w[kj, c*T + t] * xf[base + c*L + shifts[t] + q] for the
-    pair (k0, k1) and positions g0 <= q < g1, six taps per pass: each input element loaded once
-    for twelve multiply-adds."""
-    T = shifts.shape[0]
-    CT = w.shape[1]
-    done = CT - CT % 6
-    for t in range(0, done, 6):
-        s0 = base + ((t // T) * L + shifts[t % T])
-        s1 = base + (((t + 1) // T) * L + shifts[(t + 1) % T])
-        s2 = base + (((t + 2) // T) * L + shifts[(t + 2) % T])
-        s3 = base + (((t + 3) // T) * L + shifts[(t + 3) % T])
-        s4 = base + (((t + 4) // T) * L + shifts[(t + 4) % T])
-        s5 = base + (((t + 5) // T) * L + shifts[(t + 5) % T])
-        a0, a1, a2, a3, a4, a5 = w[k0, t], w[k0, t + 1], w[k0, t + 2], w[k0, t + 3], w[k0, t + 4], w[k0, t + 5]
-        b0, b1, b2, b3, b4, b5 = w[k1, t], w[k1, t + 1], w[k1, t + 2], w[k1, t + 3], w[k1, t + 4], w[k1, t + 5]
-        for q in range(g0, g1):
-            x0, x1, x2 = xf[U(q + s0)], xf[U(q + s1)], xf[U(q + s2)]
-            x3, x4, x5 = xf[U(q + s3)], xf[U(q + s4)], xf[U(q + s5)]
-            acc[0, U(q)] += a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3 + a4 * x4 + a5 * x5
-            acc[1, U(q)] += b0 * x0 + b1 * x1 + b2 * x2 + b3 * x3 + b4 * x4 + b5 * x5
-    for t in range(done, CT):
-        s = base + ((t // T) * L + shifts[t % T])
-        a, bb = w[k0, t], w[k1, t]
-        for q in range(g0, g1):
-            v = xf[U(q + s)]
-            acc[0, U(q)] += a * v
-            acc[1, U(q)] += bb * v
+def _taps(xf, wq, bq, j, offs, base, accf, stride, n):
+    """accf[r*stride + q] = bq[j, r] + the sum over t of wq[j, t, r] * xf[base + offs[t] + q],
+    for the QUAD channels r of quad j and positions 0 <= q < n: three vectors of positions at a
+    time, their twelve sums in registers through every tap (``_simd``), then one vector at a
+    time, the last one ending at n (overlapping positions summed already, which it sums again
+    to the same values; single positions there had taken LeNet's c2 at batch 1 from 0.034 to
+    0.039 ms). Fewer positions than a vector go one by one."""
+    V = lanes(xf)
+    T = offs.shape[0]
+    q = 0
+    while q + 3 * V <= n:
+        a0 = vsplat(bq[j, 0])
+        b0 = vsplat(bq[j, 1])
+        c0 = vsplat(bq[j, 2])
+        d0 = vsplat(bq[j, 3])
+        a1, a2, b1, b2, c1, c2, d1, d2 = a0, a0, b0, b0, c0, c0, d0, d0
+        for t in range(T):
+            p = base + offs[t] + q
+            x0, x1, x2 = vload(xf, p), vload(xf, p + V), vload(xf, p + 2 * V)
+            w = vsplat(wq[j, t, 0])
+            a0, a1, a2 = vfma(w, x0, a0), vfma(w, x1, a1), vfma(w, x2, a2)
+            w = vsplat(wq[j, t, 1])
+            b0, b1, b2 = vfma(w, x0, b0), vfma(w, x1, b1), vfma(w, x2, b2)
+            w = vsplat(wq[j, t, 2])
+            c0, c1, c2 = vfma(w, x0, c0), vfma(w, x1, c1), vfma(w, x2, c2)
+            w = vsplat(wq[j, t, 3])
+            d0, d1, d2 = vfma(w, x0, d0), vfma(w, x1, d1), vfma(w, x2, d2)
+        for r, (s0, s1, s2) in enumerate(((a0, a1, a2), (b0, b1, b2), (c0, c1, c2), (d0, d1, d2))):
+            vstore(accf, r * stride + q, s0)
+            vstore(accf, r * stride + q + V, s1)
+            vstore(accf, r * stride + q + 2 * V, s2)
+        q += 3 * V
+    while q < n and n >= V:  # the last vector ends at n, over positions already summed: the same sums again
+        q = min(q, n - V)
+        a0, b0, c0, d0 = vsplat(bq[j, 0]), vsplat(bq[j, 1]), vsplat(bq[j, 2]), vsplat(bq[j, 3])
+        for t in range(T):
+            x0 = vload(xf, base + offs[t] + q)
+            a0 = vfma(vsplat(wq[j, t, 0]), x0, a0)
+            b0 = vfma(vsplat(wq[j, t, 1]), x0, b0)
+            c0 = vfma(vsplat(wq[j, t, 2]), x0, c0)
+            d0 = vfma(vsplat(wq[j, t, 3]), x0, d0)
+        vstore(accf, q, a0)
+        vstore(accf, stride + q, b0)
+        vstore(accf, 2 * stride + q, c0)
+        vstore(accf, 3 * stride + q, d0)
+        q += V
+    for q in range(q, n):  # fewer positions than a vector
+        a, b, c, d = bq[j, 0], bq[j, 1], bq[j, 2], bq[j, 3]
+        for t in range(T):
+            v = xf[base + offs[t] + q]
+            a += wq[j, t, 0] * v
+            b += wq[j, t, 1] * v
+            c += wq[j, t, 2] * v
+            d += wq[j, t, 3] * v
+        accf[q], accf[stride + q], accf[2 * stride + q], accf[3 * stride + q] = a, b, c, d
+
+
+@functools.lru_cache(maxsize=256)
+def _quad_channels(K, groups):
+    """The output channel of every slot of every quad: a group's channels in fours, its last
+    channel again where the group's count is not a multiple of four (read-only)."""
+    Kg = K // groups
+    per_group = -(-Kg // QUAD)
+    slots = np.arange(per_group * QUAD)
+    index = np.arange(groups)[:, None] * Kg + np.minimum(slots, Kg - 1)[None, :]
+    index = index.reshape(-1)
+    index.flags.writeable = False
+    return index
+
+
+def _quads(w2, b, groups):
+    """(wq, bq): the (K, C/g * T) weights as (quads, C/g * T, QUAD) and the biases as (quads,
+    QUAD), so that ``_taps`` reads a tap's four weights side by side."""
+    index = _quad_channels(w2.shape[0], groups)
+    wq = np.ascontiguousarray(w2[index].reshape(-1, QUAD, w2.shape[1]).transpose(0, 2, 1))
+    return wq, b[index].reshape(-1, QUAD)
 
 
 @parallel_kernel
@@ -459,8 +515,11 @@ def _correlate(xs, w, b, out, geom, origin, slope, lo, hi, m=1):
     """``_correlate_stacked`` of the stacked xs (m samples interleaved) with w over this
     geometry's grid."""
     grid = _grid_shape(geom)
-    _correlate_stacked(xs, w.reshape(w.shape[0], -1), b, out, _tap_shifts(grid, geom, m), origin,
-                       block_length(grid[2] * m, m), grid, m, slope, lo, hi)
+    shifts = _tap_shifts(grid, geom, m)
+    w2 = w.reshape(w.shape[0], -1)
+    offs = (np.arange(w2.shape[1] // shifts.size)[:, None] * xs.shape[1] + shifts).reshape(-1)
+    _correlate_stacked(xs, *_quads(w2, b, geom.groups), out, offs, int(shifts[-1]), origin,
+                       block_length(grid[2] * m, m), grid, m, geom.groups, slope, lo, hi)
 
 
 def block_length(row_len, m=1):
