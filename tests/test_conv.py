@@ -338,16 +338,16 @@ def _taps_into(xf, wq, bq, j, offs, base, stride, n):
 
 
 @settings(max_examples=60, deadline=None)
-@given(dtype=st.sampled_from([np.float32, np.float64]), n=st.integers(0, 70), taps=st.integers(1, 12),
+@given(dtype=st.sampled_from([np.float32, np.float64]), n=st.integers(0, 200), taps=st.integers(1, 12),
        quads=st.integers(1, 3), seed=st.integers(0, 2**16))
 def test_direct_register_blocked_taps_match_numpy(dtype, n, taps, quads, seed):
     """``conv_direct._taps``, the stride-1 loops' register-blocked sums, for every count of
-    positions around its vector sizes (three vectors, one, the last vector overlapping the one
-    before, fewer positions than a vector): each of a quad's four sums at each position against
+    positions around its vector sizes (six vectors, three, one, the last vector overlapping the
+    one before, fewer positions than a vector): each of a quad's four sums at each position against
     NumPy, and nothing written past the positions asked for."""
     rng = np.random.default_rng(seed)
-    xf = rng.standard_normal(200).astype(dtype)
-    offs = rng.integers(0, 200 - 70 - 9, taps)
+    xf = rng.standard_normal(420).astype(dtype)
+    offs = rng.integers(0, 420 - 200 - 9, taps)
     base = int(rng.integers(0, 10))
     wq, bq = rng.standard_normal((quads, taps, conv_direct.QUAD)).astype(dtype), rng.standard_normal((quads, 4)).astype(dtype)
     j = int(rng.integers(0, quads))
