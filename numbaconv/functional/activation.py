@@ -41,7 +41,8 @@ def check_real(op, name, value):
 
 def check_dim(op, name, dim, ndim):
     """An int in [-ndim, ndim), as a non-negative axis. A 0-d array counts as 1-d, as in PyTorch."""
-    if not isinstance(dim, Integral) or isinstance(dim, (bool, np.bool_)):
+    # a plain int skips the abstract-class check, which costs more than the rest of the call
+    if type(dim) is not int and (not isinstance(dim, Integral) or isinstance(dim, (bool, np.bool_))):
         raise TypeError(f"{op}: {name} must be an int, got {dim!r}")
     n = max(ndim, 1)
     if not -n <= dim < n:
@@ -161,9 +162,20 @@ def _view3(a, dim):
     return contiguous(a).reshape(math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1:]))
 
 
+#: The scratch the CPU kernels get where they need none (inner = 1: a row's statistics live in
+#: scalars), one per dtype. With it, ``check_dim``'s plain-int path and ``out`` reshaped without
+#: a second ``_view3``, a softmax over (4, 10) takes 4.4 us a call instead of 5.8 (its backward
+#: 5.1 instead of 6.4): the Python around a kernel of a few microseconds.
+_NO_SCRATCH = {np.dtype(t): np.empty((0, 0), t) for t in (np.float32, np.float64)}
+
+
 def _scratch(a3, where):
     """The CPU kernels' (outer, inner) scratch for the statistics; the CUDA ones keep theirs in registers."""
-    return np.empty((a3.shape[0], a3.shape[2]), dtype=a3.dtype) if where != CUDA else None
+    if where == CUDA:
+        return None
+    if a3.shape[2] == 1:
+        return _NO_SCRATCH[a3.dtype]
+    return np.empty((a3.shape[0], a3.shape[2]), dtype=a3.dtype)
 
 
 def _softmax(op, x, dim, log):
@@ -173,7 +185,7 @@ def _softmax(op, x, dim, log):
     out = empty(x.shape, x.dtype, where)
     if x.size:
         x3 = _view3(x, dim)
-        kernels(where, "softmax").forward(x3, _view3(out, dim), _scratch(x3, where), _scratch(x3, where), log)
+        kernels(where, "softmax").forward(x3, out.reshape(x3.shape), _scratch(x3, where), _scratch(x3, where), log)
     return out
 
 
@@ -185,7 +197,7 @@ def _softmax_backward(op, grad_out, y, dim, log):
     out = empty(y.shape, y.dtype, where)
     if y.size:
         y3 = _view3(y, dim)
-        kernels(where, "softmax").backward(_view3(grad_out, dim), y3, _view3(out, dim), _scratch(y3, where), log)
+        kernels(where, "softmax").backward(_view3(grad_out, dim), y3, out.reshape(y3.shape), _scratch(y3, where), log)
     return out
 
 
