@@ -331,31 +331,32 @@ def test_depthwise_kernels(monkeypatch, nd, k, stride, dilation, padding, m, siz
 
 
 @njit  # not cached: Numba's cache would not see a change to the inlined _taps in another module
-def _taps_into(xf, wq, bq, j, offs, base, stride, n):
+def _taps_into(xf, w, b, ks, offs, base, stride, n):
     accf = np.full(conv_direct.QUAD * stride, np.nan, xf.dtype)
-    conv_direct._taps(xf, wq, bq, j, offs, base, accf, stride, n)
+    conv_direct._taps(xf, w, b, ks, offs, base, accf, stride, n)
     return accf.reshape(conv_direct.QUAD, stride)
 
 
 @settings(max_examples=60, deadline=None)
 @given(dtype=st.sampled_from([np.float32, np.float64]), n=st.integers(0, 200), taps=st.integers(1, 12),
-       quads=st.integers(1, 3), seed=st.integers(0, 2**16))
-def test_direct_register_blocked_taps_match_numpy(dtype, n, taps, quads, seed):
+       channels=st.integers(1, 6), seed=st.integers(0, 2**16))
+def test_direct_register_blocked_taps_match_numpy(dtype, n, taps, channels, seed):
     """``conv_direct._taps``, the stride-1 loops' register-blocked sums, for every count of
     positions around its vector sizes (six vectors, three, one, the last vector overlapping the
-    one before, fewer positions than a vector): each of a quad's four sums at each position against
-    NumPy, and nothing written past the positions asked for."""
+    one before, fewer positions than a vector) and any four channels of the weight (one of them
+    repeated, as a group's last quad has it): each sum at each position against NumPy, and
+    nothing written past the positions asked for."""
     rng = np.random.default_rng(seed)
     xf = rng.standard_normal(420).astype(dtype)
     offs = rng.integers(0, 420 - 200 - 9, taps)
     base = int(rng.integers(0, 10))
-    wq, bq = rng.standard_normal((quads, taps, conv_direct.QUAD)).astype(dtype), rng.standard_normal((quads, 4)).astype(dtype)
-    j = int(rng.integers(0, quads))
+    w, b = rng.standard_normal((channels, taps)).astype(dtype), rng.standard_normal(channels).astype(dtype)
+    ks = tuple(int(k) for k in rng.integers(0, channels, conv_direct.QUAD))
     stride = n + 5
-    acc = _taps_into(xf, wq, bq, j, offs, base, stride, n)
-    window = xf[base + offs[:, None] + np.arange(n)[None, :]]  # (taps, n)
-    ref = bq[j][:, None] + np.einsum("tr,tq->rq", wq[j].astype(np.float64), window.astype(np.float64))
-    scale = np.abs(bq[j])[:, None] + np.einsum("tr,tq->rq", np.abs(wq[j]).astype(np.float64), np.abs(window))
+    acc = _taps_into(xf, w, b, ks, offs, base, stride, n)
+    window = xf[base + offs[:, None] + np.arange(n)[None, :]].astype(np.float64)  # (taps, n)
+    ref = b[list(ks)][:, None] + w[list(ks)].astype(np.float64) @ window
+    scale = np.abs(b[list(ks)])[:, None] + np.abs(w[list(ks)]).astype(np.float64) @ np.abs(window)
     assert np.all(np.abs(acc[:, :n] - ref) <= 8 * np.finfo(dtype).eps * (scale + 1e-30)), "a sum is wrong"
     assert np.isnan(acc[:, n:]).all(), "a sum was written past the positions asked for"
 

@@ -202,16 +202,14 @@ SIX_VECTORS = VECTOR_BYTES == 64
 
 
 @parallel_kernel
-def _correlate_stacked(xs, wq, bq, out, offs, reach, origin, block_len, grid, m, groups, slope, lo, hi):
+def _correlate_stacked(xs, w, b, out, shifts, origin, block_len, grid, m, groups, slope, lo, hi):
     """out[n, k, i - origin] = activate(b[k] + the sum over c, t of w[k, c*T + t] *
     xs[g*Cg + c, n*P + i + shifts[t]]) for every grid position i (P of them per sample) that
     lands inside out, g being k's group: a stride-1 correlation on the samples' grids stacked
-    end to end (``_stacked``), one flat loop over many samples at once. The weights and biases
-    come in quads of a group's output channels (``_quads``: wq (quads, C/g * T, QUAD), bq
-    (quads, QUAD)); offs[c*T + t] = c * L + shifts[t], the taps' offsets from a group's first
-    channel; ``reach``, the largest shift.
+    end to end (``_stacked``), one flat loop over many samples at once.
 
-    A task sums one quad over one run of grid positions with ``_taps`` into a staging buffer,
+    A task sums a quad of a group's output channels (the last one again where the group's count
+    is not a multiple of four) over one run of grid positions with ``_taps`` into a staging buffer,
     then writes the outputs among them (the fused epilogue applied). The runs: with m = 1,
     blocks of ``block_len`` positions (whole grid rows, or parts of one long row); with m > 1
     samples interleaved on each grid row, sample innermost (``_stacked``; shifts in that layout's
@@ -230,9 +228,10 @@ def _correlate_stacked(xs, wq, bq, out, offs, reach, origin, block_len, grid, m,
     pad 2 2.36 -> 1.94 (1.81); (8, 32, 32x32) -> 32, 3x3 1.44 -> 1.21 (0.79); (8, 64, 56x56)
     -> 64, 3x3 12.4 -> 10.9 (9.1); audio (1, 64, 16000) -> 64, k = 9 7.7 -> 6.4 (6.4); video
     (1, 32, 16x56x56) -> 32, 3x3x3 20.4 -> 17.5 (13.1); input gradient, audio 6.7 -> 5.8,
-    (8, 64, 56x56) 13.4 -> 12.1, video 18.8 -> 17.4. Slower where a group's channels are far
-    from a multiple of four or the taps few: LeNet's c1 at batch 64 (one channel into six, 25
-    taps) 0.28 -> 0.31 (PyTorch 0.41), its c2 at batch 1 0.032 -> 0.034 (0.046).
+    (8, 64, 56x56) 13.4 -> 12.1, video 18.8 -> 17.4; LeNet's c1 at batch 64 (one channel into
+    six, 25 taps) 0.28 -> 0.26 (0.40), its c2 at batch 1 0.032 -> 0.024 (0.046). The weights
+    are read where they are, four rows at once: packing each quad's side by side on every call
+    had cost the c2 at batch 1 0.010 ms.
 
     Tasks run run by run, every quad of a run in turn, so each thread's run of the input (C/g
     channels of it) is read from L2 by every quad: quad by quad, each would stream the whole
@@ -240,13 +239,18 @@ def _correlate_stacked(xs, wq, bq, out, offs, reach, origin, block_len, grid, m,
     forward 99 -> 65 ms, before registers). A grid row of one sample that reads into the next
     computes positions no output keeps."""
     L = xs.shape[1]
-    quads = wq.shape[0]
+    CT = w.shape[1]
     N, K, OD, OH, OW = out.shape
     Dp, Hp, Wp = grid
+    T = shifts.shape[0]
     Kg = K // groups
-    per_group = quads // groups
+    per_group = (Kg + QUAD - 1) // QUAD
+    quads = groups * per_group
     group_len = xs.shape[0] // groups * L
-    q_end = L - reach  # positions from here on would read past the last channel
+    offs = np.empty(CT, dtype=np.int64)  # tap t of channel c, from the group's first channel
+    for t in range(CT):
+        offs[t] = (t // T) * L + shifts[t % T]
+    q_end = L - shifts[T - 1]  # positions from here on would read past the last channel
     width = min(OW, Wp - origin[2])  # an output row past the grid's (output_padding) keeps its zeros
     row_len = Wp * m
     total = N // m * Dp * Hp * row_len
@@ -265,8 +269,9 @@ def _correlate_stacked(xs, wq, bq, out, offs, reach, origin, block_len, grid, m,
             q1 = min(total, q0 + block_len)
         group, k0 = j // per_group, (j // per_group) * Kg + (j % per_group) * QUAD
         nk = min(QUAD, (group + 1) * Kg - k0)
+        ks = (k0, k0 + min(1, nk - 1), k0 + min(2, nk - 1), k0 + min(3, nk - 1))
         acc = np.empty((QUAD, stride), dtype=xs.dtype)
-        _taps(xf, wq, bq, j, offs, group * group_len + q0, acc.reshape(-1), stride, max(0, min(q1, q_end) - q0))
+        _taps(xf, w, b, ks, offs, group * group_len + q0, acc.reshape(-1), stride, max(0, min(q1, q_end) - q0))
         for r in range(q0 // row_len, (q1 - 1) // row_len + 1):  # the grid rows the run touches
             n, rem = r // (Dp * Hp) * m, r % (Dp * Hp)
             od, oh = rem // Hp - origin[0], rem % Hp - origin[1]
@@ -290,22 +295,23 @@ def _acc_stride(n):
 
 
 @njit(inline="always", cache=True)
-def _taps(xf, wq, bq, j, offs, base, accf, stride, n):
-    """accf[r*stride + q] = bq[j, r] + the sum over t of wq[j, t, r] * xf[base + offs[t] + q],
-    for the QUAD channels r of quad j and positions 0 <= q < n: six vectors of positions at a
+def _taps(xf, w, b, ks, offs, base, accf, stride, n):
+    """accf[r*stride + q] = b[k] + the sum over t of w[k, t] * xf[base + offs[t] + q], k = ks[r],
+    for the QUAD channels of ``ks`` and positions 0 <= q < n: six vectors of positions at a
     time (``SIX_VECTORS``), then three, their sums in registers through every tap (``_simd``;
     the two loops differ in their count of vectors alone), then one vector at a
     time, the last one ending at n (overlapping positions summed already, which it sums again
-    to the same values; single positions there had taken LeNet's c2 at batch 1 from 0.034 to
-    0.039 ms). Fewer positions than a vector go one by one."""
+    to the same values; single positions there had cost LeNet's c2 at batch 1 a seventh of its
+    time). Fewer positions than a vector go one by one."""
     V = lanes(xf)
+    k0, k1, k2, k3 = ks
     T = offs.shape[0]
     q = 0
     while SIX_VECTORS and q + 6 * V <= n:
-        a0 = vsplat(bq[j, 0])
-        b0 = vsplat(bq[j, 1])
-        c0 = vsplat(bq[j, 2])
-        d0 = vsplat(bq[j, 3])
+        a0 = vsplat(b[k0])
+        b0 = vsplat(b[k1])
+        c0 = vsplat(b[k2])
+        d0 = vsplat(b[k3])
         a1, a2, a3, a4, a5 = a0, a0, a0, a0, a0
         b1, b2, b3, b4, b5 = b0, b0, b0, b0, b0
         c1, c2, c3, c4, c5 = c0, c0, c0, c0, c0
@@ -314,14 +320,14 @@ def _taps(xf, wq, bq, j, offs, base, accf, stride, n):
             p = base + offs[t] + q
             x0, x1, x2 = vload(xf, p), vload(xf, p + V), vload(xf, p + 2 * V)
             x3, x4, x5 = vload(xf, p + 3 * V), vload(xf, p + 4 * V), vload(xf, p + 5 * V)
-            w = vsplat(wq[j, t, 0])
-            a0, a1, a2, a3, a4, a5 = vfma(w, x0, a0), vfma(w, x1, a1), vfma(w, x2, a2), vfma(w, x3, a3), vfma(w, x4, a4), vfma(w, x5, a5)
-            w = vsplat(wq[j, t, 1])
-            b0, b1, b2, b3, b4, b5 = vfma(w, x0, b0), vfma(w, x1, b1), vfma(w, x2, b2), vfma(w, x3, b3), vfma(w, x4, b4), vfma(w, x5, b5)
-            w = vsplat(wq[j, t, 2])
-            c0, c1, c2, c3, c4, c5 = vfma(w, x0, c0), vfma(w, x1, c1), vfma(w, x2, c2), vfma(w, x3, c3), vfma(w, x4, c4), vfma(w, x5, c5)
-            w = vsplat(wq[j, t, 3])
-            d0, d1, d2, d3, d4, d5 = vfma(w, x0, d0), vfma(w, x1, d1), vfma(w, x2, d2), vfma(w, x3, d3), vfma(w, x4, d4), vfma(w, x5, d5)
+            wv = vsplat(w[k0, t])
+            a0, a1, a2, a3, a4, a5 = vfma(wv, x0, a0), vfma(wv, x1, a1), vfma(wv, x2, a2), vfma(wv, x3, a3), vfma(wv, x4, a4), vfma(wv, x5, a5)
+            wv = vsplat(w[k1, t])
+            b0, b1, b2, b3, b4, b5 = vfma(wv, x0, b0), vfma(wv, x1, b1), vfma(wv, x2, b2), vfma(wv, x3, b3), vfma(wv, x4, b4), vfma(wv, x5, b5)
+            wv = vsplat(w[k2, t])
+            c0, c1, c2, c3, c4, c5 = vfma(wv, x0, c0), vfma(wv, x1, c1), vfma(wv, x2, c2), vfma(wv, x3, c3), vfma(wv, x4, c4), vfma(wv, x5, c5)
+            wv = vsplat(w[k3, t])
+            d0, d1, d2, d3, d4, d5 = vfma(wv, x0, d0), vfma(wv, x1, d1), vfma(wv, x2, d2), vfma(wv, x3, d3), vfma(wv, x4, d4), vfma(wv, x5, d5)
         for r, (s0, s1, s2, s3, s4, s5) in enumerate(((a0, a1, a2, a3, a4, a5), (b0, b1, b2, b3, b4, b5), (c0, c1, c2, c3, c4, c5), (d0, d1, d2, d3, d4, d5))):
             o = r * stride + q
             vstore(accf, o, s0)
@@ -332,22 +338,22 @@ def _taps(xf, wq, bq, j, offs, base, accf, stride, n):
             vstore(accf, o + 5 * V, s5)
         q += 6 * V
     while q + 3 * V <= n:
-        a0 = vsplat(bq[j, 0])
-        b0 = vsplat(bq[j, 1])
-        c0 = vsplat(bq[j, 2])
-        d0 = vsplat(bq[j, 3])
+        a0 = vsplat(b[k0])
+        b0 = vsplat(b[k1])
+        c0 = vsplat(b[k2])
+        d0 = vsplat(b[k3])
         a1, a2, b1, b2, c1, c2, d1, d2 = a0, a0, b0, b0, c0, c0, d0, d0
         for t in range(T):
             p = base + offs[t] + q
             x0, x1, x2 = vload(xf, p), vload(xf, p + V), vload(xf, p + 2 * V)
-            w = vsplat(wq[j, t, 0])
-            a0, a1, a2 = vfma(w, x0, a0), vfma(w, x1, a1), vfma(w, x2, a2)
-            w = vsplat(wq[j, t, 1])
-            b0, b1, b2 = vfma(w, x0, b0), vfma(w, x1, b1), vfma(w, x2, b2)
-            w = vsplat(wq[j, t, 2])
-            c0, c1, c2 = vfma(w, x0, c0), vfma(w, x1, c1), vfma(w, x2, c2)
-            w = vsplat(wq[j, t, 3])
-            d0, d1, d2 = vfma(w, x0, d0), vfma(w, x1, d1), vfma(w, x2, d2)
+            wv = vsplat(w[k0, t])
+            a0, a1, a2 = vfma(wv, x0, a0), vfma(wv, x1, a1), vfma(wv, x2, a2)
+            wv = vsplat(w[k1, t])
+            b0, b1, b2 = vfma(wv, x0, b0), vfma(wv, x1, b1), vfma(wv, x2, b2)
+            wv = vsplat(w[k2, t])
+            c0, c1, c2 = vfma(wv, x0, c0), vfma(wv, x1, c1), vfma(wv, x2, c2)
+            wv = vsplat(w[k3, t])
+            d0, d1, d2 = vfma(wv, x0, d0), vfma(wv, x1, d1), vfma(wv, x2, d2)
         for r, (s0, s1, s2) in enumerate(((a0, a1, a2), (b0, b1, b2), (c0, c1, c2), (d0, d1, d2))):
             vstore(accf, r * stride + q, s0)
             vstore(accf, r * stride + q + V, s1)
@@ -355,48 +361,27 @@ def _taps(xf, wq, bq, j, offs, base, accf, stride, n):
         q += 3 * V
     while q < n and n >= V:  # the last vector ends at n, over positions already summed: the same sums again
         q = min(q, n - V)
-        a0, b0, c0, d0 = vsplat(bq[j, 0]), vsplat(bq[j, 1]), vsplat(bq[j, 2]), vsplat(bq[j, 3])
+        a0, b0, c0, d0 = vsplat(b[k0]), vsplat(b[k1]), vsplat(b[k2]), vsplat(b[k3])
         for t in range(T):
             x0 = vload(xf, base + offs[t] + q)
-            a0 = vfma(vsplat(wq[j, t, 0]), x0, a0)
-            b0 = vfma(vsplat(wq[j, t, 1]), x0, b0)
-            c0 = vfma(vsplat(wq[j, t, 2]), x0, c0)
-            d0 = vfma(vsplat(wq[j, t, 3]), x0, d0)
+            a0 = vfma(vsplat(w[k0, t]), x0, a0)
+            b0 = vfma(vsplat(w[k1, t]), x0, b0)
+            c0 = vfma(vsplat(w[k2, t]), x0, c0)
+            d0 = vfma(vsplat(w[k3, t]), x0, d0)
         vstore(accf, q, a0)
         vstore(accf, stride + q, b0)
         vstore(accf, 2 * stride + q, c0)
         vstore(accf, 3 * stride + q, d0)
         q += V
     for q in range(q, n):  # fewer positions than a vector
-        a, b, c, d = bq[j, 0], bq[j, 1], bq[j, 2], bq[j, 3]
+        s0, s1, s2, s3 = b[k0], b[k1], b[k2], b[k3]
         for t in range(T):
             v = xf[base + offs[t] + q]
-            a += wq[j, t, 0] * v
-            b += wq[j, t, 1] * v
-            c += wq[j, t, 2] * v
-            d += wq[j, t, 3] * v
-        accf[q], accf[stride + q], accf[2 * stride + q], accf[3 * stride + q] = a, b, c, d
-
-
-@functools.lru_cache(maxsize=256)
-def _quad_channels(K, groups):
-    """The output channel of every slot of every quad: a group's channels in fours, its last
-    channel again where the group's count is not a multiple of four (read-only)."""
-    Kg = K // groups
-    per_group = -(-Kg // QUAD)
-    slots = np.arange(per_group * QUAD)
-    index = np.arange(groups)[:, None] * Kg + np.minimum(slots, Kg - 1)[None, :]
-    index = index.reshape(-1)
-    index.flags.writeable = False
-    return index
-
-
-def _quads(w2, b, groups):
-    """(wq, bq): the (K, C/g * T) weights as (quads, C/g * T, QUAD) and the biases as (quads,
-    QUAD), so that ``_taps`` reads a tap's four weights side by side."""
-    index = _quad_channels(w2.shape[0], groups)
-    wq = np.ascontiguousarray(w2[index].reshape(-1, QUAD, w2.shape[1]).transpose(0, 2, 1))
-    return wq, b[index].reshape(-1, QUAD)
+            s0 += w[k0, t] * v
+            s1 += w[k1, t] * v
+            s2 += w[k2, t] * v
+            s3 += w[k3, t] * v
+        accf[q], accf[stride + q], accf[2 * stride + q], accf[3 * stride + q] = s0, s1, s2, s3
 
 
 @parallel_kernel
@@ -553,10 +538,7 @@ def _correlate(xs, w, b, out, geom, origin, slope, lo, hi, m=1):
     """``_correlate_stacked`` of the stacked xs (m samples interleaved) with w over this
     geometry's grid."""
     grid = _grid_shape(geom)
-    shifts = _tap_shifts(grid, geom, m)
-    w2 = w.reshape(w.shape[0], -1)
-    offs = (np.arange(w2.shape[1] // shifts.size)[:, None] * xs.shape[1] + shifts).reshape(-1)
-    _correlate_stacked(xs, *_quads(w2, b, geom.groups), out, offs, int(shifts[-1]), origin,
+    _correlate_stacked(xs, w.reshape(w.shape[0], -1), b, out, _tap_shifts(grid, geom, m), origin,
                        block_length(grid[2] * m, m), grid, m, geom.groups, slope, lo, hi)
 
 
