@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from numba import njit
 
 from numbaconv.kernels.cpu import _simd
-from numbaconv.kernels.cpu._simd import lanes, vfma, vload, vsplat, vstore
+from numbaconv.kernels.cpu._simd import lanes, vfma, vload, vload_first, vsplat, vstore, vsum
 
 
 @njit(cache=True)
@@ -68,3 +68,44 @@ def test_vector_fma_propagates_nan_and_inf():
 def test_vector_width_follows_the_features_numba_compiles_for(monkeypatch, features, width):
     monkeypatch.setattr(_simd.config, "CPU_FEATURES", features)
     assert _simd._vector_bytes() == width
+
+
+@njit(cache=True)
+def _vector_sums(x):
+    V = lanes(x)
+    out = np.empty(x.shape[0] // V, x.dtype)
+    for i in range(out.shape[0]):
+        out[i] = vsum(vload(x, i * V))
+    return out
+
+
+@settings(max_examples=30, deadline=None)
+@given(dtype=st.sampled_from([np.float32, np.float64]), vectors=st.integers(1, 5), seed=st.integers(0, 2**16))
+def test_vector_sum_matches_numpy(dtype, vectors, seed):
+    x = np.random.default_rng(seed).standard_normal(vectors * lanes(np.empty(1, dtype))).astype(dtype)
+    sums = _vector_sums(x)
+    ref = x.astype(np.float64).reshape(vectors, -1).sum(axis=1)
+    assert np.all(np.abs(sums - ref) <= 8 * np.finfo(dtype).eps * np.abs(x).reshape(vectors, -1).sum(axis=1))
+    y = x.copy()
+    y[1] = np.nan
+    assert np.isnan(_vector_sums(y)[0])
+
+
+@njit(cache=True)
+def _first(x, i, n):
+    out = np.full(lanes(x), np.nan, x.dtype)
+    vstore(out, 0, vload_first(x, i, n))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vector_load_of_the_first_lanes_reads_no_further(dtype):
+    """Each count of lanes, the vector read ending at the array's last element: the lanes past
+    the count are zeros, not what lies in memory past the end (NaNs here)."""
+    V = lanes(np.empty(1, dtype))
+    for n in range(V + 1):
+        memory = np.full(2 * V, np.nan, dtype)
+        memory[:n] = np.arange(1, n + 1)
+        x = memory[:n]
+        got = _first(x, 0, n)
+        assert np.array_equal(got[:n], x) and (got[n:] == 0).all(), n

@@ -10,13 +10,16 @@ keeps them in registers while every tap is added to them, one load of the input 
 per tap for four fused multiply-adds.
 
 ``Vec`` is a Numba type whose data model is an LLVM vector (``<16 x float>`` with AVX-512).
-Kernels use it through four operations, each typed on its arguments when the caller is
+Kernels use it through six operations, each typed on its arguments when the caller is
 compiled:
 
 - ``vload(a, i)``: the vector a[i : i + lanes(a)] of a 1-D C-contiguous array (unaligned);
+- ``vload_first(a, i, n)``: a[i : i + n] in the first n lanes (0 <= n <= lanes), zeros in the
+  others, reading no element past a[i + n - 1] (a masked load);
 - ``vstore(a, i, v)``: a[i : i + lanes] = v;
 - ``vsplat(x)``: a float32 or float64 scalar in every lane;
 - ``vfma(a, b, c)``: a * b + c per lane, fused where the CPU has FMA (``llvm.fmuladd``);
+- ``vsum(v)``: the sum of v's lanes, as a scalar (pairwise: lane halves added until one is left);
 
 and ``lanes(a)``, the lanes of a vector of a's dtype, a compile-time constant. As with any
 array access in Numba, nothing checks bounds: callers keep i + lanes within the array.
@@ -84,6 +87,28 @@ def vload(typingctx, a, i):
 
 
 @intrinsic
+def vload_first(typingctx, a, i, n):
+    if not (_is_float_array(a) and isinstance(i, types.Integer) and isinstance(n, types.Integer)):
+        return None
+    vec = Vec(a.dtype)
+
+    def codegen(context, builder, sig, args):
+        vector = context.get_value_type(vec)
+        index = context.cast(builder, args[1], sig.args[1], types.intp)
+        pointer = _address(context, builder, sig.args[0], args[0], index, vector)
+        count = context.cast(builder, args[2], sig.args[2], types.int32)
+        lane = ir.VectorType(ir.IntType(32), vec.lanes)
+        counts = builder.shuffle_vector(builder.insert_element(ir.Constant(lane, ir.Undefined), count, ir.Constant(ir.IntType(32), 0)),
+                                        ir.Constant(lane, ir.Undefined), ir.Constant(lane, [0] * vec.lanes))
+        mask = builder.icmp_signed("<", ir.Constant(lane, list(range(vec.lanes))), counts)
+        fnty = ir.FunctionType(vector, [pointer.type, ir.IntType(32), mask.type, vector])
+        name = f"llvm.masked.load.v{vec.lanes}{vector.element.intrinsic_name}.p0"
+        fn = builder.module.globals.get(name) or ir.Function(builder.module, fnty, name)
+        return builder.call(fn, [pointer, ir.Constant(ir.IntType(32), a.dtype.bitwidth // 8), mask, ir.Constant(vector, None)])
+    return vec(a, i, n), codegen
+
+
+@intrinsic
 def vstore(typingctx, a, i, v):
     if not (_is_float_array(a) and isinstance(i, types.Integer) and v == Vec(a.dtype)):
         return None
@@ -120,6 +145,22 @@ def vfma(typingctx, a, b, c):
         name = f"llvm.fmuladd.v{vector.count}{vector.element.intrinsic_name}"
         return builder.call(_declare(builder.module, name, vector), args)
     return a(a, b, c), codegen
+
+
+@intrinsic
+def vsum(typingctx, v):
+    if not isinstance(v, Vec):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vector, n = args[0], v.lanes
+        while n > 1:  # the upper half of the lanes onto the lower: log2(lanes) vector adds
+            n //= 2
+            lower = builder.shuffle_vector(vector, vector, ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(n))))
+            upper = builder.shuffle_vector(vector, vector, ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(n, 2 * n))))
+            vector = builder.fadd(lower, upper)
+        return builder.extract_element(vector, ir.Constant(ir.IntType(32), 0))
+    return v.dtype(v), codegen
 
 
 def _declare(module, name, vector):
