@@ -64,8 +64,11 @@ def test_vector_fma_propagates_nan_and_inf():
     assert np.isnan(out[0]) and out[1] == np.inf and (out[2:] == 1).all()
 
 
-@pytest.mark.parametrize("features, width", [("+avx512f,+avx2,+avx", 64), ("+avx2,+avx,-avx512f", 32), ("+sse4.2", 16)])
-def test_vector_width_follows_the_features_numba_compiles_for(monkeypatch, features, width):
+@pytest.mark.parametrize("name, features, width", [
+    (None, "+avx512f,+avx2,+avx", 64), (None, "+avx2,+avx,-avx512f", 32), (None, "+sse4.2", 16),
+    ("generic", "", 16), ("skylake-avx512", "+avx512f,+avx", 64)])
+def test_vector_width_follows_the_features_numba_compiles_for(monkeypatch, name, features, width):
+    monkeypatch.setattr(_simd.config, "CPU_NAME", name)
     monkeypatch.setattr(_simd.config, "CPU_FEATURES", features)
     assert _simd._vector_bytes() == width
 

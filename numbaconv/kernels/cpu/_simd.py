@@ -35,9 +35,12 @@ from numba.extending import intrinsic, models, overload, register_model
 
 
 def _vector_bytes():
-    """The widest vector register Numba compiles for: the host's, or ``NUMBA_CPU_FEATURES``'."""
+    """The widest vector register Numba compiles for: the host's, or ``NUMBA_CPU_FEATURES``', or
+    16 bytes where ``NUMBA_CPU_NAME`` names another CPU without its features (a portable cache)."""
     if config.CPU_FEATURES:
         flags = {f[1:] for f in config.CPU_FEATURES.split(",") if f.startswith("+")}
+    elif config.CPU_NAME and config.CPU_NAME != "host":
+        flags = set()
     else:
         flags = {name for name, on in binding.get_host_cpu_features().items() if on}
     return 64 if "avx512f" in flags else 32 if "avx" in flags else 16
