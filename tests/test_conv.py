@@ -908,7 +908,8 @@ def test_dtype_is_preserved_and_float64_is_computed_in_float64():
         ((256, 1), 48, 1, 1, "grad_weight", "direct"),
         ((256, 1), 6, 1, 2, "forward", "im2col"),  # ... but not strided
         ((256, 1), 16, 1, 1, "forward", "direct"),  # ... into more than 8 as its samples interleave
-        ((256, 1), 48, 1, 1, "forward", "im2col"),  # ... but not into more than 32
+        ((256, 1), 48, 1, 1, "forward", "direct"),  # ... and one channel into any number
+        ((256, 2), 48, 1, 1, "forward", "im2col"),  # ... but two into more than 32
         (6, 16, 1, 1, "forward", "direct"),  # LeNet c2
         ((64, 6), 16, 1, 1, "forward", "direct"),  # ... and at batch 64, its samples interleaved
         (6, 16, 1, 2, "forward", "im2col"),  # ... but strided
@@ -966,8 +967,8 @@ def test_auto_rule(c_in, c_out, groups, stride, direction, expected):
         ((8, 64, 28, 28), 64, 5, 2, "im2col"),  # 64 x 64 x 25: past the wider work bound
         ((1, 128, 1, 4000), 128, (1, 9), (0, 4), "im2col"),  # more than 64 channels
         ((8, 16, 32, 32), 16, 1, 0, "im2col"),  # pointwise: a GEMM on the input itself
-        ((8, 1, 1, 16000), 64, (1, 9), (0, 4), ("im2col", "im2col", "direct")),  # one channel into 64
-        # (audio): the weight gradient of a single input channel runs the direct loops at any size
+        ((8, 1, 1, 16000), 64, (1, 9), (0, 4), ("direct", "im2col", "direct")),  # one channel into 64
+        # (audio): a single input channel's forward and weight gradient run the direct loops at any size
     ],
 )
 def test_auto_rule_by_grid_fill(x_shape, c_out, k, padding, expected):

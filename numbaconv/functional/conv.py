@@ -66,11 +66,16 @@ def choose_algorithm(geom, direction="forward"):
       a column buffer taps times the input. LeNet's c1 takes its gradients from the direct
       loops by the next rule.
     - one input channel into several at stride 1 (``conv_direct._single_input_channel``): the
-      direct weight gradient at any size, whose sums stay in registers while im2col's GEMM has a
-      single column a tap. Measured, ms, direct / im2col, medians of bursts in turns, 2-core
-      AVX-512: audio (1, 1, 16000) -> 64, k = 9, 0.18 / 0.53, at batch 8 2.40 / 4.12; (16, 1,
-      64x64) -> 64, 5x5, 2.01 / 2.95; (2, 1, 8x32x32) -> 32, 3x3x3, 0.37 / 1.61; (256, 1, 9x9)
-      -> 48, 3x3, 0.64 / 1.47, -> 6, 0.20 / 0.30; (1, 1, 32x32) -> 64, 3x3, 0.053 / 0.050.
+      direct forward pass and weight gradient at any size, whose sums stay in registers while
+      im2col's GEMM has a single column a tap. Measured, ms, direct / im2col, medians of bursts
+      in turns, 2-core AVX-512, weight gradient: audio (1, 1, 16000) -> 64, k = 9, 0.18 / 0.53,
+      at batch 8 2.40 / 4.12; (16, 1, 64x64) -> 64, 5x5, 2.01 / 2.95; (2, 1, 8x32x32) -> 32,
+      3x3x3, 0.37 / 1.61; (256, 1, 9x9) -> 48, 3x3, 0.64 / 1.47, -> 6, 0.20 / 0.30; (1, 1,
+      32x32) -> 64, 3x3, 0.053 / 0.050. Forward: audio 0.18 / 0.29, at batch 8 2.11 / 2.59;
+      (16, 1, 64x64) -> 64 1.79 / 2.96; (4, 1, 128x128) -> 16, 7x7, 0.62 / 1.80; (2, 1,
+      8x32x32) -> 32 0.33 / 0.55; (1, 1, 4000) -> 128, k = 9, 0.105 / 0.162; (8, 1, 28x28) ->
+      32, 3x3, 0.11 / 0.15; the one loss (64, 1, 28x28) -> 32, 3x3, 0.57 / 0.53. The input
+      gradient, with one channel to produce, stays with the rules below.
     - stride 1, at most ``DIRECT_MAX_OUT_PER_GROUP`` output channels per group, at most
       ``DIRECT_MAX_WORK`` multiply-adds per output position a group (C/g * K/g * taps, a
       kernel wider than 1x1) and ``DIRECT_MIN_FILL`` of the grid's positions outputs: direct,
@@ -140,7 +145,7 @@ def choose_algorithm(geom, direction="forward"):
     if geom.stride == (1, 1, 1):
         if per_group_in == 1 and per_group_out <= 8 and direction == "forward":
             return "direct"
-        if direction == "grad_weight" and conv_direct._single_input_channel(geom):
+        if direction != "grad_input" and conv_direct._single_input_channel(geom):
             return "direct"
         work = per_group_in * per_group_out
         outputs = geom.batch * geom.out_channels * math.prod(geom.out_size)
