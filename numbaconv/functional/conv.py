@@ -64,7 +64,7 @@ def choose_algorithm(geom, direction="forward"):
     - C/g == 1 and K/g <= 8 at stride 1 (a first layer of a few filters on one channel, as
       LeNet's c1): direct forward at any size. im2col's GEMM would have at most eight rows over
       a column buffer taps times the input. LeNet's c1 takes its weight gradient from the
-      direct loops by the next rule, its input gradient by the grid-fill rule after it.
+      direct loops by the next rule, its input gradient by the rules below it.
     - one input channel into several at stride 1 (``conv_direct._single_input_channel``): the
       direct forward pass and weight gradient at any size, whose sums stay in registers while
       im2col's GEMM has a single column a tap. Measured, ms, direct / im2col, medians of bursts
