@@ -915,8 +915,8 @@ def test_dtype_is_preserved_and_float64_is_computed_in_float64():
         (6, 16, 1, 2, "forward", "im2col"),  # ... but strided
         (6, 16, 1, 1, "grad_input", "direct"),  # small convolutions: the backward too
         (6, 16, 1, 1, "grad_weight", "direct"),
-        ((64, 6), 16, 1, 1, "grad_weight", "im2col"),  # ... but not at batch 64
-        ((64, 6), 16, 1, 1, "grad_input", "im2col"),
+        ((64, 6), 16, 1, 1, "grad_weight", "direct"),  # ... at batch 64 as the forward interleaves
+        ((64, 6), 16, 1, 1, "grad_input", "im2col"),  # ... but not its input gradient
         ((64, 64), 64, 8, 1, "grad_input", "direct"),  # grouped, 8 x 8 channels a group
         ((64, 64), 64, 16, 1, "forward", "direct"),  # grouped, 4 x 4
         ((64, 64), 64, 8, 1, "grad_weight", "direct"),
@@ -954,8 +954,9 @@ def test_auto_rule(c_in, c_out, groups, stride, direction, expected):
         ((64, 3, 32, 32), 16, 5, 2, "direct"),  # few output channels, most of the grid output
         ((8, 32, 32, 32), 32, 3, 1, "direct"),  # ... up to 32 into 32 at 3x3
         ((64, 1, 32, 32), 6, 5, 0, "direct"),  # LeNet's c1 (fill 0.77): its gradients too
-        ((64, 6, 14, 14), 16, 5, 0, ("direct", "im2col", "im2col")),  # LeNet's c2: half its grid
-        # dropped, but the forward pass interleaves its samples and skips the margin
+        ((64, 6, 14, 14), 16, 5, 0, ("direct", "im2col", "direct")),  # LeNet's c2: half its grid
+        # dropped, but the forward pass interleaves its samples and skips the margin, and the
+        # weight gradient's sums in registers pay for the margin
         ((2, 8, 20, 20), 24, 5, 0, "im2col"),  # a third margin, rows too short to interleave
         # past those bounds, up to 64 channels a side and 64 x 64 x 9 multiply-adds a position
         ((8, 32, 32, 32), 64, 3, 1, "direct"),  # 64 output channels
@@ -974,7 +975,7 @@ def test_auto_rule(c_in, c_out, groups, stride, direction, expected):
 def test_auto_rule_by_grid_fill(x_shape, c_out, k, padding, expected):
     """At stride 1, few output channels a group over a grid that is mostly output run the direct
     loops in every direction (``DIRECT_MIN_FILL`` and its bounds, in choose_algorithm), and the
-    forward pass over any grid when its samples interleave; within the wider bounds
+    forward pass and weight gradient over any grid when the samples interleave; within the wider bounds
     (``DIRECT_MAX_CHANNELS``, ``DIRECT_MAX_WORK_WIDE``), where the loops produce enough channels."""
     from numbaconv._geometry import conv_geometry
     from numbaconv.functional.conv import choose_algorithm

@@ -99,7 +99,11 @@ def choose_algorithm(geom, direction="forward"):
       5x5, pad 2 3.5 / 11.4; (32, 16, 12x12) -> 24, 3x3 0.39 / 0.88; (64, 4, 12x12) -> 12,
       5x5 0.22 / 0.69; (16, 3, 28x28) -> 32, 5x5 0.70 / 1.55; (32, 8, 12x12) -> 16, 3x3 0.26 /
       0.27. With PyTorch imported first and its threads busy between calls (``numbaconv
-      bench``'s default), LeNet's c2 read the other way, 0.78 / 0.56.
+      bench``'s default), LeNet's c2 read the other way, 0.78 / 0.56. So does the weight
+      gradient, since its sums are in registers, though it computes the margin: ms, direct /
+      im2col, medians of bursts in turns, same host: LeNet's c2 at batch 64 0.58 / 0.72; (64,
+      16, 16x16) -> 20 2.46 / 5.73; (32, 16, 12x12) -> 24 0.27 / 0.44; (16, 3, 28x28) -> 32
+      0.43 / 0.82; (64, 4, 12x12) -> 12 0.29 / 0.37; (32, 8, 12x12) -> 16 0.17 / 0.23.
     - stride 1, C/g * K/g <= 128 and at most ``DIRECT_MAX_OUTPUTS`` output elements: direct,
       every direction (LeNet's layers at batch 1: 1.2-1.5x faster, backward too).
     - stride 1, grouped, C/g * K/g <= 64: direct, every direction (the per-group GEMMs are tiny
@@ -156,7 +160,7 @@ def choose_algorithm(geom, direction="forward"):
         if (per_group_out <= DIRECT_MAX_OUT_PER_GROUP and 1 < math.prod(geom.kernel)
                 and work * math.prod(geom.kernel) <= DIRECT_MAX_WORK
                 and (math.prod(geom.out_size) >= DIRECT_MIN_FILL * math.prod(_grid(geom))
-                     or direction == "forward" and conv_direct.samples_interleaved(geom) > 1)):
+                     or direction != "grad_input" and conv_direct.samples_interleaved(geom) > 1)):
             return "direct"
         if conv_winograd.applies(geom, direction) and conv_winograd.pays(geom):  # never the weight gradient
             return "winograd"
