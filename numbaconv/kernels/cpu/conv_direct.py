@@ -464,23 +464,23 @@ def _tap_sums(gf, xf, L, ks, c, shifts, t0, q0, n, acc):
             m = q0 + n - q  # with ``partial``, the lanes in use
             ga, gb = _load(gf, k0 * L + q, m, partial), _load(gf, k1 * L + q, m, partial)
             gc, gd = _load(gf, k2 * L + q, m, partial), _load(gf, k3 * L + q, m, partial)
-            x = _load(xf, s0 + q, m, partial)
-            a0, b0, c0, d0 = vfma(ga, x, a0), vfma(gb, x, b0), vfma(gc, x, c0), vfma(gd, x, d0)
-            x = _load(xf, s1 + q, m, partial)
-            a1, b1, c1, d1 = vfma(ga, x, a1), vfma(gb, x, b1), vfma(gc, x, c1), vfma(gd, x, d1)
-            x = _load(xf, s2 + q, m, partial)
-            a2, b2, c2, d2 = vfma(ga, x, a2), vfma(gb, x, b2), vfma(gc, x, c2), vfma(gd, x, d2)
+            a0, b0, c0, d0 = _fma4(_load(xf, s0 + q, m, partial), ga, gb, gc, gd, a0, b0, c0, d0)
+            a1, b1, c1, d1 = _fma4(_load(xf, s1 + q, m, partial), ga, gb, gc, gd, a1, b1, c1, d1)
+            a2, b2, c2, d2 = _fma4(_load(xf, s2 + q, m, partial), ga, gb, gc, gd, a2, b2, c2, d2)
             if SUM_TAPS == 6 and six:  # SUM_TAPS: taps 3-5 compiled only for AVX-512
-                x = _load(xf, s3 + q, m, partial)
-                a3, b3, c3, d3 = vfma(ga, x, a3), vfma(gb, x, b3), vfma(gc, x, c3), vfma(gd, x, d3)
-                x = _load(xf, s4 + q, m, partial)
-                a4, b4, c4, d4 = vfma(ga, x, a4), vfma(gb, x, b4), vfma(gc, x, c4), vfma(gd, x, d4)
-                x = _load(xf, s5 + q, m, partial)
-                a5, b5, c5, d5 = vfma(ga, x, a5), vfma(gb, x, b5), vfma(gc, x, c5), vfma(gd, x, d5)
+                a3, b3, c3, d3 = _fma4(_load(xf, s3 + q, m, partial), ga, gb, gc, gd, a3, b3, c3, d3)
+                a4, b4, c4, d4 = _fma4(_load(xf, s4 + q, m, partial), ga, gb, gc, gd, a4, b4, c4, d4)
+                a5, b5, c5, d5 = _fma4(_load(xf, s5 + q, m, partial), ga, gb, gc, gd, a5, b5, c5, d5)
     _add_sums(acc, 0, t0, T, a0, a1, a2, a3, a4, a5)
     _add_sums(acc, 1, t0, T, b0, b1, b2, b3, b4, b5)
     _add_sums(acc, 2, t0, T, c0, c1, c2, c3, c4, c5)
     _add_sums(acc, 3, t0, T, d0, d1, d2, d3, d4, d5)
+
+
+@njit(inline="always", cache=True)
+def _fma4(x, ga, gb, gc, gd, a, b, c, d):
+    """(a, b, c, d) plus the input vector x times each channel's grad_out vector."""
+    return vfma(ga, x, a), vfma(gb, x, b), vfma(gc, x, c), vfma(gd, x, d)
 
 
 @njit(inline="always", cache=True)
