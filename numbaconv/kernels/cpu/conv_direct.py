@@ -10,11 +10,12 @@ one long contiguous loop that vectorizes, with no bounds to check. Outputs are c
 grid position and those past the true output, which mix neighbouring rows, are dropped at the
 end. The forward pass (``_correlate_stacked``) lays every sample's grid end to end, channel by
 channel, so one loop runs over many samples and small planes make loops as long as large ones,
-and keeps four output channels' sums over three vectors of positions in registers through every
-channel and tap (``_taps``, written with ``_simd``'s explicit vectors);
+and keeps four output channels' sums over six vectors of positions (three with AVX2) in
+registers through every channel and tap (``_taps``, written with ``_simd``'s explicit vectors);
 the input gradient is the same correlation of ``grad_out``, laid on the grid, with the flipped
 kernel, and the weight gradient (``_grad_weight_stacked``) reads both grids stacked, with
-``grad_out`` placed on its own and zeros at the dropped positions.
+``grad_out`` placed on its own and zeros at the dropped positions, four channels by six taps of
+its sums in registers (``_tap_sums``).
 
 At larger strides (``_forward``, ``_grad_input``, ``_grad_weight``) the innermost loop runs along W
 over a precomputed valid range, so it is branch-free; loops are ordered so that the rows being
@@ -519,9 +520,11 @@ def place_on_grid(x, geom, xp):
     return xp
 
 
-#: Grid positions per task of ``_correlate_stacked``, rounded to whole grid rows: two blocks of
-#: sums, 32 KiB in float32, stay in L1 while every tap is added to them. Measured, LeNet's c2 at
-#: batch 64, 1024 / 2048 / 4096 positions: 0.60-1.11 / 0.57-0.61 / 0.60-0.63 ms.
+#: Grid positions per task of ``_correlate_stacked`` with m = 1, rounded to whole grid rows. Chosen
+#: when two blocks of sums, 32 KiB in float32, had to stay in L1 while every tap was added to them
+#: (LeNet's c2 at batch 64, 1024 / 2048 / 4096 positions: 0.60-1.11 / 0.57-0.61 / 0.60-0.63 ms);
+#: the sums are now in registers, and a block is the staging of a task's outputs and the input it
+#: reads. It also bounds how many samples interleave (``samples_interleaved``).
 STACK_BLOCK = 4096
 
 
