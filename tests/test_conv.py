@@ -447,7 +447,7 @@ def test_direct_blocks_that_split_grid_rows_match_naive(monkeypatch, block, spat
 #: stride-1 forward passes whose samples interleave (``conv_direct.samples_interleaved``):
 #: (spatial, kernel, padding, dilation, groups, padding_mode, c_in, c_out, batch, samples a grid):
 #: 1-D to 3-D, a crop-free margin on one side only, dilation, groups with an odd channel count a
-#: group (the pair's last channel twice), the whole batch on one grid or in groups of a few.
+#: group (a quad's last channel repeated), the whole batch on one grid or in groups of a few.
 INTERLEAVED_DIRECT = [
     ((9,), 3, 0, 1, 1, "zeros", 2, 3, 6, 6), ((7, 6), 3, (1, 0), 2, 1, "zeros", 3, 4, 6, 3),
     ((6, 5), (2, 3), (0, 1), (2, 1), 2, "zeros", 4, 6, 5, 5), ((4, 5, 6), 2, (1, 0, 1), 1, 1, "zeros", 2, 5, 4, 2),

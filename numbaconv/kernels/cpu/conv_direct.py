@@ -181,14 +181,6 @@ def _grad_weight(go, x, gw, stride, dilation, padding, groups):
                     gw[k, cl, kd, kh, kw] = acc
 
 
-@njit(inline="always", cache=True)
-def _channel_pair(kp, pairs, Kg):
-    """Output channels (k0, k1) of pair kp, ``pairs`` to a group of Kg: the group's last channel
-    twice when Kg is odd."""
-    k0 = (kp // pairs) * Kg + 2 * (kp % pairs)
-    return k0, min(k0 + 1, (kp // pairs + 1) * Kg - 1)
-
-
 #: Output channels one task of ``_correlate_stacked`` sums at once. With three vectors of
 #: positions, ``_taps`` keeps twelve accumulators in registers; with the three input vectors and
 #: a weight, sixteen: what AVX2 has.
