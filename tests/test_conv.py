@@ -331,9 +331,9 @@ def test_depthwise_kernels(monkeypatch, nd, k, stride, dilation, padding, m, siz
 
 
 @njit  # not cached: Numba's cache would not see a change to the inlined _taps in another module
-def _taps_into(xf, w, b, ks, offs, base, stride, n):
+def _taps_into(xf, wf, rows, cols, b, ks, offs, base, stride, n):
     accf = np.full(conv_direct.QUAD * stride, np.nan, xf.dtype)
-    conv_direct._taps(xf, w, b, ks, offs, base, accf, stride, n)
+    conv_direct._taps(xf, wf, rows, cols, b, ks, offs, base, accf, stride, n)
     return accf.reshape(conv_direct.QUAD, stride)
 
 
@@ -344,21 +344,78 @@ def test_direct_register_blocked_taps_match_numpy(dtype, n, taps, channels, seed
     """``conv_direct._taps``, the stride-1 loops' register-blocked sums, for every count of
     positions around its vector sizes (six vectors, three, one, the last vector overlapping the
     one before, fewer positions than a vector) and any four channels of the weight (one of them
-    repeated, as a group's last quad has it): each sum at each position against NumPy, and
-    nothing written past the positions asked for."""
+    repeated, as a group's last quad has it), the weight read through any rows and columns of
+    a flat buffer: each sum at each position against NumPy, and nothing written past the
+    positions asked for."""
     rng = np.random.default_rng(seed)
     xf = rng.standard_normal(420).astype(dtype)
     offs = rng.integers(0, 420 - 200 - 9, taps)
     base = int(rng.integers(0, 10))
-    w, b = rng.standard_normal((channels, taps)).astype(dtype), rng.standard_normal(channels).astype(dtype)
+    wf, b = rng.standard_normal(channels * taps).astype(dtype), rng.standard_normal(channels).astype(dtype)
+    rows, cols = rng.permutation(channels) * taps, rng.permutation(taps)
+    w = wf[rows[:, None] + cols[None, :]]
     ks = tuple(int(k) for k in rng.integers(0, channels, conv_direct.QUAD))
     stride = n + 5
-    acc = _taps_into(xf, w, b, ks, offs, base, stride, n)
+    acc = _taps_into(xf, wf, rows, cols, b, ks, offs, base, stride, n)
     window = xf[base + offs[:, None] + np.arange(n)[None, :]].astype(np.float64)  # (taps, n)
     ref = b[list(ks)][:, None] + w[list(ks)].astype(np.float64) @ window
     scale = np.abs(b[list(ks)])[:, None] + np.abs(w[list(ks)]).astype(np.float64) @ np.abs(window)
     assert np.all(np.abs(acc[:, :n] - ref) <= 8 * np.finfo(dtype).eps * (scale + 1e-30)), "a sum is wrong"
     assert np.isnan(acc[:, n:]).all(), "a sum was written past the positions asked for"
+
+
+@settings(max_examples=40, deadline=None)
+@given(K=st.integers(1, 8), Cg=st.integers(1, 5), T=st.integers(1, 9), groups=st.integers(1, 3))
+def test_direct_weight_index_reads_the_flipped_kernel_in_place(K, Cg, T, groups):
+    """``conv_direct.weight_index``: where the stride-1 loops read their kernel in the weight as
+    it is, unflipped (the weight itself) and flipped (``conv_direct.flipped``'s copy, which
+    the input gradient once made on every call), groups included, and which input channel and
+    tap each column multiplies."""
+    from numbaconv._geometry import conv_geometry
+
+    K *= groups
+    w = np.arange(K * Cg * T, dtype=np.float64).reshape(K, Cg, 1, 1, T)
+    x = np.zeros((1, Cg * groups, 1, 1, T + 2))
+    geom = conv_geometry("conv3d", x, w, None, 1, 0, 1, groups, "zeros", 3)
+    for flip, want in ((False, w.reshape(K, -1)), (True, conv_direct.flipped(w, geom).reshape(groups * Cg, -1))):
+        rows, cols, chans, taps = conv_direct.weight_index(K, Cg, T, groups, flip)
+        np.testing.assert_array_equal(w.reshape(-1)[rows[:, None] + cols[None, :]], want)
+        np.testing.assert_array_equal(chans * T + taps, np.arange(want.shape[1]))  # column j: channel j // T, tap j % T
+
+
+@pytest.mark.parametrize("kernel, stride, dilation, count, reach", [
+    ((1, 7, 7), (1, 2, 2), (1, 1, 1), 4, (1, 4, 4)),  # ResNet's stem
+    ((1, 11, 11), (1, 4, 4), (1, 1, 1), 16, (1, 3, 3)),  # AlexNet's
+    ((1, 3, 3), (1, 2, 2), (1, 1, 1), 4, (1, 2, 2)),
+    ((1, 1, 1), (1, 2, 2), (1, 1, 1), 1, (1, 1, 1)),  # pointwise: the input subsampled
+    ((1, 1, 3), (1, 1, 2), (1, 1, 2), 1, (1, 1, 3)),  # dilation 2 at stride 2: every tap on phase 0
+    ((3, 3, 3), (2, 3, 1), (1, 2, 1), 6, (2, 2, 3)),  # taps at 0, 2, 4 on 3 phases of stride 3
+])
+def test_direct_strided_phases(kernel, stride, dilation, count, reach):
+    """``conv_direct.phases``: how many phases a channel a strided convolution becomes and the
+    taps each is left with; the phases and their gradient (``to_phases``, ``from_phases``) are
+    each other's adjoint, so the input gradient taken back through them is exact; and a strided
+    direct convolution runs the stride-1 loops on them, against the naive reference."""
+    from numbaconv._geometry import conv_geometry
+
+    rng = np.random.default_rng(sum(kernel) + sum(stride))
+    x = rng.standard_normal((2, 2, 5, 9, 10))
+    w = rng.standard_normal((3, 2, *kernel))
+    kw = dict(stride=stride, padding=tuple(k // 2 for k in kernel), dilation=dilation)
+    geom = conv_geometry("conv3d", x, w, None, kw["stride"], kw["padding"], kw["dilation"], 1, "zeros", 3)
+    plan = conv_direct.phases(geom)
+    assert (plan.count, plan.geom.kernel, plan.geom.stride) == (count, reach, (1, 1, 1))
+    xp = conv_direct.to_phases(x, plan)
+    g = rng.standard_normal(xp.shape)
+    gx = np.empty_like(x)
+    conv_direct.from_phases(g, gx, plan)
+    assert np.isclose(np.vdot(xp, g), np.vdot(x, gx), rtol=1e-12), "from_phases is not to_phases' adjoint"
+    stride1, calls = conv_direct._correlate_stacked, []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(conv_direct, "_correlate_stacked", lambda *a: calls.append(1) or stride1(*a))
+        y = numbaconv.conv3d(x, w, algorithm="direct", **kw)
+    assert calls, "the strided convolution did not run the stride-1 loops"
+    check(y, naive.conv(x, w, **kw), naive.conv(_abs(x), _abs(w), **kw), np.float64, "strided forward")
 
 
 @settings(max_examples=60, deadline=None)
@@ -902,38 +959,30 @@ def test_dtype_is_preserved_and_float64_is_computed_in_float64():
         (64, 128, 64, 2, "grad_weight", "direct"),
         (64, 64, 32, 1, "grad_input", "direct"),
         (1, 6, 1, 1, "forward", "direct"),  # LeNet c1
-        ((256, 1), 6, 1, 1, "forward", "direct"),  # ... past the output bound too: one channel into at most 8
-        ((256, 1), 6, 1, 1, "grad_input", "im2col"),  # ... its forward only (on this 9x9 grid)
-        ((256, 1), 6, 1, 1, "grad_weight", "direct"),  # ... and the weight gradient of any one channel
+        ((256, 1), 6, 1, 1, "grad_input", "direct"),  # one channel produced from few
+        ((256, 1), 48, 1, 1, "grad_input", "im2col"),  # ... but not from 48: the quad would repeat it
         ((256, 1), 48, 1, 1, "grad_weight", "direct"),
-        ((256, 1), 6, 1, 2, "forward", "im2col"),  # ... but not strided
-        ((256, 1), 16, 1, 1, "forward", "direct"),  # ... into more than 8 as its samples interleave
-        ((256, 1), 48, 1, 1, "forward", "direct"),  # ... and one channel into any number
-        ((256, 2), 48, 1, 1, "forward", "im2col"),  # ... but two into more than 32
+        ((256, 1), 6, 1, 2, "forward", "direct"),  # strided: the forward pass on the stride phases
+        ((256, 1), 6, 1, 2, "grad_input", "im2col"),  # ... its gradients not: 16/9 of the work
         (6, 16, 1, 1, "forward", "direct"),  # LeNet c2
-        ((64, 6), 16, 1, 1, "forward", "direct"),  # ... and at batch 64, its samples interleaved
-        (6, 16, 1, 2, "forward", "im2col"),  # ... but strided
-        (6, 16, 1, 1, "grad_input", "direct"),  # small convolutions: the backward too
-        (6, 16, 1, 1, "grad_weight", "direct"),
-        ((64, 6), 16, 1, 1, "grad_weight", "direct"),  # ... at batch 64 as the forward interleaves
-        ((64, 6), 16, 1, 1, "grad_input", "im2col"),  # ... but not its input gradient
-        ((64, 64), 64, 8, 1, "grad_input", "direct"),  # grouped, 8 x 8 channels a group
-        ((64, 64), 64, 16, 1, "forward", "direct"),  # grouped, 4 x 4
-        ((64, 64), 64, 8, 1, "grad_weight", "direct"),
-        ((64, 64), 64, 4, 1, "grad_input", "im2col"),  # grouped, 16 x 16
-        ((64, 64), 64, 8, 2, "forward", "im2col"),  # grouped, but strided
-        (64, 64, 1, 1, "forward", "im2col"),
-        ((64, 64), 64, 1, 1, "forward", "winograd"),  # 3x3 over 576 tiles of 4x4 outputs, 64 channels
-        ((64, 64), 64, 1, 1, "grad_input", "winograd"),
-        ((64, 64), 64, 1, 1, "grad_weight", "im2col"),  # ... but not its weight gradient
-        ((6, 64), 64, 1, 1, "forward", "winograd"),  # 54 tiles (9 a sample)
-        ((5, 64), 64, 1, 1, "forward", "im2col"),  # 45 tiles: too few
-        ((5, 64), 128, 1, 1, "grad_input", "im2col"),
-        ((16, 256), 256, 1, 1, "forward", "winograd"),  # 144 tiles, 256 x 256 channels to transform
-        ((12, 256), 256, 1, 1, "forward", "im2col"),  # 108 tiles: too few for a weight that large
-        ((64, 64), 64, 1, 2, "forward", "im2col"),  # strided
-        ((64, 64), 64, 2, 1, "forward", "direct"),  # grouped: not Winograd's (32 x 32 a group: direct)
-        ((2048, 32), 64, 1, 1, "forward", "im2col"),  # 32 channels in: too few for Winograd's transforms
+        (6, 16, 1, 1, "grad_input", "direct"),
+        ((64, 6), 16, 1, 1, "grad_input", "direct"),
+        (6, 16, 1, 2, "grad_weight", "im2col"),  # ... but strided
+        ((64, 64), 64, 4, 1, "grad_input", "direct"),  # grouped, 16 x 16
+        ((64, 64), 64, 8, 2, "grad_input", "im2col"),  # grouped, but a 3x3 strided
+        ((64, 64), 64, 2, 1, "forward", "direct"),  # grouped: not Winograd's
+        ((32, 64), 64, 1, 1, "forward", "direct"),  # 64 x 64 channels: too few for Winograd's transforms
+        ((32, 64), 128, 1, 1, "forward", "winograd"),  # 64 x 128 over 288 tiles of 4x4 outputs (9 a sample)
+        ((32, 64), 128, 1, 1, "grad_input", "winograd"),
+        ((32, 64), 128, 1, 1, "grad_weight", "direct"),  # ... never the weight gradient
+        ((21, 64), 128, 1, 1, "forward", "direct"),  # 189 tiles: too few
+        ((16, 256), 256, 1, 1, "forward", "direct"),  # 144 tiles, 256 x 256
+        ((32, 256), 256, 1, 1, "forward", "winograd"),  # 288
+        ((2048, 32), 64, 1, 1, "forward", "direct"),  # 32 channels in: too few for Winograd's
+        ((2, 256), 256, 1, 1, "grad_weight", "im2col"),  # 162 positions for 256 x 256 channels
+        ((6, 256), 256, 1, 1, "grad_weight", "im2col"),  # 486
+        ((7, 256), 256, 1, 1, "grad_weight", "direct"),  # 567
+        ((2, 32), 64, 1, 1, "grad_weight", "direct"),  # 32 x 64 channels: the loops on any plane
     ],
 )
 def test_auto_rule(c_in, c_out, groups, stride, direction, expected):
@@ -949,41 +998,43 @@ def test_auto_rule(c_in, c_out, groups, stride, direction, expected):
 
 
 @pytest.mark.parametrize(
-    "x_shape, c_out, k, padding, expected",
+    "x_shape, c_out, k, stride, padding, expected",
     [
-        ((64, 3, 32, 32), 16, 5, 2, "direct"),  # few output channels, most of the grid output
-        ((8, 32, 32, 32), 32, 3, 1, "direct"),  # ... up to 32 into 32 at 3x3
-        ((64, 1, 32, 32), 6, 5, 0, "direct"),  # LeNet's c1 (fill 0.77): its gradients too
-        ((64, 6, 14, 14), 16, 5, 0, ("direct", "im2col", "direct")),  # LeNet's c2: half its grid
-        # dropped, but the forward pass interleaves its samples and skips the margin, and the
-        # weight gradient's sums in registers pay for the margin
-        ((2, 8, 20, 20), 24, 5, 0, "im2col"),  # a third margin, rows too short to interleave
-        # past those bounds, up to 64 channels a side and 64 x 64 x 9 multiply-adds a position
-        ((8, 32, 32, 32), 64, 3, 1, "direct"),  # 64 output channels
-        ((64, 16, 32, 32), 32, 5, 2, "direct"),  # past the first work bound
-        ((1, 64, 1, 16000), 64, (1, 9), (0, 4), "direct"),  # audio, 64 into 64
-        ((1, 3, 224, 224), 64, 3, 1, ("direct", "im2col", "direct")),  # 3 input channels: too
-        # few for the input gradient's loops to produce
-        ((1, 8, 1, 16000), 64, (1, 9), (0, 4), ("direct", "im2col", "direct")),
-        ((8, 64, 28, 28), 64, 5, 2, "im2col"),  # 64 x 64 x 25: past the wider work bound
-        ((1, 128, 1, 4000), 128, (1, 9), (0, 4), "im2col"),  # more than 64 channels
-        ((8, 16, 32, 32), 16, 1, 0, "im2col"),  # pointwise: a GEMM on the input itself
-        ((8, 1, 1, 16000), 64, (1, 9), (0, 4), ("direct", "im2col", "direct")),  # one channel into 64
-        # (audio): a single input channel's forward and weight gradient run the direct loops at any size
+        ((64, 3, 32, 32), 16, 5, 1, 2, "direct"),
+        ((64, 6, 14, 14), 16, 5, 1, 0, "direct"),  # LeNet's c2, half its grid margin
+        ((8, 64, 28, 28), 64, 5, 1, 2, "direct"),
+        ((1, 128, 1, 4000), 128, (1, 9), 1, (0, 4), "direct"),
+        ((1, 3, 224, 224), 64, 3, 1, 1, ("direct", "im2col", "direct")),  # VGG's first layer: 3
+        # input channels, too few for the input gradient's quads of them
+        ((8, 1, 1, 16000), 64, (1, 9), 1, (0, 4), ("direct", "im2col", "direct")),  # one into 64
+        ((1, 8, 1, 16000), 64, (1, 9), 1, (0, 4), "direct"),
+        ((8, 16, 32, 32), 16, 1, 1, 0, "im2col"),  # pointwise: a GEMM on the input itself
+        ((1, 512, 14, 14), 512, 3, 1, 1, ("direct", "direct", "im2col")),  # a short plane's weight gradient
+        ((1, 128, 112, 112), 128, 3, 1, 1, ("winograd", "winograd", "direct")),
+        ((1, 3, 224, 224), 64, 7, 2, 3, "direct"),  # ResNet's stem, on 4 phases under 4x4 taps
+        ((1, 3, 227, 227), 64, 11, 4, 2, "direct"),  # AlexNet's, on 16 phases under 3x3
+        ((64, 6, 28, 28), 16, 5, 2, 2, "direct"),  # 4 phases under 3x3: 36/25 of the work
+        ((8, 32, 28, 28), 64, 5, 2, 2, ("direct", "im2col", "im2col")),  # ... but its gradients
+        # not with 32 input channels
+        ((1, 64, 56, 56), 128, 3, 2, 1, ("direct", "im2col", "im2col")),  # a 3x3 at stride 2:
+        # the forward pass on the phases, the gradients not (16/9 of the work)
+        ((8, 64, 56, 56), 128, 3, 2, 1, "im2col"),  # ... at batch 8, blocks of 256 x 4096 too large
+        ((8, 8, 56, 56), 128, 1, 2, 0, "im2col"),  # 1x1 at stride 2
     ],
 )
-def test_auto_rule_by_grid_fill(x_shape, c_out, k, padding, expected):
-    """At stride 1, few output channels a group over a grid that is mostly output run the direct
-    loops in every direction (``DIRECT_MIN_FILL`` and its bounds, in choose_algorithm), and the
-    forward pass and weight gradient over any grid when the samples interleave; within the wider bounds
-    (``DIRECT_MAX_CHANNELS``, ``DIRECT_MAX_WORK_WIDE``), where the loops produce enough channels."""
+def test_auto_rule_by_shape(x_shape, c_out, k, stride, padding, expected):
+    """Shapes of real layers take the direction-by-direction choices that choose_algorithm's
+    rules document: the stride-1 direct loops but for pointwise kernels, Winograd's tiles where
+    they pay, the input gradient of fewer than a quad of channels, the weight gradient of a
+    short plane; at larger strides, the forward pass on the stride phases while a block of them
+    fits, and the gradients there for a few channels under a large kernel."""
     from numbaconv._geometry import conv_geometry
     from numbaconv.functional.conv import choose_algorithm
 
     kernel = k if isinstance(k, tuple) else (k, k)
     x = np.zeros(x_shape, np.float32)
     w = np.zeros((c_out, x_shape[1], *kernel), np.float32)
-    geom = conv_geometry("conv2d", x, w, None, 1, padding, 1, 1, "zeros", 2)
+    geom = conv_geometry("conv2d", x, w, None, stride, padding, 1, 1, "zeros", 2)
     expected = (expected,) * 3 if isinstance(expected, str) else expected
     assert tuple(choose_algorithm(geom, d) for d in ("forward", "grad_input", "grad_weight")) == expected
 

@@ -25,26 +25,26 @@ from ._autotune import tuned
 ALGORITHM_CHOICES = ("auto", "tune", *ALGORITHMS)
 
 
-#: The forward rule's bound on the output elements (batch x channels x positions) of a small
-#: convolution that the direct loops run (see ``choose_algorithm``).
-DIRECT_MAX_OUTPUTS = 1 << 16
+#: The input gradient of fewer input channels a group than the direct loops sum at once
+#: (``conv_direct.QUAD``), from at least this many output channels a group, runs im2col (see
+#: ``choose_algorithm``).
+FEW_PRODUCED_MIN_CONSUMED = 32
 
-#: The bounds within which the rules run a larger stride-1 convolution on the direct loops, every
-#: direction (see ``choose_algorithm``): output channels per group, multiply-adds per output
-#: position per group (32 channels into 32 at 3x3), and the share of the grid's positions that
-#: are outputs.
-DIRECT_MAX_OUT_PER_GROUP = 32
-DIRECT_MAX_WORK = 32 * 32 * 9
-DIRECT_MIN_FILL = 0.75
+#: The weight gradient over fewer output positions (batch x plane) than this, with at least
+#: ``SMALL_PLANE_MIN_WORK`` channel pairs a group, runs im2col (see ``choose_algorithm``).
+SMALL_PLANE_POSITIONS = 512
+SMALL_PLANE_MIN_WORK = 64 * 64
 
-#: The wider bounds within which the rules run a stride-1 convolution on the direct loops where
-#: Winograd's tiles do not pay (see ``choose_algorithm``): at most this many channels per group
-#: on either side, at most ``DIRECT_MAX_WORK_WIDE`` multiply-adds per output position a group,
-#: and at least ``DIRECT_MIN_PRODUCED`` channels a group out of the loops (the input channels
-#: for the input gradient, the output channels otherwise).
-DIRECT_MAX_CHANNELS = 64
-DIRECT_MAX_WORK_WIDE = 64 * 64 * 9
-DIRECT_MIN_PRODUCED = 16
+#: A strided convolution's forward pass runs the direct loops, as a stride-1 one over its
+#: input's stride phases (``conv_direct.phases``), while a block of the loops' input (a group's
+#: phase channels over ``conv_direct.STACK_BLOCK`` positions, or all there are) has at most this
+#: many elements: every quad of output channels reads its block again, from the caches while it
+#: fits. Its gradients, whose phases' kernels are padded with zeros, with at most
+#: ``PHASES_MAX_CHANNELS`` input channels a group and at most ``PHASES_MAX_OVERHEAD`` times the
+#: multiply-adds on the phases (see ``choose_algorithm``).
+PHASES_MAX_BLOCK = 1 << 19
+PHASES_MAX_CHANNELS = 16
+PHASES_MAX_OVERHEAD = 1.5
 
 
 def choose_algorithm(geom, direction="forward"):
@@ -52,131 +52,81 @@ def choose_algorithm(geom, direction="forward"):
     "grad_weight") of a convolution, chosen separately as cuDNN chooses its forward,
     backward-data and backward-filter algorithms.
 
-    im2col runs one GEMM per group with a group's output channels as rows: with many channels
-    per group the GEMM runs near the machine's peak and im2col wins. With few, the GEMM cannot
-    pay for unfolding a column buffer ``taps`` times the size of the input, and the direct
-    loops, which read the input once, win; at stride 1 they run as long vectorized loops over
-    whole planes. ``bench/algorithms.py`` measures both on each direction; the rules below are
-    read off its table (``bench/results/algorithms.md``), C/g and K/g being the input and output
-    channels per group:
+    The stride-1 direct loops (``conv_direct._correlate_stacked``) keep four output channels'
+    sums over six vectors of positions in registers through every channel and tap, and read
+    the input once, from a grid the output plus the kernel's reach; im2col unfolds a column
+    buffer taps times the input and runs NumPy's GEMM on it. On this host (2-core AVX-512) the
+    loops reach 260-380 GFLOP/s on ResNet's and VGG's 3x3 layers, where the BLAS's GEMM reaches
+    150-230, so they win wherever their margin and their quads' leftovers cost less than that.
+    ``bench/algorithms.py`` measures every candidate on each direction; the rules below are read
+    off its table (``bench/results/algorithms.md``) and off bursts taking turns in one process,
+    C/g and K/g being the input and output channels per group. Measured, ms, direct / im2col
+    (/ Winograd), forward: ResNet-18's (1, 256, 14x14) -> 256 0.71 / 1.28 (PyTorch 0.86),
+    (8, 512, 7x7) -> 512 7.3 / 9.4, (1, 64, 56x56) -> 64 0.69 / 1.32 / 0.84; VGG-16's
+    (1, 512, 14x14) -> 512 2.9 / 4.8; AlexNet's (1, 192, 13x13) -> 384 0.72 / 1.22; audio
+    (1, 64, 16000) -> 64, k = 9, 3.3 / 7.6; video (1, 32, 16x56x56) -> 32 8.5 / 20.5.
 
     - K/g <= 2 (depthwise and alike): direct, every direction, any stride (5-10x faster).
-    - C/g == 1 and K/g <= 8 at stride 1 (a first layer of a few filters on one channel, as
-      LeNet's c1): direct forward at any size. im2col's GEMM would have at most eight rows over
-      a column buffer taps times the input. LeNet's c1 takes its weight gradient from the
-      direct loops by the next rule, its input gradient by the rules below it.
-    - one input channel into several at stride 1 (``conv_direct._single_input_channel``): the
-      direct forward pass and weight gradient at any size, whose sums stay in registers while
-      im2col's GEMM has a single column a tap. Measured, ms, direct / im2col, medians of bursts
-      in turns, 2-core AVX-512, weight gradient: audio (1, 1, 16000) -> 64, k = 9, 0.18 / 0.53,
-      at batch 8 2.40 / 4.12; (16, 1, 64x64) -> 64, 5x5, 2.01 / 2.95; (2, 1, 8x32x32) -> 32,
-      3x3x3, 0.37 / 1.61; (256, 1, 9x9) -> 48, 3x3, 0.64 / 1.47, -> 6, 0.20 / 0.30; (1, 1,
-      32x32) -> 64, 3x3, 0.053 / 0.050. Forward: audio 0.18 / 0.29, at batch 8 2.11 / 2.59;
-      (16, 1, 64x64) -> 64 1.79 / 2.96; (4, 1, 128x128) -> 16, 7x7, 0.62 / 1.80; (2, 1,
-      8x32x32) -> 32 0.33 / 0.55; (1, 1, 4000) -> 128, k = 9, 0.105 / 0.162; (8, 1, 28x28) ->
-      32, 3x3, 0.11 / 0.15; the one loss (64, 1, 28x28) -> 32, 3x3, 0.57 / 0.53. The input
-      gradient, with one channel to produce, stays with the rules below.
-    - stride 1, at most ``DIRECT_MAX_OUT_PER_GROUP`` output channels per group, at most
-      ``DIRECT_MAX_WORK`` multiply-adds per output position a group (C/g * K/g * taps, a
-      kernel wider than 1x1) and ``DIRECT_MIN_FILL`` of the grid's positions outputs: direct,
-      every direction. The stride-1 loops compute at every position of the padded grid (these
-      measurements: two output channels and six taps per pass; since, four channels' sums in
-      registers through every tap, ``conv_direct._correlate_stacked``); where most of
-      the grid is output and a GEMM would have few rows, that beats unfolding. Measured, ms,
-      direct / im2col, forward, input gradient, weight gradient (``bench/algorithms.py``, 2-core
-      AVX2): (64, 3, 32x32) -> 16, 5x5, pad 2 (fill 0.79) 5.5 / 7.4, 6.9 / 8.4, 4.8 / 7.7;
-      (8, 16, 32x32) -> 16, 3x3 1.2 / 1.9, 1.1 / 2.0, 1.1 / 1.9; (8, 32, 32x32) -> 32, 3x3 3.9 /
-      4.3, 3.8 / 4.2, 3.8 / 4.3; (8, 64, 28x28) -> 64 in 4 groups of 16 3.6 / 5.4, 3.7 / 6.7,
-      3.1 / 5.6; LeNet's c1 at batch 64 (fill 0.77) 0.56 / 1.34, 1.20 / 1.25, 0.69 / 1.94. Not:
-      LeNet's c2 at batch 64 (fill 0.51: half the loops' work is dropped) 1.55 / 0.92 and
-      alike; 64 channels into 64 a tie at batch 8 and im2col's at batch 1 (5.4 / 2.9); one
-      channel into 64 (audio: (8, 1, 16000), k = 9) im2col's, 7.3 / 4.5.
-      The forward pass takes the direct loops within the same bounds over a grid of any fill
-      when its samples interleave (``conv_direct.samples_interleaved``: a batch whose output
-      rows, side by side, make long loops), for they then skip the margin. Measured, forward
-      ms, interleaved direct / im2col (median of 15 alternating bursts, 2-core AVX-512,
-      numbaconv imported first): LeNet's c2 at batch 64 0.59 / 0.61; (64, 16, 16x16) -> 20,
-      5x5, pad 2 3.5 / 11.4; (32, 16, 12x12) -> 24, 3x3 0.39 / 0.88; (64, 4, 12x12) -> 12,
-      5x5 0.22 / 0.69; (16, 3, 28x28) -> 32, 5x5 0.70 / 1.55; (32, 8, 12x12) -> 16, 3x3 0.26 /
-      0.27. With PyTorch imported first and its threads busy between calls (``numbaconv
-      bench``'s default), LeNet's c2 read the other way, 0.78 / 0.56. So does the weight
-      gradient, since its sums are in registers, though it computes the margin: ms, direct /
-      im2col, medians of bursts in turns, same host: LeNet's c2 at batch 64 0.58 / 0.72; (64,
-      16, 16x16) -> 20 2.46 / 5.73; (32, 16, 12x12) -> 24 0.27 / 0.44; (16, 3, 28x28) -> 32
-      0.43 / 0.82; (64, 4, 12x12) -> 12 0.29 / 0.37; (32, 8, 12x12) -> 16 0.17 / 0.23.
-    - stride 1, C/g * K/g <= 128 and at most ``DIRECT_MAX_OUTPUTS`` output elements: direct,
-      every direction (LeNet's layers at batch 1: 1.2-1.5x faster, backward too).
-    - stride 1, grouped, C/g * K/g <= 64: direct, every direction (the per-group GEMMs are tiny
-      and the columns are unfolded for all of them: (8, 64, 28x28) in 16 groups of 4, 2.5-3.2
-      against 6.7-7.1 ms; in 8 groups of 8, 3.5-3.9 against 6.0-6.2 ms).
-    - a 3x3 kernel at unit stride and dilation, one group, forward or input gradient, at least
-      ``conv_winograd.MIN_CHANNELS`` channels in and out and at least ``conv_winograd.MIN_TILES``
-      tiles of 4x4 outputs (``MIN_TILES_LARGE_WEIGHT`` past 128 x 128 channels): Winograd's
-      F(4x4, 3x3), a quarter of im2col's multiply-adds in its GEMMs (``conv_winograd.pays``:
-      ResNet-18's first two stages, 0.68-0.75 of im2col's time at batch 8 and 0.78-0.95 at
-      batch 1; VGG-16's layers at batch 1 up to 56x56). Its GEMMs are 36 a call, tiles x C by
-      C x K, and each call transforms the weight: with few tiles (ResNet-18's last two stages
-      at batch 1) the GEMMs are short, and im2col's one long GEMM wins.
-    - stride 1, where Winograd's tiles do not pay: the direct loops within wider bounds, every
-      direction: at most ``DIRECT_MAX_CHANNELS`` channels a group on either side, at most
-      ``DIRECT_MAX_WORK_WIDE`` multiply-adds per output position a group, a kernel wider than
-      1x1, ``DIRECT_MIN_FILL`` of the grid output, more than one channel a group into the loops
-      and at least ``DIRECT_MIN_PRODUCED`` out of them (the input channels for the input
-      gradient, the output channels otherwise). Long planes above all, whose column buffer
-      (taps times the input) spills from the caches while the loops keep a block of the input
-      in L2 for every output channel. Measured, ms, direct / im2col, forward, input gradient,
-      weight gradient (2-core AVX-512, alternating calls, numbaconv imported first): audio
-      (1, 64, 16000) -> 64, k = 9, 8.6 / 11.8, 8.3 / 10.1, 9.7 / 10.2; at batch 8 63 / 83,
-      55 / 71, 82 / 79; video (1, 32, 16x56x56) -> 32, 3x3x3, 24 / 28, 24 / 25, 19 / 29;
-      (64, 16, 32x32) -> 32, 5x5, 14 / 26, 16 / 29, 19 / 26; (8, 32, 32x32) -> 64, 3x3, 3.2 /
-      3.8, 2.9 / 5.1, 3.1 / 3.5; VGG-16's first layer (8, 3, 224x224) -> 64 34 / 40 and 21 / 35
-      forward and weight gradient, but its input gradient, 3 channels out of the loops, 29 /
-      26. With NumPy's BLAS threads spinning after each GEMM (NumPy imported before numbaconv),
-      a backward pass that mixes the loops and a GEMM paid for it: audio at batch 1, PyTorch
-      first, whole backward 16.3 ms direct, 24.3 mixed, 25.1 im2col. Not past the bounds:
-      (8, 64, 28x28) -> 64, 5x5 (64 x 64 x 25 a position) 11 / 12, 15 / 9.2, 12 / 13;
-      (8, 48, 28x28) -> 48, 5x5 8.6 / 7.6, 8.7 / 5.9; ResNet-18's (1, 256, 14x14) -> 256
-      3.1 / 2.0; VGG-16's (1, 128, 112x112) -> 128 33 / 27.
-    - otherwise im2col, by 1.2x to 30x on larger channel counts and every strided shape.
+    - stride 1, a 1x1 kernel: im2col, a GEMM on the input itself ((1, 256, 14x14) -> 256 0.14
+      / 0.15; (8, 64, 56x56) -> 256 4.4 / 5.1, input gradient 4.6 / 6.7).
+    - stride 1, a 3x3 kernel where Winograd's F(4x4, 3x3) pays (``conv_winograd.pays``), forward
+      and input gradient: Winograd (VGG-16's (1, 128, 112x112) 11.6 / 19.6 / 9.0).
+    - stride 1, the input gradient of fewer than ``conv_direct.QUAD`` input channels a group
+      (the loops would repeat one to fill their quad) from at least
+      ``FEW_PRODUCED_MIN_CONSUMED`` output channels a group: im2col (VGG-16's first layer,
+      (1, 3, 224x224) -> 64, 5.1 / 1.8; audio (8, 1, 16000) -> 64 2.7 / 2.2; from fewer, as
+      (64, 3, 32x32) -> 16, 5x5, the loops, 1.9 / 3.5).
+    - stride 1, the weight gradient over fewer than ``SMALL_PLANE_POSITIONS`` output positions
+      with at least ``SMALL_PLANE_MIN_WORK`` channel pairs a group: im2col. Each of the loops'
+      tasks sums one quad and one input channel over every position, and a short plane leaves
+      its horizontal sums and stores unpaid ((1, 512, 14x14) -> 512 12.6 / 10.8, (1, 256,
+      14x14) -> 256 1.74 / 1.51, (8, 512, 7x7) -> 512 10.2 / 9.9; at 28x28, (1, 128) -> 128,
+      0.85 / 1.29).
+    - stride 1 otherwise: direct, every direction.
+    - a larger stride and a kernel wider than 1x1, forward: direct on the input's stride phases
+      (``conv_direct.phases``: each phase a channel of its own under the taps that land on it,
+      the weight read in place, so the loops do the convolution's own multiply-adds) within
+      ``PHASES_MAX_BLOCK``. ResNet-18's stem (1, 3, 224x224) -> 64, 7x7/2 0.90 / 1.77 (PyTorch
+      0.67), at batch 8 7.6 / 16.2; AlexNet's (1, 3, 227x227) -> 64, 11x11/4 0.54 / 1.09; a
+      video stem (2, 3, 16x112x112) -> 64, 3x7x7/(1, 2, 2) 31 / 65; ResNet-18's 3x3/2 layers at
+      batch 1, (1, 64, 56x56) -> 128 0.52 / 0.78, (1, 128, 28x28) -> 256 0.54 / 0.76, (1, 256,
+      14x14) -> 512 0.68 / 0.95; (8, 32, 32x32) -> 64, 3x3/2 0.65 / 0.79. Past the bound, (8,
+      64, 56x56) -> 128 (blocks of 256 phase channels by 4096 positions) 7.2 / 6.2.
+    - a larger stride, the gradients: direct on the phases, whose kernels are padded with zeros
+      to the same taps, with at most ``PHASES_MAX_CHANNELS`` input channels a group and at most
+      ``PHASES_MAX_OVERHEAD`` times the multiply-adds (a stem's large kernel over few channels):
+      ResNet-18's stem, input gradient 1.12 / 1.68, weight gradient 0.96 / 1.66; AlexNet's 0.62
+      / 1.08 and 0.63 / 1.00. Not a 3x3 at stride 2 (16/9 of the multiply-adds): (1, 256,
+      14x14) -> 512 2.2 / 0.77 and 5.5 / 0.96.
+    - otherwise im2col.
 
     The rules are a fixed guess made on one machine; where they guess wrong for a shape, the
     autotune mode (``numbaconv.set_autotune(True)`` or ``algorithm="tune"``) measures instead.
     ``numbaconv bench --suite all`` shows, per shape, what "auto" chose and what each costs.
     """
     per_group_in, per_group_out = geom.in_channels // geom.groups, geom.out_channels // geom.groups
+    taps = math.prod(geom.kernel)
     if per_group_out <= 2:
         return "direct"
-    if geom.stride == (1, 1, 1):
-        if per_group_in == 1 and per_group_out <= 8 and direction == "forward":
-            return "direct"
-        if direction != "grad_input" and conv_direct._single_input_channel(geom):
-            return "direct"
-        work = per_group_in * per_group_out
-        outputs = geom.batch * geom.out_channels * math.prod(geom.out_size)
-        if work <= 128 and outputs <= DIRECT_MAX_OUTPUTS:
-            return "direct"
-        if geom.groups > 1 and work <= 64:
-            return "direct"
-        if (per_group_out <= DIRECT_MAX_OUT_PER_GROUP and 1 < math.prod(geom.kernel)
-                and work * math.prod(geom.kernel) <= DIRECT_MAX_WORK
-                and (math.prod(geom.out_size) >= DIRECT_MIN_FILL * math.prod(_grid(geom))
-                     or direction != "grad_input" and conv_direct.samples_interleaved(geom) > 1)):
-            return "direct"
-        if conv_winograd.applies(geom, direction) and conv_winograd.pays(geom):  # never the weight gradient
-            return "winograd"
-        produced, consumed = ((per_group_in, per_group_out) if direction == "grad_input"
-                              else (per_group_out, per_group_in))
-        if (1 < math.prod(geom.kernel) and 1 < consumed and DIRECT_MIN_PRODUCED <= produced
-                and max(produced, consumed) <= DIRECT_MAX_CHANNELS
-                and work * math.prod(geom.kernel) <= DIRECT_MAX_WORK_WIDE
-                and math.prod(geom.out_size) >= DIRECT_MIN_FILL * math.prod(_grid(geom))):
-            return "direct"
-    return "im2col"
-
-
-def _grid(geom):
-    """The stride-1 loops' grid: the output plus the dilated kernel's reach."""
-    return tuple(o + d * (k - 1) for o, d, k in zip(geom.out_size, geom.dilation, geom.kernel))
+    if geom.stride != (1, 1, 1):
+        if taps == 1:
+            return "im2col"
+        plan = conv_direct.phases(geom)
+        if direction == "forward":
+            positions = min(conv_direct.STACK_BLOCK, geom.batch * math.prod(plan.geom.in_size))
+            return "direct" if per_group_in * plan.count * positions <= PHASES_MAX_BLOCK else "im2col"
+        overhead = plan.count * math.prod(plan.geom.kernel) / taps
+        return "direct" if per_group_in <= PHASES_MAX_CHANNELS and overhead <= PHASES_MAX_OVERHEAD else "im2col"
+    if taps == 1:
+        return "im2col"
+    if conv_winograd.applies(geom, direction) and conv_winograd.pays(geom):  # never the weight gradient
+        return "winograd"
+    if direction == "grad_input" and per_group_in < conv_direct.QUAD and per_group_out >= FEW_PRODUCED_MIN_CONSUMED:
+        return "im2col"
+    if (direction == "grad_weight" and geom.batch * math.prod(geom.out_size) < SMALL_PLANE_POSITIONS
+            and per_group_in * per_group_out >= SMALL_PLANE_MIN_WORK):
+        return "im2col"
+    return "direct"
 
 
 def _kernel(op, algorithm, geom, direction):

@@ -43,26 +43,24 @@ from .conv_im2col import _adjoint, _quiet
 #: Outputs per tile side, inputs per tile side (TILE + 3 - 1) and transformed positions a tile.
 TILE, ALPHA, POSITIONS = 4, 6, 36
 
-#: The rule of ``pays``: at least ``MIN_CHANNELS`` channels in and out, and at least
-#: ``MIN_TILES`` tiles of 4x4 outputs over the batch, ``MIN_TILES_LARGE_WEIGHT`` where the
-#: weight has more than ``SMALL_WEIGHT`` channel pairs. Each call transforms the weight (36 C K
-#: values: 37 MB at 512 x 512) and runs 36 GEMMs of tiles x C by C x K; what they save over
-#: im2col grows with the tiles, so few tiles leave short GEMMs and the weight's transform
-#: unpaid. Few channels make the input and output transforms, which read and write every tile,
-#: cost more than the multiply-adds they save. Measured, forward, time / im2col's, the two
-#: calls alternating (median of 15 rounds, 2 cores, ``bench/results/winograd.md``), numbaconv
-#: imported first / PyTorch first, as (batch, channels in = out, plane), tiles: taken, (1, 64,
-#: 56x56) 196 0.78 / 0.87, (1, 128, 28x28) 49 0.95 / 0.97, (2, 128, 28x28) 98 0.74 / 0.84,
-#: (1, 64, 28x28) 49 0.84 / 0.85, (8, 256, 14x14) 128 0.71 / 0.98; left to im2col, (1, 256,
-#: 28x28) 49 0.84 / 1.02, (1, 512, 28x28) 49 0.95 / 1.09, (4, 256, 14x14) 64 0.84 / 1.07,
-#: (16, 512, 7x7) 64 0.98 / 1.13, (2, 256, 14x14) 32 1.10 / 1.27, (8, 512, 7x7) 32 1.45 / 1.72,
-#: (1, 256, 14x14) 16 1.80 / 1.98, and 32 channels, (8, 32, 32x32) 1.26. ResNet-18 at batch 1
-#: takes it for its first two stages (``bench/results/winograd.md``: the whole model 0.87 of
-#: its time with im2col there).
+#: The rule of ``pays``: at least ``MIN_CHANNELS`` channels in and out, at least
+#: ``MIN_CHANNEL_PAIRS`` channels in x out, and at least ``MIN_TILES`` tiles of 4x4 outputs
+#: over the batch. Each call transforms the weight (36 C K values: 37 MB at 512 x 512) and runs
+#: 36 GEMMs of tiles x C by C x K: few tiles leave short GEMMs and the weight's transform
+#: unpaid, and few channels make the input and output transforms, which read and write every
+#: tile, cost more than the multiply-adds they save. What they are measured against is the
+#: stride-1 direct loops, whose sums stay in registers (``conv_direct._correlate_stacked``).
+#: Measured, ms, forward, Winograd / direct, bursts taking turns in one process, 2-core
+#: AVX-512, (batch, channels in -> out, plane), tiles: taken, VGG-16's (1, 128 -> 128,
+#: 112x112) 784 9.0 / 11.6, its (1, 256 -> 256, 56x56) 196 9.6 / 10.5, its (1, 64 -> 128,
+#: 112x112) 784 6.3 / 6.4, ResNet-18's (8, 128 -> 128, 28x28) 392 5.1 / 6.1; left to the
+#: loops, (8, 64 -> 64, 56x56) 1568 7.8 / 6.5 and (1, 64, 224x224) 3136 12.8 / 11.4 (64 x 64
+#: channels), (8, 256 -> 256, 14x14) 128 6.9 / 7.5 (a tie: 6.6 / 6.5 in another run),
+#: (8, 384 -> 256, 13x13) 128 9.2 / 8.7, (1, 512 -> 512, 28x28) 49 13.0 / 9.8, (1, 128 -> 128,
+#: 28x28) 49 0.92 / 0.68, (1, 256 -> 256, 14x14) 16 2.6 / 0.9.
 MIN_CHANNELS = 64
-MIN_TILES = 48
-MIN_TILES_LARGE_WEIGHT = 128
-SMALL_WEIGHT = 128 * 128
+MIN_CHANNEL_PAIRS = 128 * 64
+MIN_TILES = 192
 
 
 def applies(geom, direction="forward"):
@@ -78,12 +76,13 @@ def applies(geom, direction="forward"):
 
 
 def pays(geom):
-    """The rule ``choose_algorithm`` asks (``MIN_CHANNELS``, ``MIN_TILES``); the same for the
-    input gradient, whose tiles and channel counts are the forward pass's swapped."""
+    """The rule ``choose_algorithm`` asks (``MIN_CHANNELS``, ``MIN_CHANNEL_PAIRS``,
+    ``MIN_TILES``); the same for the input gradient, whose tiles and channel counts are the
+    forward pass's swapped."""
     th, tw = _tiles(geom)
     C, K = geom.in_channels, geom.out_channels
     tiles = geom.batch * geom.out_size[0] * th * tw
-    return min(C, K) >= MIN_CHANNELS and tiles >= (MIN_TILES if C * K <= SMALL_WEIGHT else MIN_TILES_LARGE_WEIGHT)
+    return min(C, K) >= MIN_CHANNELS and C * K >= MIN_CHANNEL_PAIRS and tiles >= MIN_TILES
 
 
 #: The transforms' matrices (Lavin and Gray's, for the points 0, 1, -1, 2, -2 and infinity):
