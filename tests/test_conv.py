@@ -980,6 +980,7 @@ def test_dtype_is_preserved_and_float64_is_computed_in_float64():
         ((32, 256), 256, 1, 1, "forward", "winograd"),  # 288
         ((2048, 32), 64, 1, 1, "forward", "direct"),  # 32 channels in: too few for Winograd's
         ((2, 256), 256, 1, 1, "grad_weight", "im2col"),  # 162 positions for 256 x 256 channels
+        ((2, 256), 256, 1, 1, "grad_input", "im2col"),  # ... its input gradient with it
         ((6, 256), 256, 1, 1, "grad_weight", "im2col"),  # 486
         ((7, 256), 256, 1, 1, "grad_weight", "direct"),  # 567
         ((2, 32), 64, 1, 1, "grad_weight", "direct"),  # 32 x 64 channels: the loops on any plane
@@ -1009,7 +1010,7 @@ def test_auto_rule(c_in, c_out, groups, stride, direction, expected):
         ((8, 1, 1, 16000), 64, (1, 9), 1, (0, 4), ("direct", "im2col", "direct")),  # one into 64
         ((1, 8, 1, 16000), 64, (1, 9), 1, (0, 4), "direct"),
         ((8, 16, 32, 32), 16, 1, 1, 0, "im2col"),  # pointwise: a GEMM on the input itself
-        ((1, 512, 14, 14), 512, 3, 1, 1, ("direct", "direct", "im2col")),  # a short plane's weight gradient
+        ((1, 512, 14, 14), 512, 3, 1, 1, ("direct", "im2col", "im2col")),  # a short plane's gradients
         ((1, 128, 112, 112), 128, 3, 1, 1, ("winograd", "winograd", "direct")),
         ((1, 3, 224, 224), 64, 7, 2, 3, "direct"),  # ResNet's stem, on 4 phases under 4x4 taps
         ((1, 3, 227, 227), 64, 11, 4, 2, "direct"),  # AlexNet's, on 16 phases under 3x3
@@ -1025,8 +1026,8 @@ def test_auto_rule(c_in, c_out, groups, stride, direction, expected):
 def test_auto_rule_by_shape(x_shape, c_out, k, stride, padding, expected):
     """Shapes of real layers take the direction-by-direction choices that choose_algorithm's
     rules document: the stride-1 direct loops but for pointwise kernels, Winograd's tiles where
-    they pay, the input gradient of fewer than a quad of channels, the weight gradient of a
-    short plane; at larger strides, the forward pass on the stride phases while a block of them
+    they pay, the input gradient of fewer than a quad of channels, the gradients of a short
+    plane; at larger strides, the forward pass on the stride phases while a block of them
     fits, and the gradients there for a few channels under a large kernel."""
     from numbaconv._geometry import conv_geometry
     from numbaconv.functional.conv import choose_algorithm

@@ -252,7 +252,8 @@ def test_forward_and_backward_match_torch(torch, case):
 @settings(max_examples=60, deadline=None)
 @given(case=pool_cases(kinds=("max", "adaptive_max")), data=st.data())
 def test_ties_nan_and_inf_match_torch(torch, case, data):
-    """Few distinct values (ties everywhere), some NaN and -inf: values, indices and gradients as PyTorch."""
+    """Few distinct values (ties everywhere), some NaN and -inf: values (with indices and
+    without, whose loops differ), indices and gradients as PyTorch."""
     rng = np.random.default_rng(case.seed)
     shape = (case.n, case.c) + case.spatial
     x = rng.choice(np.array([0.0, 1.0, 2.0, -np.inf, np.nan]), size=shape,
@@ -263,6 +264,7 @@ def test_ties_nan_and_inf_match_torch(torch, case, data):
     ty, tidx = _torch_call(torch, case, tx, return_indices=True)
     np.testing.assert_array_equal(y, ty.detach().numpy())
     np.testing.assert_array_equal(idx, tidx.numpy())
+    np.testing.assert_array_equal(case.forward(x), y)  # without indices: separable passes past 2x2
     if not _reads_input_everywhere(case):
         # a window of padding alone: PyTorch's backward writes through its index -1, outside
         # the gradient (it aborted the process); see test_window_reading_no_input_matches_torch

@@ -30,8 +30,8 @@ ALGORITHM_CHOICES = ("auto", "tune", *ALGORITHMS)
 #: ``choose_algorithm``).
 FEW_PRODUCED_MIN_CONSUMED = 32
 
-#: The weight gradient over fewer output positions (batch x plane) than this, with at least
-#: ``SMALL_PLANE_MIN_WORK`` channel pairs a group, runs im2col (see ``choose_algorithm``).
+#: The gradients over fewer output positions (batch x plane) than this, with at least
+#: ``SMALL_PLANE_MIN_WORK`` channel pairs a group, run im2col (see ``choose_algorithm``).
 SMALL_PLANE_POSITIONS = 512
 SMALL_PLANE_MIN_WORK = 64 * 64
 
@@ -76,12 +76,16 @@ def choose_algorithm(geom, direction="forward"):
       ``FEW_PRODUCED_MIN_CONSUMED`` output channels a group: im2col (VGG-16's first layer,
       (1, 3, 224x224) -> 64, 5.1 / 1.8; audio (8, 1, 16000) -> 64 2.7 / 2.2; from fewer, as
       (64, 3, 32x32) -> 16, 5x5, the loops, 1.9 / 3.5).
-    - stride 1, the weight gradient over fewer than ``SMALL_PLANE_POSITIONS`` output positions
-      with at least ``SMALL_PLANE_MIN_WORK`` channel pairs a group: im2col. Each of the loops'
-      tasks sums one quad and one input channel over every position, and a short plane leaves
-      its horizontal sums and stores unpaid ((1, 512, 14x14) -> 512 12.6 / 10.8, (1, 256,
-      14x14) -> 256 1.74 / 1.51, (8, 512, 7x7) -> 512 10.2 / 9.9; at 28x28, (1, 128) -> 128,
-      0.85 / 1.29).
+    - stride 1, the gradients over fewer than ``SMALL_PLANE_POSITIONS`` output positions with
+      at least ``SMALL_PLANE_MIN_WORK`` channel pairs a group: im2col. Each of the weight
+      gradient loops' tasks sums one quad and one input channel over every position, and a
+      short plane leaves its horizontal sums and stores unpaid ((1, 512, 14x14) -> 512 12.6 /
+      10.8, (1, 256, 14x14) -> 256 1.74 / 1.51, (8, 512, 7x7) -> 512 10.2 / 9.9; at 28x28,
+      (1, 128) -> 128, 0.85 / 1.29). The input gradient there takes im2col too: alone the
+      loops tie or win by a little ((1, 256, 14x14) -> 256 0.82 / 1.28, (8, 512, 7x7) -> 512
+      9.8 / 9.7), but a backward pass that runs both the loops and a GEMM waits on NumPy's BLAS
+      threads, which spin after each GEMM where PyTorch was imported first (``numbaconv
+      bench``, AlexNet's (1, 192, 13x13) -> 384, backward: 5.6 ms mixed, 3.9 im2col).
     - stride 1 otherwise: direct, every direction.
     - a larger stride and a kernel wider than 1x1, forward: direct on the input's stride phases
       (``conv_direct.phases``: each phase a channel of its own under the taps that land on it,
@@ -123,7 +127,7 @@ def choose_algorithm(geom, direction="forward"):
         return "winograd"
     if direction == "grad_input" and per_group_in < conv_direct.QUAD and per_group_out >= FEW_PRODUCED_MIN_CONSUMED:
         return "im2col"
-    if (direction == "grad_weight" and geom.batch * math.prod(geom.out_size) < SMALL_PLANE_POSITIONS
+    if (direction != "forward" and geom.batch * math.prod(geom.out_size) < SMALL_PLANE_POSITIONS
             and per_group_in * per_group_out >= SMALL_PLANE_MIN_WORK):
         return "im2col"
     return "direct"
