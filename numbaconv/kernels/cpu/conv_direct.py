@@ -149,7 +149,7 @@ def _correlate_stacked(xs, wf, columns, b, out, shifts, origin, block_len, grid,
     row_len = Wp * m
     total = N // m * Dp * Hp * row_len
     runs = N // m * OD * OH if m > 1 else (total + block_len - 1) // block_len
-    stride = _acc_stride(width * m if m > 1 else block_len)
+    stride = _acc_stride(width * m if m > 1 else min(block_len, total))  # the staging for one run
     xf = xs.reshape(-1)
     for task in prange(runs * quads):
         run, j = task // quads, task % quads
