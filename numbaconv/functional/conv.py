@@ -70,7 +70,8 @@ def choose_algorithm(geom, direction="forward"):
     - stride 1, a 1x1 kernel: im2col, a GEMM on the input itself ((1, 256, 14x14) -> 256 0.14
       / 0.15; (8, 64, 56x56) -> 256 4.4 / 5.1, input gradient 4.6 / 6.7).
     - stride 1, a 3x3 kernel where Winograd's F(4x4, 3x3) pays (``conv_winograd.pays``), forward
-      and input gradient: Winograd (VGG-16's (1, 128, 112x112) 11.6 / 19.6 / 9.0).
+      and input gradient: Winograd (VGG-16's (1, 128, 112x112) 11.6 / 19.6 / 9.0; (8, 512,
+      14x14) -> 512, 28.9 / - / 23.2).
     - stride 1, the input gradient of fewer than ``conv_direct.QUAD`` input channels a group
       (the loops would repeat one to fill their quad) from at least
       ``FEW_PRODUCED_MIN_CONSUMED`` output channels a group: im2col (VGG-16's first layer,

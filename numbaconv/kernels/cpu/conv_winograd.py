@@ -45,7 +45,7 @@ TILE, ALPHA, POSITIONS = 4, 6, 36
 
 #: The rule of ``pays``: at least ``MIN_CHANNELS`` channels in and out, at least
 #: ``MIN_CHANNEL_PAIRS`` channels in x out, and at least ``MIN_TILES`` tiles of 4x4 outputs
-#: over the batch. Each call transforms the weight (36 C K values: 37 MB at 512 x 512) and runs
+#: over the batch, ``MIN_TILES_LARGE_WEIGHT`` from ``LARGE_WEIGHT`` channel pairs on. Each call transforms the weight (36 C K values: 37 MB at 512 x 512) and runs
 #: 36 GEMMs of tiles x C by C x K: few tiles leave short GEMMs and the weight's transform
 #: unpaid, and few channels make the input and output transforms, which read and write every
 #: tile, cost more than the multiply-adds they save. What they are measured against is the
@@ -57,10 +57,15 @@ TILE, ALPHA, POSITIONS = 4, 6, 36
 #: loops, (8, 64 -> 64, 56x56) 1568 7.8 / 6.5 and (1, 64, 224x224) 3136 12.8 / 11.4 (64 x 64
 #: channels), (8, 256 -> 256, 14x14) 128 6.9 / 7.5 (a tie: 6.6 / 6.5 in another run),
 #: (8, 384 -> 256, 13x13) 128 9.2 / 8.7, (1, 512 -> 512, 28x28) 49 13.0 / 9.8, (1, 128 -> 128,
-#: 28x28) 49 0.92 / 0.68, (1, 256 -> 256, 14x14) 16 2.6 / 0.9.
+#: 28x28) 49 0.92 / 0.68, (1, 256 -> 256, 14x14) 16 2.6 / 0.9. With PyTorch imported first
+#: (``numbaconv bench``'s setting), bursts after NumPy's BLAS threads settle: (8, 256 -> 256,
+#: 14x14) 128 6.5 / 7.5, (8, 512 -> 512, 14x14) 128 23.2 / 28.9, and ties at 13x13 (AlexNet's
+#: layers at batch 8, 128 tiles: 6.6 / 6.6, 9.7 / 9.4, 7.2 / 7.2).
 MIN_CHANNELS = 64
 MIN_CHANNEL_PAIRS = 128 * 64
 MIN_TILES = 192
+MIN_TILES_LARGE_WEIGHT = 128
+LARGE_WEIGHT = 256 * 256
 
 
 def applies(geom, direction="forward"):
@@ -77,12 +82,13 @@ def applies(geom, direction="forward"):
 
 def pays(geom):
     """The rule ``choose_algorithm`` asks (``MIN_CHANNELS``, ``MIN_CHANNEL_PAIRS``,
-    ``MIN_TILES``); the same for the input gradient, whose tiles and channel counts are the
+    ``MIN_TILES``, ``MIN_TILES_LARGE_WEIGHT``); the same for the input gradient, whose tiles and channel counts are the
     forward pass's swapped."""
     th, tw = _tiles(geom)
     C, K = geom.in_channels, geom.out_channels
     tiles = geom.batch * geom.out_size[0] * th * tw
-    return min(C, K) >= MIN_CHANNELS and C * K >= MIN_CHANNEL_PAIRS and tiles >= MIN_TILES
+    return (min(C, K) >= MIN_CHANNELS and C * K >= MIN_CHANNEL_PAIRS
+            and tiles >= (MIN_TILES_LARGE_WEIGHT if C * K >= LARGE_WEIGHT else MIN_TILES))
 
 
 #: The transforms' matrices (Lavin and Gray's, for the points 0, 1, -1, 2, -2 and infinity):
