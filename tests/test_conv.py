@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 import naive
 import numbaconv
 from numbaconv.kernels.cpu import conv_direct, conv_im2col
+from numbaconv.kernels.cpu._simd import lanes
 from conftest import (DTYPES, LAYOUTS, assert_close, assert_unmodified, check, int_or_tuple, make_array, snapshot,
                       tile_scale)
 
@@ -331,23 +332,25 @@ def test_depthwise_kernels(monkeypatch, nd, k, stride, dilation, padding, m, siz
 
 
 @njit  # not cached: Numba's cache would not see a change to the inlined _taps in another module
-def _taps_into(xf, wf, rows, cols, b, ks, offs, base, stride, n):
+def _taps_into(xf, wf, rows, cols, b, ks, offs, base, stride, n, chunk):
     accf = np.full(conv_direct.QUAD * stride, np.nan, xf.dtype)
-    conv_direct._taps(xf, wf, rows, cols, b, ks, offs, base, accf, stride, n)
+    for t0 in range(0, cols.shape[0], chunk):
+        conv_direct._taps(xf, wf, rows, cols, b, ks, offs, base, accf, stride, n, t0, min(cols.shape[0], t0 + chunk))
     return accf.reshape(conv_direct.QUAD, stride)
 
 
 @settings(max_examples=60, deadline=None)
 @given(dtype=st.sampled_from([np.float32, np.float64]), n=st.integers(0, 200), taps=st.integers(1, 12),
-       channels=st.integers(1, 6), seed=st.integers(0, 2**16))
-def test_direct_register_blocked_taps_match_numpy(dtype, n, taps, channels, seed):
+       channels=st.integers(1, 6), chunk=st.integers(1, 13), seed=st.integers(0, 2**16))
+def test_direct_register_blocked_taps_match_numpy(dtype, n, taps, channels, chunk, seed):
     """``conv_direct._taps``, the stride-1 loops' register-blocked sums, for every count of
-    positions around its vector sizes (six vectors, three, one, the last vector overlapping the
-    one before, fewer positions than a vector) and any four channels of the weight (one of them
-    repeated, as a group's last quad has it), the weight read through any rows and columns of
-    a flat buffer: each sum at each position against NumPy, and nothing written past the
-    positions asked for."""
+    positions around its vector sizes (six vectors, three, one, a last vector partly past n,
+    fewer positions than a vector) and any four channels of the weight (one of them repeated,
+    as a group's last quad has it), the weight read through any rows and columns of a flat
+    buffer, the columns added in chunks of any size onto the bias: each sum at each position
+    against NumPy, and nothing written past the last vector, which ends before n + lanes - 1."""
     rng = np.random.default_rng(seed)
+    V = lanes(np.empty(1, dtype))
     xf = rng.standard_normal(420).astype(dtype)
     offs = rng.integers(0, 420 - 200 - 9, taps)
     base = int(rng.integers(0, 10))
@@ -355,13 +358,13 @@ def test_direct_register_blocked_taps_match_numpy(dtype, n, taps, channels, seed
     rows, cols = rng.permutation(channels) * taps, rng.permutation(taps)
     w = wf[rows[:, None] + cols[None, :]]
     ks = tuple(int(k) for k in rng.integers(0, channels, conv_direct.QUAD))
-    stride = n + 5
-    acc = _taps_into(xf, wf, rows, cols, b, ks, offs, base, stride, n)
+    stride = n + V + 5
+    acc = _taps_into(xf, wf, rows, cols, b, ks, offs, base, stride, n, chunk)
     window = xf[base + offs[:, None] + np.arange(n)[None, :]].astype(np.float64)  # (taps, n)
     ref = b[list(ks)][:, None] + w[list(ks)].astype(np.float64) @ window
     scale = np.abs(b[list(ks)])[:, None] + np.abs(w[list(ks)]).astype(np.float64) @ np.abs(window)
     assert np.all(np.abs(acc[:, :n] - ref) <= 8 * np.finfo(dtype).eps * (scale + 1e-30)), "a sum is wrong"
-    assert np.isnan(acc[:, n:]).all(), "a sum was written past the positions asked for"
+    assert np.isnan(acc[:, n + V - 1:]).all(), "a sum was written past the last vector"
 
 
 @settings(max_examples=40, deadline=None)

@@ -93,6 +93,18 @@ QUAD = 4
 #: video 16.4 -> 15.7, (8, 64, 56x56) -> 64, 3x3 10.4 and 10.4.
 SIX_VECTORS = VECTOR_BYTES == 64
 
+#: Columns (input channel and tap pairs) ``_taps`` adds to the sums in one pass over a run's
+#: positions. All of a layer's columns at once read too many input rows for L1 between one
+#: vector of positions and the next: (1, 64, 56x56) -> 64, 3x3 reads 64 channels x 3 rows of a
+#: 58-wide grid, and 9 KiB of weights and 9 KiB of column offsets besides, per 24 positions. In
+#: chunks the sums are loaded and stored once a chunk, 12 vectors per 128 x 12 multiply-adds.
+#: Measured, forward, GFLOP/s, all columns -> 128, medians of bursts in turns, 2-core AVX2
+#: (Zen 3, 32 KiB L1): (1, 64, 56x56) -> 64 81-86 -> 79-93; (1, 512, 28x28) -> 512 56-69 ->
+#: 79-120; (1, 96, 27x27) -> 256, 5x5 87-90 -> 94-97; (1, 256, 14x14) -> 256 65-72 -> 68-76;
+#: video (1, 32, 16x56x56) -> 32 70-82 -> 91-107; (8, 512, 7x7) -> 512 44-49 -> 53-64;
+#: (1, 64, 224x224) -> 64 70-75 -> 88-105. One thread: 29-49 -> 41-52.
+COLUMN_CHUNK = 128
+
 
 @parallel_kernel
 def _correlate_stacked(xs, wf, columns, b, out, shifts, origin, block_len, grid, m, groups, slope, lo, hi):
@@ -145,6 +157,8 @@ def _correlate_stacked(xs, wf, columns, b, out, shifts, origin, block_len, grid,
     for j in range(CT):
         offs[j] = chans[j] * L + shifts[taps[j]]
     q_end = L - shifts[T - 1]  # positions from here on would read past the last channel
+    chunks = max(1, (CT + COLUMN_CHUNK // 2) // COLUMN_CHUNK)  # the columns in about COLUMN_CHUNKs
+    chunk = (CT + chunks - 1) // chunks
     width = min(OW, Wp - origin[2])  # an output row past the grid's (output_padding) keeps its zeros
     row_len = Wp * m
     total = N // m * Dp * Hp * row_len
@@ -165,7 +179,9 @@ def _correlate_stacked(xs, wf, columns, b, out, shifts, origin, block_len, grid,
         nk = min(QUAD, (group + 1) * Kg - k0)
         ks = (k0, k0 + min(1, nk - 1), k0 + min(2, nk - 1), k0 + min(3, nk - 1))
         acc = np.empty((QUAD, stride), dtype=xs.dtype)
-        _taps(xf, wf, rows, cols, b, ks, offs, group * group_len + q0, acc.reshape(-1), stride, max(0, min(q1, q_end) - q0))
+        n_sum = max(0, min(q1, q_end) - q0)
+        for t0 in range(0, CT, chunk):
+            _taps(xf, wf, rows, cols, b, ks, offs, group * group_len + q0, acc.reshape(-1), stride, n_sum, t0, min(CT, t0 + chunk))
         for r in range(q0 // row_len, (q1 - 1) // row_len + 1):  # the grid rows the run touches
             n, rem = r // (Dp * Hp) * m, r % (Dp * Hp)
             od, oh = rem // Hp - origin[0], rem % Hp - origin[1]
@@ -180,48 +196,45 @@ def _correlate_stacked(xs, wf, columns, b, out, shifts, origin, block_len, grid,
 
 @njit(inline="always", cache=True)
 def _acc_stride(n):
-    """A row stride of at least n elements for the rows of sums, 64 elements (256 bytes in
-    float32) past a multiple of 1024: rows a multiple of 4 KiB apart alias in the core's
+    """A row stride of at least n + 64 elements for the rows of sums (``_taps`` writes a last
+    vector past n), 64 elements (256 bytes in float32) past a multiple of 1024: rows a multiple of 4 KiB apart alias in the core's
     store-to-load check, each load of one row waiting on the store to the other. Measured, one
     thread, 64 channels x 9 taps into two rows of 4096 sums (the loops before registers): 51
     GFLOP/s, against 87-97 with 4000 or 16000."""
-    return n + (1088 - n % 1024) % 1024
+    return n + 64 + (-n) % 1024
 
 
 @njit(inline="always", cache=True)
-def _taps(xf, wf, rows, cols, b, ks, offs, base, accf, stride, n):
-    """accf[r*stride + q] = b[k] + the sum over t of wf[rows[k] + cols[t]] * xf[base + offs[t] + q],
-    k = ks[r], for the QUAD channels of ``ks`` and positions 0 <= q < n: six vectors of
-    positions at a time (``SIX_VECTORS``), then three, their sums in registers through every
-    tap (``_simd``; the two loops differ in their count of vectors alone), then one vector at a
-    time, the last one ending at n (overlapping positions summed already, which it sums again
-    to the same values; single positions there had cost LeNet's c2 at batch 1 a seventh of its
-    time). Fewer positions than a vector go one by one."""
+def _taps(xf, wf, rows, cols, b, ks, offs, base, accf, stride, n, t0, t1):
+    """accf[r*stride + q] += the sum over t0 <= t < t1 of wf[rows[k] + cols[U(t)]] *
+    xf[base + offs[U(t)] + q], k = ks[r], for the QUAD channels of ``ks`` and positions
+    0 <= q < n: six vectors of positions at a time (``SIX_VECTORS``), then three, their sums in
+    registers through every tap (``_simd``; the two loops differ in their count of vectors
+    alone), then one vector at a time. The last one ends at n where the sums start from the
+    bias (over positions summed already, whose sums it computes again), else it reads its
+    input masked past n and writes sums past n too (up to n + lanes - 2, within
+    ``_acc_stride``'s margin), unused. Single positions there had cost LeNet's c2 at batch 1 a
+    seventh of its time."""
     V = lanes(xf)
     r0, r1, r2, r3 = rows[ks[0]], rows[ks[1]], rows[ks[2]], rows[ks[3]]
-    k0, k1, k2, k3 = ks
-    T = offs.shape[0]
+    first = t0 == 0
+    ba, bb, bc, bd = vsplat(b[ks[0]]), vsplat(b[ks[1]]), vsplat(b[ks[2]]), vsplat(b[ks[3]])
     q = 0
     while SIX_VECTORS and q + 6 * V <= n:
-        a0 = vsplat(b[k0])
-        b0 = vsplat(b[k1])
-        c0 = vsplat(b[k2])
-        d0 = vsplat(b[k3])
-        a1, a2, a3, a4, a5 = a0, a0, a0, a0, a0
-        b1, b2, b3, b4, b5 = b0, b0, b0, b0, b0
-        c1, c2, c3, c4, c5 = c0, c0, c0, c0, c0
-        d1, d2, d3, d4, d5 = d0, d0, d0, d0, d0
-        for t in range(T):
-            p = base + offs[t] + q
-            x0, x1, x2 = vload(xf, p), vload(xf, p + V), vload(xf, p + 2 * V)
-            x3, x4, x5 = vload(xf, p + 3 * V), vload(xf, p + 4 * V), vload(xf, p + 5 * V)
-            wv = vsplat(wf[U(r0 + cols[t])])
+        a0, a1, a2, a3, a4, a5 = _start6(accf, q, V, ba, first)
+        b0, b1, b2, b3, b4, b5 = _start6(accf, stride + q, V, bb, first)
+        c0, c1, c2, c3, c4, c5 = _start6(accf, 2 * stride + q, V, bc, first)
+        d0, d1, d2, d3, d4, d5 = _start6(accf, 3 * stride + q, V, bd, first)
+        for t in range(t0, t1):
+            p = base + offs[U(t)] + q
+            x0, x1, x2, x3, x4, x5 = _load6(xf, p, V)
+            wv = vsplat(wf[U(r0 + cols[U(t)])])
             a0, a1, a2, a3, a4, a5 = vfma(wv, x0, a0), vfma(wv, x1, a1), vfma(wv, x2, a2), vfma(wv, x3, a3), vfma(wv, x4, a4), vfma(wv, x5, a5)
-            wv = vsplat(wf[U(r1 + cols[t])])
+            wv = vsplat(wf[U(r1 + cols[U(t)])])
             b0, b1, b2, b3, b4, b5 = vfma(wv, x0, b0), vfma(wv, x1, b1), vfma(wv, x2, b2), vfma(wv, x3, b3), vfma(wv, x4, b4), vfma(wv, x5, b5)
-            wv = vsplat(wf[U(r2 + cols[t])])
+            wv = vsplat(wf[U(r2 + cols[U(t)])])
             c0, c1, c2, c3, c4, c5 = vfma(wv, x0, c0), vfma(wv, x1, c1), vfma(wv, x2, c2), vfma(wv, x3, c3), vfma(wv, x4, c4), vfma(wv, x5, c5)
-            wv = vsplat(wf[U(r3 + cols[t])])
+            wv = vsplat(wf[U(r3 + cols[U(t)])])
             d0, d1, d2, d3, d4, d5 = vfma(wv, x0, d0), vfma(wv, x1, d1), vfma(wv, x2, d2), vfma(wv, x3, d3), vfma(wv, x4, d4), vfma(wv, x5, d5)
         for r, (s0, s1, s2, s3, s4, s5) in enumerate(((a0, a1, a2, a3, a4, a5), (b0, b1, b2, b3, b4, b5), (c0, c1, c2, c3, c4, c5), (d0, d1, d2, d3, d4, d5))):
             o = r * stride + q
@@ -233,50 +246,65 @@ def _taps(xf, wf, rows, cols, b, ks, offs, base, accf, stride, n):
             vstore(accf, o + 5 * V, s5)
         q += 6 * V
     while q + 3 * V <= n:
-        a0 = vsplat(b[k0])
-        b0 = vsplat(b[k1])
-        c0 = vsplat(b[k2])
-        d0 = vsplat(b[k3])
-        a1, a2, b1, b2, c1, c2, d1, d2 = a0, a0, b0, b0, c0, c0, d0, d0
-        for t in range(T):
-            p = base + offs[t] + q
+        a0, a1, a2 = _start(accf, q, ba, first), _start(accf, q + V, ba, first), _start(accf, q + 2 * V, ba, first)
+        o = stride + q
+        b0, b1, b2 = _start(accf, o, bb, first), _start(accf, o + V, bb, first), _start(accf, o + 2 * V, bb, first)
+        o = 2 * stride + q
+        c0, c1, c2 = _start(accf, o, bc, first), _start(accf, o + V, bc, first), _start(accf, o + 2 * V, bc, first)
+        o = 3 * stride + q
+        d0, d1, d2 = _start(accf, o, bd, first), _start(accf, o + V, bd, first), _start(accf, o + 2 * V, bd, first)
+        for t in range(t0, t1):
+            p = base + offs[U(t)] + q
             x0, x1, x2 = vload(xf, p), vload(xf, p + V), vload(xf, p + 2 * V)
-            wv = vsplat(wf[U(r0 + cols[t])])
+            wv = vsplat(wf[U(r0 + cols[U(t)])])
             a0, a1, a2 = vfma(wv, x0, a0), vfma(wv, x1, a1), vfma(wv, x2, a2)
-            wv = vsplat(wf[U(r1 + cols[t])])
+            wv = vsplat(wf[U(r1 + cols[U(t)])])
             b0, b1, b2 = vfma(wv, x0, b0), vfma(wv, x1, b1), vfma(wv, x2, b2)
-            wv = vsplat(wf[U(r2 + cols[t])])
+            wv = vsplat(wf[U(r2 + cols[U(t)])])
             c0, c1, c2 = vfma(wv, x0, c0), vfma(wv, x1, c1), vfma(wv, x2, c2)
-            wv = vsplat(wf[U(r3 + cols[t])])
+            wv = vsplat(wf[U(r3 + cols[U(t)])])
             d0, d1, d2 = vfma(wv, x0, d0), vfma(wv, x1, d1), vfma(wv, x2, d2)
         for r, (s0, s1, s2) in enumerate(((a0, a1, a2), (b0, b1, b2), (c0, c1, c2), (d0, d1, d2))):
             vstore(accf, r * stride + q, s0)
             vstore(accf, r * stride + q + V, s1)
             vstore(accf, r * stride + q + 2 * V, s2)
         q += 3 * V
-    while q < n and n >= V:  # the last vector ends at n, over positions already summed: the same sums again
-        q = min(q, n - V)
-        a0, b0, c0, d0 = vsplat(b[k0]), vsplat(b[k1]), vsplat(b[k2]), vsplat(b[k3])
-        for t in range(T):
-            x0 = vload(xf, base + offs[t] + q)
-            a0 = vfma(vsplat(wf[U(r0 + cols[t])]), x0, a0)
-            b0 = vfma(vsplat(wf[U(r1 + cols[t])]), x0, b0)
-            c0 = vfma(vsplat(wf[U(r2 + cols[t])]), x0, c0)
-            d0 = vfma(vsplat(wf[U(r3 + cols[t])]), x0, d0)
+    while q < n:
+        if first and n >= V:  # the last vector ends at n, over sums it starts again from the bias
+            q = min(q, n - V)
+        m = n - q  # lanes in use: all, but in a last vector past n
+        a0, b0 = _start(accf, q, ba, first), _start(accf, stride + q, bb, first)
+        c0, d0 = _start(accf, 2 * stride + q, bc, first), _start(accf, 3 * stride + q, bd, first)
+        for t in range(t0, t1):
+            x0 = _load(xf, base + offs[U(t)] + q, m, m < V)
+            a0 = vfma(vsplat(wf[U(r0 + cols[U(t)])]), x0, a0)
+            b0 = vfma(vsplat(wf[U(r1 + cols[U(t)])]), x0, b0)
+            c0 = vfma(vsplat(wf[U(r2 + cols[U(t)])]), x0, c0)
+            d0 = vfma(vsplat(wf[U(r3 + cols[U(t)])]), x0, d0)
         vstore(accf, q, a0)
         vstore(accf, stride + q, b0)
         vstore(accf, 2 * stride + q, c0)
         vstore(accf, 3 * stride + q, d0)
         q += V
-    for q in range(q, n):  # fewer positions than a vector
-        s0, s1, s2, s3 = b[k0], b[k1], b[k2], b[k3]
-        for t in range(T):
-            v = xf[base + offs[t] + q]
-            s0 += wf[U(r0 + cols[t])] * v
-            s1 += wf[U(r1 + cols[t])] * v
-            s2 += wf[U(r2 + cols[t])] * v
-            s3 += wf[U(r3 + cols[t])] * v
-        accf[q], accf[stride + q], accf[2 * stride + q], accf[3 * stride + q] = s0, s1, s2, s3
+
+
+@njit(inline="always", cache=True)
+def _start(accf, i, bias, first):
+    """The sums at accf[i] so far: the bias vector where none are yet."""
+    return bias if first else vload(accf, i)
+
+
+@njit(inline="always", cache=True)
+def _start6(accf, i, V, bias, first):
+    """``_start`` for six vectors from accf[i]."""
+    return (_start(accf, i, bias, first), _start(accf, i + V, bias, first), _start(accf, i + 2 * V, bias, first),
+            _start(accf, i + 3 * V, bias, first), _start(accf, i + 4 * V, bias, first), _start(accf, i + 5 * V, bias, first))
+
+
+@njit(inline="always", cache=True)
+def _load6(a, i, V):
+    """The six vectors from a[i]."""
+    return vload(a, i), vload(a, i + V), vload(a, i + 2 * V), vload(a, i + 3 * V), vload(a, i + 4 * V), vload(a, i + 5 * V)
 
 
 @parallel_kernel
@@ -327,8 +355,14 @@ def _grad_weight_stacked(gs, xs, gw, shifts, block):
 SUM_BLOCK = 4096
 
 
-#: Taps ``_tap_sums`` adds in one pass: with four channels, 24 sums, the four grad_out vectors
-#: and an input vector in AVX-512's 32 registers; AVX2's sixteen hold three taps' twelve.
+#: Taps ``_tap_sums`` adds in one pass: with four channels, 24 sums in AVX-512's 32 registers,
+#: 12 in AVX2's sixteen. The loop loads a pass's input vectors (three at a time) first and then
+#: each channel's grad_out vector for its three multiply-adds, so 12 sums + 3 inputs + 1
+#: grad_out fill AVX2's registers exactly. Loaded the other way round (the four grad_out
+#: vectors, then each input vector for four multiply-adds) they needed 17, and LLVM kept some
+#: sums on the stack: weight gradient, GFLOP/s, medians of bursts in turns, 2-core AVX2 (Zen 3),
+#: (1, 64, 56x56) -> 64, 3x3 50 -> 115; (1, 512, 28x28) -> 512 52 -> 123; audio (1, 64, 16000)
+#: -> 64, k = 9 59 -> 128; video (1, 32, 16x56x56) -> 32 53 -> 133; LeNet's c2 at batch 64 23 -> 49.
 SUM_TAPS = 6 if SIX_VECTORS else 3
 
 
@@ -357,15 +391,17 @@ def _tap_sums(gf, xf, L, ks, c, shifts, t0, q0, n, acc):
         partial = part == 1
         for q in range(whole if partial else q0, q0 + n if partial else whole, V):
             m = q0 + n - q  # with ``partial``, the lanes in use
-            ga, gb = _load(gf, k0 * L + q, m, partial), _load(gf, k1 * L + q, m, partial)
-            gc, gd = _load(gf, k2 * L + q, m, partial), _load(gf, k3 * L + q, m, partial)
-            a0, b0, c0, d0 = _fma4(_load(xf, s0 + q, m, partial), ga, gb, gc, gd, a0, b0, c0, d0)
-            a1, b1, c1, d1 = _fma4(_load(xf, s1 + q, m, partial), ga, gb, gc, gd, a1, b1, c1, d1)
-            a2, b2, c2, d2 = _fma4(_load(xf, s2 + q, m, partial), ga, gb, gc, gd, a2, b2, c2, d2)
+            x0, x1, x2 = _load(xf, s0 + q, m, partial), _load(xf, s1 + q, m, partial), _load(xf, s2 + q, m, partial)
             if SUM_TAPS == 6 and six:  # SUM_TAPS: taps 3-5 compiled only for AVX-512
-                a3, b3, c3, d3 = _fma4(_load(xf, s3 + q, m, partial), ga, gb, gc, gd, a3, b3, c3, d3)
-                a4, b4, c4, d4 = _fma4(_load(xf, s4 + q, m, partial), ga, gb, gc, gd, a4, b4, c4, d4)
-                a5, b5, c5, d5 = _fma4(_load(xf, s5 + q, m, partial), ga, gb, gc, gd, a5, b5, c5, d5)
+                x3, x4, x5 = _load(xf, s3 + q, m, partial), _load(xf, s4 + q, m, partial), _load(xf, s5 + q, m, partial)
+                a3, a4, a5 = _fma3(_load(gf, k0 * L + q, m, partial), x3, x4, x5, a3, a4, a5)
+                b3, b4, b5 = _fma3(_load(gf, k1 * L + q, m, partial), x3, x4, x5, b3, b4, b5)
+                c3, c4, c5 = _fma3(_load(gf, k2 * L + q, m, partial), x3, x4, x5, c3, c4, c5)
+                d3, d4, d5 = _fma3(_load(gf, k3 * L + q, m, partial), x3, x4, x5, d3, d4, d5)
+            a0, a1, a2 = _fma3(_load(gf, k0 * L + q, m, partial), x0, x1, x2, a0, a1, a2)
+            b0, b1, b2 = _fma3(_load(gf, k1 * L + q, m, partial), x0, x1, x2, b0, b1, b2)
+            c0, c1, c2 = _fma3(_load(gf, k2 * L + q, m, partial), x0, x1, x2, c0, c1, c2)
+            d0, d1, d2 = _fma3(_load(gf, k3 * L + q, m, partial), x0, x1, x2, d0, d1, d2)
     _add_sums(acc, 0, t0, T, a0, a1, a2, a3, a4, a5)
     _add_sums(acc, 1, t0, T, b0, b1, b2, b3, b4, b5)
     _add_sums(acc, 2, t0, T, c0, c1, c2, c3, c4, c5)
@@ -373,9 +409,9 @@ def _tap_sums(gf, xf, L, ks, c, shifts, t0, q0, n, acc):
 
 
 @njit(inline="always", cache=True)
-def _fma4(x, ga, gb, gc, gd, a, b, c, d):
-    """(a, b, c, d) plus the input vector x times each channel's grad_out vector."""
-    return vfma(ga, x, a), vfma(gb, x, b), vfma(gc, x, c), vfma(gd, x, d)
+def _fma3(g, x0, x1, x2, a0, a1, a2):
+    """(a0, a1, a2) plus one channel's grad_out vector g times each tap's input vector."""
+    return vfma(g, x0, a0), vfma(g, x1, a1), vfma(g, x2, a2)
 
 
 @njit(inline="always", cache=True)
