@@ -974,7 +974,8 @@ def test_dtype_is_preserved_and_float64_is_computed_in_float64():
         ((64, 64), 64, 4, 1, "grad_input", "direct"),  # grouped, 16 x 16
         ((64, 64), 64, 8, 2, "grad_input", "im2col"),  # grouped, but a 3x3 strided
         ((64, 64), 64, 2, 1, "forward", "direct"),  # grouped: not Winograd's
-        ((32, 64), 64, 1, 1, "forward", "direct"),  # 64 x 64 channels: too few for Winograd's transforms
+        ((32, 64), 64, 1, 1, "forward", {"avx512": "direct", "avx2": "winograd"}),  # 64 x 64 channels: enough
+        # for Winograd's transforms only against AVX2's loops
         ((32, 64), 128, 1, 1, "forward", "winograd"),  # 64 x 128 over 288 tiles of 4x4 outputs (9 a sample)
         ((32, 64), 128, 1, 1, "grad_input", "winograd"),
         ((32, 64), 128, 1, 1, "grad_weight", "direct"),  # ... never the weight gradient
@@ -984,16 +985,23 @@ def test_dtype_is_preserved_and_float64_is_computed_in_float64():
         ((2048, 32), 64, 1, 1, "forward", "direct"),  # 32 channels in: too few for Winograd's
         ((2, 256), 256, 1, 1, "grad_weight", "im2col"),  # 162 positions for 256 x 256 channels
         ((2, 256), 256, 1, 1, "grad_input", "im2col"),  # ... its input gradient with it
+        ((2, 256), 256, 1, 1, "forward", {"avx512": "direct", "avx2": "im2col"}),  # ... and with AVX2 its forward pass
+        ((7, 256), 256, 1, 1, "forward", "direct"),
         ((6, 256), 256, 1, 1, "grad_weight", "im2col"),  # 486
         ((7, 256), 256, 1, 1, "grad_weight", "direct"),  # 567
         ((2, 32), 64, 1, 1, "grad_weight", "direct"),  # 32 x 64 channels: the loops on any plane
     ],
 )
-def test_auto_rule(c_in, c_out, groups, stride, direction, expected):
-    """algorithm="auto" follows the per-direction rules documented in choose_algorithm."""
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+def test_auto_rule(monkeypatch, isa, c_in, c_out, groups, stride, direction, expected):
+    """algorithm="auto" follows the per-direction rules documented in choose_algorithm, under
+    each host's rule set (``Rules``): an expectation given by name is that set's."""
     from numbaconv._geometry import conv_geometry
+    from numbaconv.functional import conv
     from numbaconv.functional.conv import choose_algorithm
 
+    monkeypatch.setattr(conv, "RULES", {"avx512": conv.AVX512_RULES, "avx2": conv.AVX2_RULES}[isa])
+    expected = expected[isa] if isinstance(expected, dict) else expected
     n, c_in = c_in if isinstance(c_in, tuple) else (1, c_in)  # (batch, channels) where the batch matters
     x = np.zeros((n, c_in, 9, 9), np.float32)
     w = np.zeros((c_out, c_in // groups, 3, 3), np.float32)
@@ -1013,27 +1021,37 @@ def test_auto_rule(c_in, c_out, groups, stride, direction, expected):
         ((8, 1, 1, 16000), 64, (1, 9), 1, (0, 4), ("direct", "im2col", "direct")),  # one into 64
         ((1, 8, 1, 16000), 64, (1, 9), 1, (0, 4), "direct"),
         ((8, 16, 32, 32), 16, 1, 1, 0, "im2col"),  # pointwise: a GEMM on the input itself
-        ((1, 512, 14, 14), 512, 3, 1, 1, ("direct", "im2col", "im2col")),  # a short plane's gradients
+        ((1, 512, 14, 14), 512, 3, 1, 1, {"avx512": ("direct", "im2col", "im2col"), "avx2": "im2col"}),  # a short
+        # plane's gradients, and with AVX2 its forward pass
         ((1, 128, 112, 112), 128, 3, 1, 1, ("winograd", "winograd", "direct")),
-        ((1, 3, 224, 224), 64, 7, 2, 3, "direct"),  # ResNet's stem, on 4 phases under 4x4 taps
-        ((1, 3, 227, 227), 64, 11, 4, 2, "direct"),  # AlexNet's, on 16 phases under 3x3
-        ((64, 6, 28, 28), 16, 5, 2, 2, "direct"),  # 4 phases under 3x3: 36/25 of the work
-        ((8, 32, 28, 28), 64, 5, 2, 2, ("direct", "im2col", "im2col")),  # ... but its gradients
+        ((1, 3, 224, 224), 64, 7, 2, 3, {"avx512": "direct", "avx2": ("direct", "im2col", "im2col")}),  # ResNet's
+        # stem, on 4 phases under 4x4 taps; with AVX2 its gradients not
+        ((1, 3, 227, 227), 64, 11, 4, 2, {"avx512": "direct", "avx2": "im2col"}),  # AlexNet's, on 16 phases
+        # under 3x3 (with AVX2, blocks of 156,000 too large)
+        ((64, 6, 28, 28), 16, 5, 2, 2, {"avx512": "direct", "avx2": ("direct", "im2col", "im2col")}),  # 4 phases
+        # under 3x3: 36/25 of the work
+        ((8, 32, 28, 28), 64, 5, 2, 2, {"avx512": ("direct", "im2col", "im2col"), "avx2": "im2col"}),  # ... but its gradients
         # not with 32 input channels
-        ((1, 64, 56, 56), 128, 3, 2, 1, ("direct", "im2col", "im2col")),  # a 3x3 at stride 2:
+        ((1, 64, 56, 56), 128, 3, 2, 1, {"avx512": ("direct", "im2col", "im2col"), "avx2": "im2col"}),  # a 3x3 at stride 2:
         # the forward pass on the phases, the gradients not (16/9 of the work)
         ((8, 64, 56, 56), 128, 3, 2, 1, "im2col"),  # ... at batch 8, blocks of 256 x 4096 too large
         ((8, 8, 56, 56), 128, 1, 2, 0, "im2col"),  # 1x1 at stride 2
     ],
 )
-def test_auto_rule_by_shape(x_shape, c_out, k, stride, padding, expected):
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+def test_auto_rule_by_shape(monkeypatch, isa, x_shape, c_out, k, stride, padding, expected):
     """Shapes of real layers take the direction-by-direction choices that choose_algorithm's
     rules document: the stride-1 direct loops but for pointwise kernels, Winograd's tiles where
     they pay, the input gradient of fewer than a quad of channels, the gradients of a short
     plane; at larger strides, the forward pass on the stride phases while a block of them
-    fits, and the gradients there for a few channels under a large kernel."""
+    fits, and the gradients there for a few channels under a large kernel; under each host's
+    rule set (``Rules``), an expectation given by name being that set's."""
     from numbaconv._geometry import conv_geometry
+    from numbaconv.functional import conv
     from numbaconv.functional.conv import choose_algorithm
+
+    monkeypatch.setattr(conv, "RULES", {"avx512": conv.AVX512_RULES, "avx2": conv.AVX2_RULES}[isa])
+    expected = expected[isa] if isinstance(expected, dict) else expected
 
     kernel = k if isinstance(k, tuple) else (k, k)
     x = np.zeros(x_shape, np.float32)

@@ -8,6 +8,7 @@ here. 1-D and 2-D calls are 3-D calls on views with singleton spatial dimensions
 import functools
 import math
 from collections import namedtuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -31,20 +32,53 @@ ALGORITHM_CHOICES = ("auto", "tune", *ALGORITHMS)
 FEW_PRODUCED_MIN_CONSUMED = 32
 
 #: The gradients over fewer output positions (batch x plane) than this, with at least
-#: ``SMALL_PLANE_MIN_WORK`` channel pairs a group, run im2col (see ``choose_algorithm``).
+#: ``SMALL_PLANE_MIN_WORK`` channel pairs a group, run im2col (see ``choose_algorithm``), and
+#: the forward pass too where ``Rules.small_plane_forward``.
 SMALL_PLANE_POSITIONS = 512
 SMALL_PLANE_MIN_WORK = 64 * 64
 
-#: A strided convolution's forward pass runs the direct loops, as a stride-1 one over its
-#: input's stride phases (``conv_direct.phases``), while a block of the loops' input (a group's
-#: phase channels over ``conv_direct.STACK_BLOCK`` positions, or all there are) has at most this
-#: many elements: every quad of output channels reads its block again, from the caches while it
-#: fits. Its gradients, whose phases' kernels are padded with zeros, with at most
-#: ``PHASES_MAX_CHANNELS`` input channels a group and at most ``PHASES_MAX_OVERHEAD`` times the
-#: multiply-adds on the phases (see ``choose_algorithm``).
-PHASES_MAX_BLOCK = 1 << 19
-PHASES_MAX_CHANNELS = 16
+#: A strided convolution's gradients run on its stride phases at most this many times the
+#: multiply-adds (see ``choose_algorithm`` and ``Rules.phases_max_channels``).
 PHASES_MAX_OVERHEAD = 1.5
+
+
+class Rules(NamedTuple):
+    """The thresholds of ``choose_algorithm`` that differ with the host's vector registers.
+    The direct loops keep 24 sums in AVX-512's 32 registers (``conv_direct.SIX_VECTORS``) and
+    12 in AVX2's 16: a third fewer loads a multiply-add, against a GEMM (NumPy's BLAS) that
+    runs near the core's peak on either. So with AVX2 the loops win fewer shapes."""
+
+    #: A strided convolution's forward pass runs the direct loops, as a stride-1 one over its
+    #: input's stride phases (``conv_direct.phases``), while a block of the loops' input (a
+    #: group's phase channels over ``conv_direct.STACK_BLOCK`` positions, or all there are) has
+    #: at most this many elements: every quad of output channels reads its block again.
+    phases_max_block: int
+    #: Its gradients, whose phases' kernels are padded with zeros, run there with at most this
+    #: many input channels a group (and ``PHASES_MAX_OVERHEAD``).
+    phases_max_channels: int
+    #: Whether the small-plane rule (``SMALL_PLANE_POSITIONS``) covers the forward pass too.
+    small_plane_forward: bool
+    #: Winograd's tiles pay from this many channels in x out (``conv_winograd.pays``).
+    winograd_min_channel_pairs: int
+
+
+#: Read off ``bench/algorithms.py`` on a 2-core AVX-512 host (Zen 4).
+AVX512_RULES = Rules(phases_max_block=1 << 19, phases_max_channels=16, small_plane_forward=False,
+                     winograd_min_channel_pairs=128 * 64)
+
+#: Read off ``bench/algorithms.py`` on a 2-core AVX2 host (Zen 3), also for hosts with narrower
+#: vectors. Measured, ms, direct / im2col (/ Winograd), medians of 9 rounds: forward, (1, 64,
+#: 56x56) -> 128, 3x3/2 (a block of 215,000) 2.05 / 1.22, ResNet's stem (1, 3, 224x224) -> 64,
+#: 7x7/2 (49,000) 2.31 / 2.43; its gradients on the phases, input 3.29 / 2.80, weight 2.94 /
+#: 2.71, AlexNet's (8, 3, 224x224) -> 96, 11x11/4 16.5 / 15.0 and 28.6 / 24.6; short planes,
+#: forward, (8, 512, 7x7) -> 512 22.0 / 13.8, (1, 512, 14x14) -> 512 8.8 / 7.3, (1, 256,
+#: 14x14) -> 256 3.4 / 3.0, but (1, 128, 28x28) -> 128 (784 positions) 2.40 / 2.63; Winograd at
+#: 64 x 64 channels, (8, 64, 56x56) -> 64 18.5 / 19.8 / 12.9, at batch 1 2.14 / 2.52 / 1.98.
+AVX2_RULES = Rules(phases_max_block=1 << 17, phases_max_channels=0, small_plane_forward=True,
+                   winograd_min_channel_pairs=64 * 64)
+
+#: The rules for this host.
+RULES = AVX512_RULES if conv_direct.SIX_VECTORS else AVX2_RULES
 
 
 def choose_algorithm(geom, direction="forward"):
@@ -53,18 +87,21 @@ def choose_algorithm(geom, direction="forward"):
     backward-data and backward-filter algorithms.
 
     The stride-1 direct loops (``conv_direct._correlate_stacked``) keep four output channels'
-    sums over six vectors of positions in registers through every channel and tap, and read
-    the input once, from a grid the output plus the kernel's reach; im2col unfolds a column
-    buffer taps times the input and runs NumPy's GEMM on it. On this host (2-core AVX-512) the
-    loops reach 260-380 GFLOP/s on ResNet's and VGG's 3x3 layers, where the BLAS's GEMM reaches
-    150-230, so they win wherever their margin and their quads' leftovers cost less than that.
-    ``bench/algorithms.py`` measures every candidate on each direction; the rules below are read
-    off its table (``bench/results/algorithms.md``) and off bursts taking turns in one process,
-    C/g and K/g being the input and output channels per group. Measured, ms, direct / im2col
-    (/ Winograd), forward: ResNet-18's (1, 256, 14x14) -> 256 0.71 / 1.28 (PyTorch 0.86),
-    (8, 512, 7x7) -> 512 7.3 / 9.4, (1, 64, 56x56) -> 64 0.69 / 1.32 / 0.84; VGG-16's
-    (1, 512, 14x14) -> 512 2.9 / 4.8; AlexNet's (1, 192, 13x13) -> 384 0.72 / 1.22; audio
-    (1, 64, 16000) -> 64, k = 9, 3.3 / 7.6; video (1, 32, 16x56x56) -> 32 8.5 / 20.5.
+    sums over six vectors of positions (three with AVX2) in registers through every channel and
+    tap, and read the input once, from a grid the output plus the kernel's reach; im2col
+    unfolds a column buffer taps times the input and runs NumPy's GEMM on it. On a 2-core
+    AVX-512 host the loops reach 260-380 GFLOP/s on ResNet's and VGG's 3x3 layers, where the
+    BLAS's GEMM reaches 150-230; on a 2-core AVX2 host 80-120 against 140-150. So they win
+    wherever their margin and their quads' leftovers cost less than that, and the thresholds
+    that moved between the two hosts are ``RULES`` (``Rules``: ``AVX512_RULES``,
+    ``AVX2_RULES``). ``bench/algorithms.py`` measures every candidate on each direction; the
+    rules below are read off its table (``bench/results/algorithms.md``) and off bursts taking
+    turns in one process, C/g and K/g being the input and output channels per group. Measured,
+    ms, direct / im2col (/ Winograd), AVX-512, forward: ResNet-18's (1, 256, 14x14) -> 256 0.71
+    / 1.28 (PyTorch 0.86), (8, 512, 7x7) -> 512 7.3 / 9.4, (1, 64, 56x56) -> 64 0.69 / 1.32 /
+    0.84; VGG-16's (1, 512, 14x14) -> 512 2.9 / 4.8; AlexNet's (1, 192, 13x13) -> 384 0.72 /
+    1.22; audio (1, 64, 16000) -> 64, k = 9, 3.3 / 7.6; video (1, 32, 16x56x56) -> 32 8.5 /
+    20.5. AVX2's are at ``AVX2_RULES``.
 
     - K/g <= 2 (depthwise and alike): direct, every direction, any stride (5-10x faster).
     - stride 1, a 1x1 kernel: im2col, a GEMM on the input itself ((1, 256, 14x14) -> 256 0.14
@@ -77,8 +114,9 @@ def choose_algorithm(geom, direction="forward"):
       ``FEW_PRODUCED_MIN_CONSUMED`` output channels a group: im2col (VGG-16's first layer,
       (1, 3, 224x224) -> 64, 5.1 / 1.8; audio (8, 1, 16000) -> 64 2.7 / 2.2; from fewer, as
       (64, 3, 32x32) -> 16, 5x5, the loops, 1.9 / 3.5).
-    - stride 1, the gradients over fewer than ``SMALL_PLANE_POSITIONS`` output positions with
-      at least ``SMALL_PLANE_MIN_WORK`` channel pairs a group: im2col. Each of the weight
+    - stride 1, the gradients (and with ``Rules.small_plane_forward`` the forward pass) over
+      fewer than ``SMALL_PLANE_POSITIONS`` output positions with at least
+      ``SMALL_PLANE_MIN_WORK`` channel pairs a group: im2col. Each of the weight
       gradient loops' tasks sums one quad and one input channel over every position, and a
       short plane leaves its horizontal sums and stores unpaid ((1, 512, 14x14) -> 512 12.6 /
       10.8, (1, 256, 14x14) -> 256 1.74 / 1.51, (8, 512, 7x7) -> 512 10.2 / 9.9; at 28x28,
@@ -91,21 +129,21 @@ def choose_algorithm(geom, direction="forward"):
     - a larger stride and a kernel wider than 1x1, forward: direct on the input's stride phases
       (``conv_direct.phases``: each phase a channel of its own under the taps that land on it,
       the weight read in place, so the loops do the convolution's own multiply-adds) within
-      ``PHASES_MAX_BLOCK``. ResNet-18's stem (1, 3, 224x224) -> 64, 7x7/2 0.90 / 1.77 (PyTorch
+      ``Rules.phases_max_block``. ResNet-18's stem (1, 3, 224x224) -> 64, 7x7/2 0.90 / 1.77 (PyTorch
       0.67), at batch 8 7.6 / 16.2; AlexNet's (1, 3, 227x227) -> 64, 11x11/4 0.54 / 1.09; a
       video stem (2, 3, 16x112x112) -> 64, 3x7x7/(1, 2, 2) 31 / 65; ResNet-18's 3x3/2 layers at
       batch 1, (1, 64, 56x56) -> 128 0.52 / 0.78, (1, 128, 28x28) -> 256 0.54 / 0.76, (1, 256,
       14x14) -> 512 0.68 / 0.95; (8, 32, 32x32) -> 64, 3x3/2 0.65 / 0.79. Past the bound, (8,
       64, 56x56) -> 128 (blocks of 256 phase channels by 4096 positions) 7.2 / 6.2.
     - a larger stride, the gradients: direct on the phases, whose kernels are padded with zeros
-      to the same taps, with at most ``PHASES_MAX_CHANNELS`` input channels a group and at most
+      to the same taps, with at most ``Rules.phases_max_channels`` input channels a group and at most
       ``PHASES_MAX_OVERHEAD`` times the multiply-adds (a stem's large kernel over few channels):
       ResNet-18's stem, input gradient 1.12 / 1.68, weight gradient 0.96 / 1.66; AlexNet's 0.62
       / 1.08 and 0.63 / 1.00. Not a 3x3 at stride 2 (16/9 of the multiply-adds): (1, 256,
       14x14) -> 512 2.2 / 0.77 and 5.5 / 0.96.
     - otherwise im2col.
 
-    The rules are a fixed guess made on one machine; where they guess wrong for a shape, the
+    The rules are a fixed guess made on two machines; where they guess wrong for a shape, the
     autotune mode (``numbaconv.set_autotune(True)`` or ``algorithm="tune"``) measures instead.
     ``numbaconv bench --suite all`` shows, per shape, what "auto" chose and what each costs.
     """
@@ -119,16 +157,16 @@ def choose_algorithm(geom, direction="forward"):
         plan = conv_direct.phases(geom)
         if direction == "forward":
             positions = min(conv_direct.STACK_BLOCK, geom.batch * math.prod(plan.geom.in_size))
-            return "direct" if per_group_in * plan.count * positions <= PHASES_MAX_BLOCK else "im2col"
+            return "direct" if per_group_in * plan.count * positions <= RULES.phases_max_block else "im2col"
         overhead = plan.count * math.prod(plan.geom.kernel) / taps
-        return "direct" if per_group_in <= PHASES_MAX_CHANNELS and overhead <= PHASES_MAX_OVERHEAD else "im2col"
+        return "direct" if per_group_in <= RULES.phases_max_channels and overhead <= PHASES_MAX_OVERHEAD else "im2col"
     if taps == 1:
         return "im2col"
-    if conv_winograd.applies(geom, direction) and conv_winograd.pays(geom):  # never the weight gradient
+    if conv_winograd.applies(geom, direction) and conv_winograd.pays(geom, RULES.winograd_min_channel_pairs):  # never the weight gradient
         return "winograd"
     if direction == "grad_input" and per_group_in < conv_direct.QUAD and per_group_out >= FEW_PRODUCED_MIN_CONSUMED:
         return "im2col"
-    if (direction != "forward" and geom.batch * math.prod(geom.out_size) < SMALL_PLANE_POSITIONS
+    if ((direction != "forward" or RULES.small_plane_forward) and geom.batch * math.prod(geom.out_size) < SMALL_PLANE_POSITIONS
             and per_group_in * per_group_out >= SMALL_PLANE_MIN_WORK):
         return "im2col"
     return "direct"

@@ -44,7 +44,8 @@ from .conv_im2col import _adjoint, _quiet
 TILE, ALPHA, POSITIONS = 4, 6, 36
 
 #: The rule of ``pays``: at least ``MIN_CHANNELS`` channels in and out, at least
-#: ``MIN_CHANNEL_PAIRS`` channels in x out, and at least ``MIN_TILES`` tiles of 4x4 outputs
+#: ``min_channel_pairs`` channels in x out (the caller's: ``functional.conv.Rules``, 128 x 64
+#: with AVX-512's direct loops, 64 x 64 with AVX2's), and at least ``MIN_TILES`` tiles of 4x4 outputs
 #: over the batch, ``MIN_TILES_LARGE_WEIGHT`` from ``LARGE_WEIGHT`` channel pairs on. Each call transforms the weight (36 C K values: 37 MB at 512 x 512) and runs
 #: 36 GEMMs of tiles x C by C x K: few tiles leave short GEMMs and the weight's transform
 #: unpaid, and few channels make the input and output transforms, which read and write every
@@ -62,7 +63,6 @@ TILE, ALPHA, POSITIONS = 4, 6, 36
 #: 14x14) 128 6.5 / 7.5, (8, 512 -> 512, 14x14) 128 23.2 / 28.9, and ties at 13x13 (AlexNet's
 #: layers at batch 8, 128 tiles: 6.6 / 6.6, 9.7 / 9.4, 7.2 / 7.2).
 MIN_CHANNELS = 64
-MIN_CHANNEL_PAIRS = 128 * 64
 MIN_TILES = 192
 MIN_TILES_LARGE_WEIGHT = 128
 LARGE_WEIGHT = 256 * 256
@@ -80,14 +80,14 @@ def applies(geom, direction="forward"):
     return direction == "grad_input" and _adjoint(geom) is not None
 
 
-def pays(geom):
-    """The rule ``choose_algorithm`` asks (``MIN_CHANNELS``, ``MIN_CHANNEL_PAIRS``,
+def pays(geom, min_channel_pairs):
+    """The rule ``choose_algorithm`` asks (``MIN_CHANNELS``, ``min_channel_pairs``,
     ``MIN_TILES``, ``MIN_TILES_LARGE_WEIGHT``); the same for the input gradient, whose tiles and channel counts are the
     forward pass's swapped."""
     th, tw = _tiles(geom)
     C, K = geom.in_channels, geom.out_channels
     tiles = geom.batch * geom.out_size[0] * th * tw
-    return (min(C, K) >= MIN_CHANNELS and C * K >= MIN_CHANNEL_PAIRS
+    return (min(C, K) >= MIN_CHANNELS and C * K >= min_channel_pairs
             and tiles >= (MIN_TILES_LARGE_WEIGHT if C * K >= LARGE_WEIGHT else MIN_TILES))
 
 
