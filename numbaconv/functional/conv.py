@@ -68,13 +68,15 @@ AVX512_RULES = Rules(phases_max_block=1 << 19, phases_max_channels=16, small_pla
 
 #: Read off ``bench/algorithms.py`` on a 2-core AVX2 host (Zen 3), also for hosts with narrower
 #: vectors. Measured, ms, direct / im2col (/ Winograd), medians of 9 rounds: forward, (1, 64,
-#: 56x56) -> 128, 3x3/2 (a block of 215,000) 2.05 / 1.22, ResNet's stem (1, 3, 224x224) -> 64,
-#: 7x7/2 (49,000) 2.31 / 2.43; its gradients on the phases, input 3.29 / 2.80, weight 2.94 /
-#: 2.71, AlexNet's (8, 3, 224x224) -> 96, 11x11/4 16.5 / 15.0 and 28.6 / 24.6; short planes,
+#: 56x56) -> 128, 3x3/2 (a block of 215,040) 2.05 / 1.22, (1, 256, 14x14) -> 512, 3x3/2
+#: (65,536) 1.87 / 1.47, ResNet's stem (1, 3, 224x224) -> 64, 7x7/2 (49,152) 2.31 / 2.43 and
+#: 3.14 / 3.34, AlexNet's (8, 3, 224x224) -> 96, 11x11/4 (196,608) 24.4 / 24.0; the stem's
+#: gradients on the phases, input 3.29 / 2.80, weight 2.94 / 2.71, AlexNet's 16.5 / 15.0 and
+#: 28.6 / 24.6; short planes,
 #: forward, (8, 512, 7x7) -> 512 22.0 / 13.8, (1, 512, 14x14) -> 512 8.8 / 7.3, (1, 256,
 #: 14x14) -> 256 3.4 / 3.0, but (1, 128, 28x28) -> 128 (784 positions) 2.40 / 2.63; Winograd at
 #: 64 x 64 channels, (8, 64, 56x56) -> 64 18.5 / 19.8 / 12.9, at batch 1 2.14 / 2.52 / 1.98.
-AVX2_RULES = Rules(phases_max_block=1 << 17, phases_max_channels=0, small_plane_forward=True,
+AVX2_RULES = Rules(phases_max_block=3 << 14, phases_max_channels=0, small_plane_forward=True,
                    winograd_min_channel_pairs=64 * 64)
 
 #: The rules for this host.
