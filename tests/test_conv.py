@@ -367,6 +367,33 @@ def test_direct_register_blocked_taps_match_numpy(dtype, n, taps, channels, chun
     assert np.isnan(acc[:, n + V - 1:]).all(), "a sum was written past the last vector"
 
 
+@settings(max_examples=30, deadline=None)
+@given(nd=st.integers(1, 3), n=st.integers(1, 3), c_in_g=st.integers(2, 9), c_out_g=st.integers(1, 9),
+       groups=st.integers(1, 3), size=st.integers(1, 23), dilation=st.integers(1, 2),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16))
+def test_direct_pointwise_weight_gradient_takes_channels_as_taps(nd, n, c_in_g, c_out_g, groups, size, dilation,
+                                                                 dtype, seed):
+    """The direct weight gradient of a 1x1 kernel without padding sums each group's input
+    channels as the taps of one row (``conv_direct.grad_weight``): the loops run with one
+    channel of Cg taps, and the result matches the naive reference for any batch, groups,
+    channel counts (around the loops' quads and passes of taps) and plane. (One input channel a
+    group takes the depthwise loops.)"""
+    rng = np.random.default_rng(seed)
+    spatial = (size,) + (max(1, size // 3),) * (nd - 1)
+    x = rng.standard_normal((n, groups * c_in_g) + spatial).astype(dtype)
+    w = rng.standard_normal((groups * c_out_g, c_in_g) + (1,) * nd).astype(dtype)
+    go = rng.standard_normal((n, groups * c_out_g) + spatial).astype(dtype)
+    shapes = []
+    stacked = conv_direct._grad_weight_stacked
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(conv_direct, "_grad_weight_stacked", lambda gs, xs, gw, *a: shapes.append(gw.shape) or stacked(gs, xs, gw, *a))
+        _, gw, _ = conv_backward_fn(nd)(go, x, w, groups=groups, dilation=dilation, algorithm="direct")
+    assert shapes == [(groups * c_out_g, 1, c_in_g)]
+    _, ref, _ = naive.conv_backward(go, x, w, groups=groups, dilation=dilation)
+    _, scale, _ = naive.conv_backward(_abs(go), _abs(x), _abs(w), groups=groups, dilation=dilation)
+    check(gw, ref, scale, dtype, "pointwise weight gradient")
+
+
 @settings(max_examples=40, deadline=None)
 @given(K=st.integers(1, 8), Cg=st.integers(1, 5), T=st.integers(1, 9), groups=st.integers(1, 3))
 def test_direct_weight_index_reads_the_flipped_kernel_in_place(K, Cg, T, groups):

@@ -325,7 +325,7 @@ def _grad_weight_stacked(gs, xs, gw, shifts, block):
     A pass of three taps or fewer (the last of a 3x3 kernel's two) runs the loop without the
     other three slots, which it had computed and dropped: audio 7.7 -> 6.1 ms (PyTorch 7.0),
     (8, 32, 32x32) 1.22 -> 1.01 (0.98), video 16.7 -> 15.5 (14.6)."""
-    L = xs.shape[1]
+    L, Lg = xs.shape[1], gs.shape[1]
     K, Cg, T = gw.shape
     groups = xs.shape[0] // Cg
     Kg = K // groups
@@ -342,7 +342,7 @@ def _grad_weight_stacked(gs, xs, gw, shifts, block):
         acc = np.zeros((QUAD, T), dtype=gw.dtype)
         for q0 in range(0, q_end, block):
             for t0 in range(0, T, SUM_TAPS):
-                _tap_sums(gf, xf, L, ks, c, shifts, t0, q0, min(block, q_end - q0), acc)
+                _tap_sums(gf, xf, L, Lg, ks, c, shifts, t0, q0, min(block, q_end - q0), acc)
         for r in range(nk):
             for t in range(T):
                 gw[k0 + r, cl, t] = acc[r, t]
@@ -367,9 +367,9 @@ SUM_TAPS = 6 if SIX_VECTORS else 3
 
 
 @njit(inline="always", cache=True)
-def _tap_sums(gf, xf, L, ks, c, shifts, t0, q0, n, acc):
+def _tap_sums(gf, xf, L, Lg, ks, c, shifts, t0, q0, n, acc):
     """acc[r, t] += the sum over q0 <= q < q0 + n of gs[ks[r], q] * xs[c, q + shifts[t]] for
-    the taps t0 <= t < t0 + SUM_TAPS that exist, on the flat gf, xf (rows of L): the positions
+    the taps t0 <= t < t0 + SUM_TAPS that exist, on the flat gf, xf (rows of Lg and L): the positions
     a vector at a time, 4 x SUM_TAPS vector sums in registers, each grad_out vector loaded once
     for SUM_TAPS multiply-adds and each input vector once for four; the last positions in a
     partial vector, zeros in the lanes past them."""
@@ -394,14 +394,14 @@ def _tap_sums(gf, xf, L, ks, c, shifts, t0, q0, n, acc):
             x0, x1, x2 = _load(xf, s0 + q, m, partial), _load(xf, s1 + q, m, partial), _load(xf, s2 + q, m, partial)
             if SUM_TAPS == 6 and six:  # SUM_TAPS: taps 3-5 compiled only for AVX-512
                 x3, x4, x5 = _load(xf, s3 + q, m, partial), _load(xf, s4 + q, m, partial), _load(xf, s5 + q, m, partial)
-                a3, a4, a5 = _fma3(_load(gf, k0 * L + q, m, partial), x3, x4, x5, a3, a4, a5)
-                b3, b4, b5 = _fma3(_load(gf, k1 * L + q, m, partial), x3, x4, x5, b3, b4, b5)
-                c3, c4, c5 = _fma3(_load(gf, k2 * L + q, m, partial), x3, x4, x5, c3, c4, c5)
-                d3, d4, d5 = _fma3(_load(gf, k3 * L + q, m, partial), x3, x4, x5, d3, d4, d5)
-            a0, a1, a2 = _fma3(_load(gf, k0 * L + q, m, partial), x0, x1, x2, a0, a1, a2)
-            b0, b1, b2 = _fma3(_load(gf, k1 * L + q, m, partial), x0, x1, x2, b0, b1, b2)
-            c0, c1, c2 = _fma3(_load(gf, k2 * L + q, m, partial), x0, x1, x2, c0, c1, c2)
-            d0, d1, d2 = _fma3(_load(gf, k3 * L + q, m, partial), x0, x1, x2, d0, d1, d2)
+                a3, a4, a5 = _fma3(_load(gf, k0 * Lg + q, m, partial), x3, x4, x5, a3, a4, a5)
+                b3, b4, b5 = _fma3(_load(gf, k1 * Lg + q, m, partial), x3, x4, x5, b3, b4, b5)
+                c3, c4, c5 = _fma3(_load(gf, k2 * Lg + q, m, partial), x3, x4, x5, c3, c4, c5)
+                d3, d4, d5 = _fma3(_load(gf, k3 * Lg + q, m, partial), x3, x4, x5, d3, d4, d5)
+            a0, a1, a2 = _fma3(_load(gf, k0 * Lg + q, m, partial), x0, x1, x2, a0, a1, a2)
+            b0, b1, b2 = _fma3(_load(gf, k1 * Lg + q, m, partial), x0, x1, x2, b0, b1, b2)
+            c0, c1, c2 = _fma3(_load(gf, k2 * Lg + q, m, partial), x0, x1, x2, c0, c1, c2)
+            d0, d1, d2 = _fma3(_load(gf, k3 * Lg + q, m, partial), x0, x1, x2, d0, d1, d2)
     _add_sums(acc, 0, t0, T, a0, a1, a2, a3, a4, a5)
     _add_sums(acc, 1, t0, T, b0, b1, b2, b3, b4, b5)
     _add_sums(acc, 2, t0, T, c0, c1, c2, c3, c4, c5)
@@ -784,10 +784,24 @@ def grad_input(go, w, gx, geom, workspace=None):
         from_phases(gp, gx, plan)
 
 
+def _pointwise(geom):
+    """A 1x1x1 kernel without padding: the grid is the input itself."""
+    return math.prod(geom.kernel) == 1 and geom.padding == (0, 0, 0)
+
+
 def grad_weight(go, x, gw, geom, workspace=None):
     """gw = the weight gradient of conv for output gradient ``go``, written over ``gw``."""
     if depthwise.is_depthwise(geom) and not _single_input_channel(geom):
         depthwise.grad_weight(go, x, gw, geom)
+    elif geom.stride == (1, 1, 1) and _pointwise(geom):
+        # gw[k, c] = the sum over positions of go[k, q] * x[c, q]: each group's input channels
+        # become the taps of one row (tap c reading c rows on), so every task sums a quad of
+        # output channels against three input channels at once; as one channel of one tap,
+        # four sums a vector took 2-3x as long
+        xs, gs = _stacked(x, geom, (0, 0, 0)), _stacked(go, geom, (0, 0, 0), name="stacked_grad")
+        Cg, positions = gw.shape[1], xs.shape[1]
+        _grad_weight_stacked(gs, xs.reshape(geom.groups, Cg * positions), gw.reshape(gw.shape[0], 1, Cg),
+                             np.arange(Cg, dtype=np.int64) * positions, SUM_BLOCK)
     elif geom.stride == (1, 1, 1):
         _grad_weight_stacked(_stacked(go, geom, (0, 0, 0), name="stacked_grad"), _stacked(x, geom, geom.padding),
                              gw.reshape(*gw.shape[:2], -1), _tap_shifts(_grid_shape(geom), geom), SUM_BLOCK)
