@@ -10,7 +10,7 @@ keeps them in registers while every tap is added to them, one load of the input 
 per tap for four fused multiply-adds.
 
 ``Vec`` is a Numba type whose data model is an LLVM vector (``<16 x float>`` with AVX-512).
-Kernels use it through seven operations, each typed on its arguments when the caller is
+Kernels use it through six operations, each typed on its arguments when the caller is
 compiled:
 
 - ``vload(a, i)``: the vector a[i : i + lanes(a)] of a 1-D C-contiguous array (unaligned);
@@ -19,7 +19,6 @@ compiled:
 - ``vstore(a, i, v)``: a[i : i + lanes] = v;
 - ``vsplat(x)``: a float32 or float64 scalar in every lane;
 - ``vfma(a, b, c)``: a * b + c per lane, fused where the CPU has FMA (``llvm.fmuladd``);
-- ``vadd(a, b)``: a + b per lane;
 - ``vsum(v)``: the sum of v's lanes, as a scalar (pairwise: lane halves added until one is left);
 
 and ``lanes(a)``, the lanes of a vector of a's dtype, a compile-time constant. As with any
@@ -149,16 +148,6 @@ def vfma(typingctx, a, b, c):
         name = f"llvm.fmuladd.v{vector.count}{vector.element.intrinsic_name}"
         return builder.call(_declare(builder.module, name, vector), args)
     return a(a, b, c), codegen
-
-
-@intrinsic
-def vadd(typingctx, a, b):
-    if not (isinstance(a, Vec) and a == b):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.fadd(args[0], args[1])
-    return a(a, b), codegen
 
 
 @intrinsic
