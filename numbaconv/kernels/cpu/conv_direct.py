@@ -197,8 +197,8 @@ def _correlate_stacked(xs, wf, columns, b, out, shifts, origin, block_len, grid,
 @njit(inline="always", cache=True)
 def _acc_stride(n):
     """A row stride of at least n + 64 elements for the rows of sums (``_taps`` writes a last
-    vector past n), 64 elements (256 bytes in float32) past a multiple of 1024: rows a multiple of 4 KiB apart alias in the core's
-    store-to-load check, each load of one row waiting on the store to the other. Measured, one
+    vector past n), 64 elements (256 bytes in float32) past a multiple of 1024: rows a
+    multiple of 4 KiB apart alias in the core's store-to-load check, each load of one row waiting on the store to the other. Measured, one
     thread, 64 channels x 9 taps into two rows of 4096 sums (the loops before registers): 51
     GFLOP/s, against 87-97 with 4000 or 16000."""
     return n + 64 + (-n) % 1024
@@ -206,9 +206,11 @@ def _acc_stride(n):
 
 @njit(inline="always", cache=True)
 def _taps(xf, wf, rows, cols, b, ks, offs, base, accf, stride, n, t0, t1):
-    """accf[r*stride + q] += the sum over t0 <= t < t1 of wf[rows[k] + cols[U(t)]] *
-    xf[base + offs[U(t)] + q], k = ks[r], for the QUAD channels of ``ks`` and positions
-    0 <= q < n: six vectors of positions at a time (``SIX_VECTORS``), then three, their sums in
+    """accf[r*stride + q] = (b[k] if t0 == 0, else accf[r*stride + q] as it is) + the sum over
+    the columns t0 <= t < t1 of wf[rows[k] + cols[t]] * xf[base + offs[t] + q], k = ks[r], for
+    the QUAD channels of ``ks`` and positions 0 <= q < n (a chunk of the columns, see
+    ``COLUMN_CHUNK``; t is read through ``U``: signed, it cost Numba's wraparound code on every
+    offset and column read, 10-25% of the loops' time): six vectors of positions at a time (``SIX_VECTORS``), then three, their sums in
     registers through every tap (``_simd``; the two loops differ in their count of vectors
     alone), then one vector at a time. The last one ends at n where the sums start from the
     bias (over positions summed already, whose sums it computes again), else it reads its
