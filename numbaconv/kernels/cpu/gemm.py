@@ -18,9 +18,12 @@ faster and ``matmul`` is NumPy's matmul as it is.
 
 What it costs: a worker starts its part some 17 us after the caller (it takes Python's lock,
 which the caller holds until its own BLAS call), and two parts run 8-20% slower side by side
-than alone. A product of 6.4 million multiply-adds called in a loop took 96-110 us split, 131
-whole on one thread, and 71-82 on OpenBLAS's own two threads kept awake by the loop: a layer
-that small, timed alone, runs slower than before; models run faster (below).
+than alone (on the AVX2 host, 20-50 us and 40%: ``SPLIT_MIN_WORK``). A product of 6.4 million
+multiply-adds called in a loop took 96-110 us split, 131 whole on one thread, and 71-82 on
+OpenBLAS's own two threads kept awake by the loop (AVX-512 host): a layer that small, timed
+alone, runs slower than before; models run faster (below). Calling the BLAS per part from a
+Numba ``prange`` instead (through its C entry point, no Python lock) was measured on the AVX2
+host and gained nothing: 0.77-1.35x the split's time, the parts' own slowdown being the cost.
 
 A woken worker often started on the calling thread's own core and waited there for
 milliseconds, the other core idle, until the kernel's scheduler moved it (a worker must take
@@ -53,10 +56,16 @@ from numba.extending import intrinsic
 
 from ... import _threads
 
-#: Fewest multiply-adds worth a part of its own. Measured on 2 cores, products called back to
-#: back, split in two against whole on one thread: 2.4 million multiply-adds 54 against 56 us,
-#: 7.2 million 120 against 154, 29 million 361-385 against 581-645.
-SPLIT_MIN_WORK = 1 << 21
+#: Fewest multiply-adds worth a part of its own. Measured, products called back to back, split in
+#: two against whole on one thread: on a 2-core AVX-512 host (Zen 4), 2.4 million multiply-adds
+#: 54 against 56 us, 7.2 million 120 against 154, 29 million 361-385 against 581-645; on a
+#: 2-core AVX2 host (Zen 3, the benchmark suite's target), where a worker's part ran 40% slower
+#: than alone and started 20-50 us late, 6.4 million 183-475 against 153-193, 29 million 618-669
+#: against 845-862. Whole below 8.4 million: there, ResNet-18's 1x1/2 convolutions at batch 1
+#: (6.4 million) went from 1.26-1.74 of PyTorch's time to 0.76-1.24 (forward) and from
+#: 0.91-1.38 to 0.83-1.03 (backward), the whole network unchanged within its noise (0.90 and
+#: 0.88 of PyTorch's time, calls taking turns), at the AVX-512 host's 34 us on such a product.
+SPLIT_MIN_WORK = 1 << 23
 
 #: Rows and columns of a part come in multiples of this (the BLAS kernels' register tiles).
 SPLIT_ALIGN = 16
