@@ -1008,12 +1008,16 @@ def test_dtype_is_preserved_and_float64_is_computed_in_float64():
         ((32, 64), 128, 1, 1, "grad_weight", "direct"),  # ... never the weight gradient
         ((21, 64), 128, 1, 1, "forward", "direct"),  # 189 tiles: too few
         ((16, 256), 256, 1, 1, "forward", "winograd"),  # 144 tiles, enough for 256 x 256 channels
-        ((12, 256), 256, 1, 1, "forward", "direct"),  # 108
+        ((12, 256), 256, 1, 1, "forward", {"avx512": "direct", "avx2": "winograd"}),  # 108: with AVX2 enough
+        ((6, 128), 128, 1, 1, "forward", {"avx512": "direct", "avx2": "winograd"}),  # 54 for 128 x 128, with AVX2
+        ((6, 128), 128, 1, 1, "grad_input", {"avx512": "im2col", "avx2": "winograd"}),  # (AVX-512: a short plane)
+        ((5, 128), 128, 1, 1, "forward", {"avx512": "direct", "avx2": "im2col"}),  # 45: too few (AVX2: a short plane)
+        ((6, 96), 96, 1, 1, "forward", {"avx512": "direct", "avx2": "im2col"}),  # 96 x 96 channels: too few for 54 tiles
         ((2048, 32), 64, 1, 1, "forward", "direct"),  # 32 channels in: too few for Winograd's
         ((2, 256), 256, 1, 1, "grad_weight", "im2col"),  # 162 positions for 256 x 256 channels
         ((2, 256), 256, 1, 1, "grad_input", "im2col"),  # ... its input gradient with it
         ((2, 256), 256, 1, 1, "forward", {"avx512": "direct", "avx2": "im2col"}),  # ... and with AVX2 its forward pass
-        ((7, 256), 256, 1, 1, "forward", "direct"),
+        ((7, 256), 256, 1, 1, "forward", {"avx512": "direct", "avx2": "winograd"}),
         ((6, 256), 256, 1, 1, "grad_weight", "im2col"),  # 486
         ((7, 256), 256, 1, 1, "grad_weight", "direct"),  # 567
         ((2, 32), 64, 1, 1, "grad_weight", "direct"),  # 32 x 64 channels: the loops on any plane

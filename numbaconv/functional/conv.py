@@ -58,13 +58,18 @@ class Rules(NamedTuple):
     phases_max_channels: int
     #: Whether the small-plane rule (``SMALL_PLANE_POSITIONS``) covers the forward pass too.
     small_plane_forward: bool
-    #: Winograd's tiles pay from this many channels in x out (``conv_winograd.pays``).
+    #: Winograd's tiles pay from this many channels in x out (``conv_winograd.pays``) ...
     winograd_min_channel_pairs: int
+    #: ... and from this many on, over at least ``winograd_large_weight_min_tiles`` tiles of 4x4
+    #: outputs (``conv_winograd.MIN_TILES`` below it).
+    winograd_large_weight: int
+    winograd_large_weight_min_tiles: int
 
 
 #: Read off ``bench/algorithms.py`` on a 2-core AVX-512 host (Zen 4).
 AVX512_RULES = Rules(phases_max_block=1 << 19, phases_max_channels=16, small_plane_forward=False,
-                     winograd_min_channel_pairs=128 * 64)
+                     winograd_min_channel_pairs=128 * 64, winograd_large_weight=256 * 256,
+                     winograd_large_weight_min_tiles=128)
 
 #: Read off ``bench/algorithms.py`` on a 2-core AVX2 host (Zen 3), also for hosts with narrower
 #: vectors. Measured, ms, direct / im2col (/ Winograd), medians of 9 rounds: forward, (1, 64,
@@ -75,9 +80,17 @@ AVX512_RULES = Rules(phases_max_block=1 << 19, phases_max_channels=16, small_pla
 #: 28.6 / 24.6; short planes,
 #: forward, (8, 512, 7x7) -> 512 22.0 / 13.8, (1, 512, 14x14) -> 512 8.8 / 7.3, (1, 256,
 #: 14x14) -> 256 3.4 / 3.0, but (1, 128, 28x28) -> 128 (784 positions) 2.40 / 2.63; Winograd at
-#: 64 x 64 channels, (8, 64, 56x56) -> 64 18.5 / 19.8 / 12.9, at batch 1 2.14 / 2.52 / 1.98.
+#: 64 x 64 channels, (8, 64, 56x56) -> 64 18.5 / 19.8 / 12.9, at batch 1 2.14 / 2.52 / 1.98;
+#: Winograd over 49 tiles (a 28x28 plane), forward and input gradient, (1, 128, 28x28) -> 128
+#: 1.65 / 1.74 / 1.33 and 1.72 / 1.78 / 1.70, (1, 256) -> 256 7.0 / 7.2 / 4.7 and 7.0 / 6.9 /
+#: 5.8, (1, 512) -> 512 27.6 / 22.2 / 18.9 and 26.0 / 21.8 / 20.8, 98 tiles, (2, 128, 28x28)
+#: -> 128, 4.3 / 4.3 / 2.6 and 4.5 / 4.3 / 3.1; but not over 49 with fewer channels, (1, 96)
+#: -> 96 1.10 / 1.28 / 1.02, (1, 64) -> 128 0.86 / 1.00 / 0.88, nor over 32 or fewer, (2,
+#: 256, 14x14) -> 256 5.1 / 4.4 / 4.5 and 5.2 / 4.3 / 5.1, (1, 384, 13x13) -> 384 (16 tiles)
+#: 3.4 / 3.7 / 6.4.
 AVX2_RULES = Rules(phases_max_block=3 << 14, phases_max_channels=0, small_plane_forward=True,
-                   winograd_min_channel_pairs=64 * 64)
+                   winograd_min_channel_pairs=64 * 64, winograd_large_weight=128 * 128,
+                   winograd_large_weight_min_tiles=48)
 
 #: The rules for this host.
 RULES = AVX512_RULES if conv_direct.SIX_VECTORS else AVX2_RULES
@@ -164,7 +177,8 @@ def choose_algorithm(geom, direction="forward"):
         return "direct" if per_group_in <= RULES.phases_max_channels and overhead <= PHASES_MAX_OVERHEAD else "im2col"
     if taps == 1:
         return "im2col"
-    if conv_winograd.applies(geom, direction) and conv_winograd.pays(geom, RULES.winograd_min_channel_pairs):  # never the weight gradient
+    if conv_winograd.applies(geom, direction) and conv_winograd.pays(  # never the weight gradient
+            geom, RULES.winograd_min_channel_pairs, RULES.winograd_large_weight, RULES.winograd_large_weight_min_tiles):
         return "winograd"
     if direction == "grad_input" and per_group_in < conv_direct.QUAD and per_group_out >= FEW_PRODUCED_MIN_CONSUMED:
         return "im2col"

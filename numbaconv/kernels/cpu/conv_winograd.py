@@ -44,9 +44,10 @@ from .conv_im2col import _adjoint, _quiet
 TILE, ALPHA, POSITIONS = 4, 6, 36
 
 #: The rule of ``pays``: at least ``MIN_CHANNELS`` channels in and out, at least
-#: ``min_channel_pairs`` channels in x out (the caller's: ``functional.conv.Rules``, 128 x 64
-#: with AVX-512's direct loops, 64 x 64 with AVX2's), and at least ``MIN_TILES`` tiles of 4x4 outputs
-#: over the batch, ``MIN_TILES_LARGE_WEIGHT`` from ``LARGE_WEIGHT`` channel pairs on. Each call transforms the weight (36 C K values: 37 MB at 512 x 512) and runs
+#: ``min_channel_pairs`` channels in x out, and at least ``MIN_TILES`` tiles of 4x4 outputs over
+#: the batch, or ``large_weight_min_tiles`` from ``large_weight`` channel pairs on (the caller's
+#: three, ``functional.conv.Rules``: AVX-512's direct loops leave Winograd less to win than
+#: AVX2's). Each call transforms the weight (36 C K values: 37 MB at 512 x 512) and runs
 #: 36 GEMMs of tiles x C by C x K: few tiles leave short GEMMs and the weight's transform
 #: unpaid, and few channels make the input and output transforms, which read and write every
 #: tile, cost more than the multiply-adds they save. What they are measured against is the
@@ -64,8 +65,6 @@ TILE, ALPHA, POSITIONS = 4, 6, 36
 #: layers at batch 8, 128 tiles: 6.6 / 6.6, 9.7 / 9.4, 7.2 / 7.2).
 MIN_CHANNELS = 64
 MIN_TILES = 192
-MIN_TILES_LARGE_WEIGHT = 128
-LARGE_WEIGHT = 256 * 256
 
 
 def applies(geom, direction="forward"):
@@ -80,15 +79,15 @@ def applies(geom, direction="forward"):
     return direction == "grad_input" and _adjoint(geom) is not None
 
 
-def pays(geom, min_channel_pairs):
-    """The rule ``choose_algorithm`` asks (``MIN_CHANNELS``, ``min_channel_pairs``,
-    ``MIN_TILES``, ``MIN_TILES_LARGE_WEIGHT``); the same for the input gradient, whose tiles and channel counts are the
+def pays(geom, min_channel_pairs, large_weight, large_weight_min_tiles):
+    """The rule ``choose_algorithm`` asks (``MIN_CHANNELS``, ``MIN_TILES`` and the caller's
+    thresholds, above); the same for the input gradient, whose tiles and channel counts are the
     forward pass's swapped."""
     th, tw = _tiles(geom)
     C, K = geom.in_channels, geom.out_channels
     tiles = geom.batch * geom.out_size[0] * th * tw
     return (min(C, K) >= MIN_CHANNELS and C * K >= min_channel_pairs
-            and tiles >= (MIN_TILES_LARGE_WEIGHT if C * K >= LARGE_WEIGHT else MIN_TILES))
+            and tiles >= (large_weight_min_tiles if C * K >= large_weight else MIN_TILES))
 
 
 #: The transforms' matrices (Lavin and Gray's, for the points 0, 1, -1, 2, -2 and infinity):
