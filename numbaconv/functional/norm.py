@@ -151,8 +151,13 @@ def _planes(a):
 
 
 def _per_plane(a, view):
-    """A value per channel or per group (broadcastable to ``view``) as the kernels' float64 (N, C) array."""
-    return np.ascontiguousarray(np.broadcast_to(a, view), dtype=np.float64).reshape(view[0], -1)
+    """A value per channel or per group (broadcastable to ``view``) as the kernels' float64 (N, C)
+    array, or (1, C) where it is the same for every sample (the kernels take either)."""
+    a = np.asarray(a, dtype=np.float64)
+    rows = view[0] if a.ndim == len(view) and a.shape[0] == view[0] else 1
+    if a.shape != (rows, *view[1:]):  # per group, or one value: spelled out per channel
+        a = np.ascontiguousarray(np.broadcast_to(a, (rows, *view[1:])))
+    return a.reshape(rows, -1)
 
 
 def _per_channel(a, view, default):

@@ -11,7 +11,9 @@ combines or broadcasts those (N, C) arrays with NumPy (a few values per plane, n
   reductions 1.6x slower), each block's sums merged by Chan's pairwise formula, which stays
   as exact as two passes over the plane;
 * ``plane_affine``: ``out = (x - center) * scale + shift``, the forward of both norms (and the
-  eval-mode input gradient of batch norm, with center and shift zero);
+  eval-mode input gradient of batch norm, with center and shift zero); its coefficients, and
+  ``plane_grad_input``'s, may have one row for every sample (``_row``): batch norm's are per
+  channel, and spelling them out per plane took more of a small call than the kernel did;
 * ``plane_sums``: the backward's reductions ``sum(go)`` and ``sum(go * (x - mean))`` together
   with the plane's moments, so a backward that recomputes the statistics of x reads x and go
   once for all its reductions (and once more for the input gradient);
@@ -80,13 +82,20 @@ def plane_moments(x, mean, m2):
         m2[n, c] = deviations
 
 
+@njit(inline="always", cache=True)
+def _row(a, n):
+    """Sample n's row of a coefficient array of N rows, or its one row."""
+    return min(n, a.shape[0] - 1)
+
+
 @parallel_kernel(streaming=True)
 def plane_affine(x, center, scale, shift, out):
-    """out[n, c, :] = (x[n, c, :] - center[n, c]) * scale[n, c] + shift[n, c]."""
+    """out[n, c, :] = (x[n, c, :] - center[n, c]) * scale[n, c] + shift[n, c] (each coefficient
+    array (N, C) or (1, C))."""
     N, C, S = x.shape
     for plane in prange(N * C):
         n, c = plane // C, plane % C
-        m, a, b = center[n, c], scale[n, c], shift[n, c]
+        m, a, b = center[_row(center, n), c], scale[_row(scale, n), c], shift[_row(shift, n), c]
         for s in range(S):
             out[n, c, U(s)] = (x[n, c, U(s)] - m) * a + b
 
@@ -129,11 +138,12 @@ def plane_sums(go, x, mean, m2, sum_go, dot):
 
 @parallel_kernel(streaming=True)
 def plane_grad_input(go, x, center, p, q, r, gx):
-    """gx[n, c, :] = go[n, c, :] * p[n, c] + (x[n, c, :] - center[n, c]) * q[n, c] + r[n, c]."""
+    """gx[n, c, :] = go[n, c, :] * p[n, c] + (x[n, c, :] - center[n, c]) * q[n, c] + r[n, c]
+    (each coefficient array (N, C) or (1, C))."""
     N, C, S = x.shape
     for plane in prange(N * C):
         n, c = plane // C, plane % C
-        m, a, b, d = center[n, c], p[n, c], q[n, c], r[n, c]
+        m, a, b, d = center[_row(center, n), c], p[_row(p, n), c], q[_row(q, n), c], r[_row(r, n), c]
         for s in range(S):
             gx[n, c, U(s)] = go[n, c, U(s)] * a + (x[n, c, U(s)] - m) * b + d
 

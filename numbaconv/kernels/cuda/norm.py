@@ -78,6 +78,12 @@ def _plane_sums(go, x, mean, m2, sum_go, dot):
         dot[n, c] = product
 
 
+@cuda.jit(device=True, inline=True)
+def _row(a, n):
+    """Sample n's row of a coefficient array of N rows, or its one row (as on the CPU)."""
+    return min(n, a.shape[0] - 1)
+
+
 @cuda.jit
 def _plane_affine(x, center, scale, shift, out):
     C, S = x.shape[1], x.shape[2]
@@ -85,7 +91,7 @@ def _plane_affine(x, center, scale, shift, out):
     if i < x.size:
         plane, s = i // S, i % S
         n, c = plane // C, plane % C
-        out[n, c, s] = (x[n, c, s] - center[n, c]) * scale[n, c] + shift[n, c]
+        out[n, c, s] = (x[n, c, s] - center[_row(center, n), c]) * scale[_row(scale, n), c] + shift[_row(shift, n), c]
 
 
 @cuda.jit
@@ -95,7 +101,8 @@ def _plane_grad_input(go, x, center, p, q, r, gx):
     if i < x.size:
         plane, s = i // S, i % S
         n, c = plane // C, plane % C
-        gx[n, c, s] = go[n, c, s] * p[n, c] + (x[n, c, s] - center[n, c]) * q[n, c] + r[n, c]
+        gx[n, c, s] = (go[n, c, s] * p[_row(p, n), c] + (x[n, c, s] - center[_row(center, n), c]) * q[_row(q, n), c]
+                       + r[_row(r, n), c])
 
 
 @cuda.jit(device=True, inline=True)
@@ -167,7 +174,8 @@ def plane_sums(go, x, mean, m2, sum_go, dot):
 
 
 def plane_affine(x, center, scale, shift, out):
-    """out[n, c, :] = (x[n, c, :] - center[n, c]) * scale[n, c] + shift[n, c]; host coefficients."""
+    """out[n, c, :] = (x[n, c, :] - center[n, c]) * scale[n, c] + shift[n, c]; host coefficients, (N, C)
+    or (1, C)."""
     _plane_affine[line(x.size)](x, *map(cuda.to_device, (center, scale, shift)), out)
 
 
