@@ -1055,6 +1055,9 @@ def test_auto_rule(monkeypatch, isa, c_in, c_out, groups, stride, direction, exp
         ((1, 512, 14, 14), 512, 3, 1, 1, {"avx512": ("direct", "im2col", "im2col"), "avx2": "im2col"}),  # a short
         # plane's gradients, and with AVX2 its forward pass
         ((1, 128, 112, 112), 128, 3, 1, 1, ("winograd", "winograd", "direct")),
+        ((1, 96, 27, 27), 256, 5, 1, 2, {"avx512": "direct", "avx2": ("im2col", "im2col", "direct")}),  # AlexNet's
+        # c2: with AVX2, into 256 channels a GEMM beats the loops
+        ((1, 96, 27, 27), 128, 5, 1, 2, "direct"),  # ... not into 128
         ((1, 3, 224, 224), 64, 7, 2, 3, {"avx512": "direct", "avx2": ("direct", "im2col", "im2col")}),  # ResNet's
         # stem, on 4 phases under 4x4 taps; with AVX2 its gradients not
         ((1, 3, 227, 227), 64, 11, 4, 2, {"avx512": "direct", "avx2": "im2col"}),  # AlexNet's, on 16 phases

@@ -64,12 +64,15 @@ class Rules(NamedTuple):
     #: outputs (``conv_winograd.MIN_TILES`` below it).
     winograd_large_weight: int
     winograd_large_weight_min_tiles: int
+    #: A stride-1 forward pass and input gradient with at least this many output channels a
+    #: group run im2col rather than the loops (None: no such rule).
+    im2col_min_out_channels: int | None
 
 
 #: Read off ``bench/algorithms.py`` on a 2-core AVX-512 host (Zen 4).
 AVX512_RULES = Rules(phases_max_block=1 << 19, phases_max_channels=16, small_plane_forward=False,
                      winograd_min_channel_pairs=128 * 64, winograd_large_weight=256 * 256,
-                     winograd_large_weight_min_tiles=128)
+                     winograd_large_weight_min_tiles=128, im2col_min_out_channels=None)
 
 #: Read off ``bench/algorithms.py`` on a 2-core AVX2 host (Zen 3), also for hosts with narrower
 #: vectors. Measured, ms, direct / im2col (/ Winograd), medians of 9 rounds: forward, (1, 64,
@@ -87,10 +90,14 @@ AVX512_RULES = Rules(phases_max_block=1 << 19, phases_max_channels=16, small_pla
 #: -> 128, 4.3 / 4.3 / 2.6 and 4.5 / 4.3 / 3.1; but not over 49 with fewer channels, (1, 96)
 #: -> 96 1.10 / 1.28 / 1.02, (1, 64) -> 128 0.86 / 1.00 / 0.88, nor over 32 or fewer, (2,
 #: 256, 14x14) -> 256 5.1 / 4.4 / 4.5 and 5.2 / 4.3 / 5.1, (1, 384, 13x13) -> 384 (16 tiles)
-#: 3.4 / 3.7 / 6.4.
+#: 3.4 / 3.7 / 6.4; into 256 output channels, forward and input gradient (weight gradient),
+#: AlexNet's (1, 96, 27x27) -> 256, 5x5, 9.2 / 7.6 and 10.2 / 7.9 (8.9 / 8.5), at batch 4 38.7
+#: / 30.4 and 37.1 / 29.7 (32.6 / 31.8), (1, 64, 27x27) -> 256, 5x5, 6.1 / 5.9 and 7.6 / 5.7
+#: (6.9 / 6.3), (1, 256, 28x28) -> 256, 3x3, - and 10.4 / 8.7 (8.9 / 9.2), a signal (1, 128,
+#: 2000) -> 256, k = 9, 10.9 / 10.0; into 128, (1, 96, 27x27) -> 128, 5x5, 4.7 / 6.0.
 AVX2_RULES = Rules(phases_max_block=3 << 14, phases_max_channels=0, small_plane_forward=True,
                    winograd_min_channel_pairs=64 * 64, winograd_large_weight=128 * 128,
-                   winograd_large_weight_min_tiles=48)
+                   winograd_large_weight_min_tiles=48, im2col_min_out_channels=256)
 
 #: The rules for this host.
 RULES = AVX512_RULES if conv_direct.SIX_VECTORS else AVX2_RULES
@@ -124,6 +131,11 @@ def choose_algorithm(geom, direction="forward"):
     - stride 1, a 3x3 kernel where Winograd's F(4x4, 3x3) pays (``conv_winograd.pays``), forward
       and input gradient: Winograd (VGG-16's (1, 128, 112x112) 11.6 / 19.6 / 9.0; (8, 512,
       14x14) -> 512, 28.9 / - / 23.2).
+    - stride 1, with AVX2 (``Rules.im2col_min_out_channels``), the forward pass and input
+      gradient into at least 256 output channels a group: im2col, whose GEMM over that many
+      rows runs near the BLAS's peak, a third above the loops' (AlexNet's (1, 96, 27x27) ->
+      256, 5x5, 9.2 / 7.6 and 10.2 / 7.9). The weight gradient stays with the loops (8.9 / 8.5,
+      a tie across such shapes).
     - stride 1, the input gradient of fewer than ``conv_direct.QUAD`` input channels a group
       (the loops would repeat one to fill their quad) from at least
       ``FEW_PRODUCED_MIN_CONSUMED`` output channels a group: im2col (VGG-16's first layer,
@@ -180,6 +192,9 @@ def choose_algorithm(geom, direction="forward"):
     if conv_winograd.applies(geom, direction) and conv_winograd.pays(  # never the weight gradient
             geom, RULES.winograd_min_channel_pairs, RULES.winograd_large_weight, RULES.winograd_large_weight_min_tiles):
         return "winograd"
+    if (direction != "grad_weight" and RULES.im2col_min_out_channels is not None
+            and per_group_out >= RULES.im2col_min_out_channels):
+        return "im2col"
     if direction == "grad_input" and per_group_in < conv_direct.QUAD and per_group_out >= FEW_PRODUCED_MIN_CONSUMED:
         return "im2col"
     if ((direction != "forward" or RULES.small_plane_forward) and geom.batch * math.prod(geom.out_size) < SMALL_PLANE_POSITIONS
