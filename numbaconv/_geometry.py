@@ -486,24 +486,6 @@ def _adaptive_geometry(ndim, batch, channels, size, out):
     )
 
 
-def check_indices(op, indices, geom):
-    """indices: int64 of the output's shape, each inside the input plane (windows that read no
-    input, whose output is -inf, route nothing and may hold anything)."""
-    if not isinstance(indices, np.ndarray):
-        raise TypeError(f"{op}: indices must be a numpy.ndarray, got {type(indices).__name__}")
-    if indices.dtype != np.int64:
-        raise TypeError(f"{op}: indices must have dtype int64, got {indices.dtype}")
-    if indices.shape != geom.out_shape:
-        raise ValueError(f"{op}: indices must have the output's shape {geom.out_shape}, got {indices.shape}")
-    plane = math.prod(geom.in_size)
-    if indices.size and (indices.min() < 0 or indices.max() >= plane):
-        outside = (indices < 0) | (indices >= plane)
-        if (outside.reshape(*indices.shape[:2], *geom.out_size) & geom.nonempty()).any():
-            raise ValueError(f"{op}: indices must lie in [0, {plane}) (flat positions in the input plane), "
-                             f"got values from {indices.min()} to {indices.max()}")
-    return indices
-
-
 def check_divisor_override(op, divisor_override):
     if divisor_override is None:
         return None

@@ -456,6 +456,25 @@ def test_bad_input_raises_naming_the_argument(call, exception, match):
 
 
 
+@pytest.mark.parametrize("route", ["serial", "parallel"])
+def test_one_index_outside_the_plane_is_refused_on_either_route(monkeypatch, route):
+    """The range of max pooling's indices is found by a kernel (``index_range``), on its serial
+    twin for small arrays and in parallel above the threshold: one index outside the plane,
+    anywhere, is refused either way, and the error gives the range found."""
+    monkeypatch.setattr(numbaconv.config, "PARALLEL_MIN_ELEMENTS", 1 << 40 if route == "serial" else 0)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    y, idx = numbaconv.max_pool2d(x, 2, return_indices=True)
+    go = np.ones_like(y)
+    assert numbaconv.max_pool2d_backward(go, x, 2, indices=idx).shape == x.shape
+    for bad in (-1, 64):
+        broken = idx.copy()
+        broken[1, 2, 3, 1] = bad
+        found = f"{broken.min()} to {broken.max()}"
+        with pytest.raises(ValueError, match=rf"indices must lie in \[0, 64\).*{found}"):
+            numbaconv.max_pool2d_backward(go, x, 2, indices=broken)
+    assert broken[1, 2, 3, 1] == bad and np.array_equal(broken[0], idx[0])  # inputs are never modified
+
+
 def test_battery_in_a_subprocess():
     assert_battery_survives("test_pool")
 

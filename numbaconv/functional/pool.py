@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from .._geometry import (
-    adaptive_pool_geometry, check_bool, check_divisor_override, check_grad_out, check_indices, check_norm_type,
+    adaptive_pool_geometry, check_bool, check_divisor_override, check_grad_out, check_norm_type,
     pool_geometry,
 )
 from .._device import CUDA
@@ -55,8 +55,12 @@ def _max(x, geom, return_indices):
     return (_user(out, geom), _user(idx, geom)) if return_indices else _user(out, geom)
 
 
-def _check_device_indices(op, indices, geom):
-    """``check_indices`` for indices on the GPU: the same rules, the range found there."""
+def _check_indices(op, indices, geom):
+    """indices: int64 of the output's shape, each inside the input plane (windows that read no
+    input, whose output is -inf, route nothing and may hold anything); the range is found by
+    the kernels of the indices' device, in one pass."""
+    if _side(indices) != CUDA and not isinstance(indices, np.ndarray):
+        raise TypeError(f"{op}: indices must be a numpy.ndarray, got {type(indices).__name__}")
     if indices.dtype != np.int64:
         raise TypeError(f"{op}: indices must have dtype int64, got {indices.dtype}")
     if indices.shape != geom.out_shape:
@@ -77,10 +81,8 @@ def _max_backward(op, grad_out, x, geom, indices, absolute=False):
         idx = _empty(geom, geom.out_size, np.int64, x)
         extra = {"absolute": True} if absolute else {}
         pool.max_forward(_as5(x, geom, geom.in_size), _empty(geom, geom.out_size, x.dtype, x), idx, geom, **extra)
-    elif _side(indices) == CUDA:
-        idx = _as5(_check_device_indices(op, indices, geom), geom, geom.out_size)
     else:
-        idx = _as5(check_indices(op, indices, geom), geom, geom.out_size)
+        idx = _as5(_check_indices(op, indices, geom), geom, geom.out_size)
     gx = _empty(geom, geom.in_size, x.dtype, x)
     pool.max_backward(_as5(grad_out, geom, geom.out_size), idx, gx, geom)
     return _user(gx, geom)
