@@ -165,18 +165,36 @@ class Recorder:
 RECORDER = Recorder()
 
 
-def run_compiler(records, timeout=900):
-    """Compile ``records`` in a fresh process with the simulator off; its JSON report."""
+def run_compiler(records, timeout=900, processes=None):
+    """Compile ``records`` with the simulator off, in fresh processes (one per core, records dealt
+    round-robin: NVVM is single-threaded and the check is the test run's longest); their merged
+    JSON report."""
+    processes = max(1, min(processes or os.cpu_count() or 1, len(records)))
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0", NUMBA_DISABLE_ERROR_MESSAGE_HIGHLIGHTING="1")
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "records.json")
-        with open(path, "w") as f:
-            json.dump(records, f)
-        env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0", NUMBA_DISABLE_ERROR_MESSAGE_HIGHLIGHTING="1")
-        done = subprocess.run([sys.executable, os.path.abspath(__file__), path], capture_output=True, text=True,
-                              env=env, timeout=timeout)
-    if done.returncode:
-        raise RuntimeError(f"the compiler process failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        running = []
+        for i in range(processes):
+            path = os.path.join(tmp, f"records{i}.json")
+            with open(path, "w") as f:
+                json.dump(records[i::processes], f)
+            running.append(subprocess.Popen([sys.executable, os.path.abspath(__file__), path], env=env, text=True,
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        reports = []
+        for process in running:
+            try:
+                stdout, stderr = process.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                for p in running:
+                    p.kill()
+                raise
+            if process.returncode:
+                raise RuntimeError(f"the compiler process failed ({process.returncode}):\n{stderr[-4000:]}")
+            reports.append(json.loads(stdout.strip().splitlines()[-1]))
+    missing = [r for r in reports if "missing" in r]
+    if missing:
+        return missing[0]
+    return {key: sum((r[key] for r in reports), 0 if key == "compiled" else [])
+            for key in ("compiled", "failures", "resources")}
 
 
 # --------------------------------------------------------------------------- compiling (no simulator)
