@@ -25,9 +25,23 @@ reference count inside the parallel loops.
 import math
 
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
 from ._window import U, parallel_kernel
+
+
+@njit(inline="always", cache=True)
+def _larger(v, best):
+    """v where it replaces ``best`` as a window's max (larger, or NaN), else best."""
+    return v if (v > best) | (v != v) else best
+
+
+# The max kernels below never store ``v if take else a[i]`` back into the ``a[i]`` they read:
+# LLVM turns that store into a masked store (VMASKMOVPS), which AMD's AVX2 cores (Zen 1-3) run
+# microcoded, a dozen cycles a vector: ResNet's stem pooling (1, 64, 112x112) 3x3/2 took 1.2-1.6
+# ms on a Zen 3, 5-7x ONNX Runtime's. Each pass over taps reads one buffer and writes another
+# (the two rows of a (2, n) scratch array, or the output on the last pass), so every store is
+# a plain one.
 
 
 @parallel_kernel  # not streaming: its serial twin does not vectorize the gather (2-4x slower)
@@ -43,101 +57,142 @@ def _max_forward(x, out, idx, base, count, taps, step, size, with_indices):
     The loop over taps is outside the loop over outputs: the inner loop then runs over a whole
     output plane with a select in place of a branch (branches on random data mispredict half the
     time: 3-4x slower), and LLVM vectorizes it. Taps past an output's window (edge windows)
-    read a clamped position and are discarded; each window still sees its taps in order.
+    read a clamped position and are discarded; each window still sees its taps in order. Tap
+    pass t reads the maxima so far from scratch row 1 - t % 2 and writes row t % 2, the last
+    pass out and idx (see the note above).
     """
     P, L = x.shape
     OP = out.shape[1]
     sd, sh, sw = step
     H, W = size[1], size[2]
-    if L == 0:
-        taps = (0, 0, 0)
+    last = taps[0] * taps[1] * taps[2] - 1 if L else -1
     for p in prange(P):
-        for o in range(OP):
-            out[p, U(o)] = -np.inf
-            if with_indices:
-                idx[p, U(o)] = base[U(o)]
-        for a in range(taps[0]):
+        bv = np.empty((2, OP), dtype=out.dtype)
+        bi = np.empty((2, OP), dtype=np.int64)
+        for o in range(OP):  # before the first pass: nothing read yet
+            bv[1, U(o)] = -np.inf
+            bi[1, U(o)] = base[U(o)]
+        if last < 0:
+            for o in range(OP):
+                out[p, U(o)] = bv[1, U(o)]
+                if with_indices:
+                    idx[p, U(o)] = bi[1, U(o)]
+        t = 0
+        for a in range(taps[0] if last >= 0 else 0):
             for b in range(taps[1]):
                 for e in range(taps[2]):
-                    t = (a * sd * H + b * sh) * W + e * sw
-                    for o in range(OP):
-                        pos = min(base[U(o)] + t, L - 1)
-                        v = x[p, U(pos)]
-                        best = out[p, U(o)]
-                        inside = (a < count[0, U(o)]) & (b < count[1, U(o)]) & (e < count[2, U(o)])
-                        take = inside & ((v > best) | (v != v))
-                        out[p, U(o)] = v if take else best
-                        if with_indices:
-                            idx[p, U(o)] = pos if take else idx[p, U(o)]
+                    tap = (a, b, e, (a * sd * H + b * sh) * W + e * sw)
+                    k = t & 1
+                    # with_indices spelled as a constant at each call: as a variable, LLVM made its
+                    # branch in the loop a masked store of the indices
+                    if t == last and with_indices:
+                        _tap_pass(x, p, base, count, tap, bv, bi, 1 - k, out, idx, p, True)
+                    elif t == last:
+                        _tap_pass(x, p, base, count, tap, bv, bi, 1 - k, out, idx, p, False)
+                    elif with_indices:
+                        _tap_pass(x, p, base, count, tap, bv, bi, 1 - k, bv, bi, k, True)
+                    else:
+                        _tap_pass(x, p, base, count, tap, bv, bi, 1 - k, bv, bi, k, False)
+                    t += 1
+
+
+@njit(inline="always", cache=True)
+def _tap_pass(x, p, base, count, tap, sv, si, s, dv, di, d, with_indices):
+    """One tap of ``_max_forward`` over plane p's outputs: the maxima so far (and their indices)
+    from row s of sv (si), the maxima with tap = (a, b, e, offset) taken into row d of dv (di)."""
+    a, b, e, off = tap
+    last = x.shape[1] - 1
+    for o in range(sv.shape[1]):
+        pos = min(base[U(o)] + off, last)
+        v = x[p, U(pos)]
+        best = sv[s, U(o)]
+        inside = (a < count[0, U(o)]) & (b < count[1, U(o)]) & (e < count[2, U(o)])
+        take = inside & ((v > best) | (v != v))
+        dv[d, U(o)] = v if take else best
+        if with_indices:
+            di[d, U(o)] = pos if take else si[s, U(o)]
 
 
 #: Max pooling without indices runs ``_max_separable`` for windows of more taps than this: at
-#: 2x2 its two passes save nothing and their short row loops cost more than ``_max_forward``'s
+#: 2x2 its passes save nothing and their short row loops cost more than ``_max_forward``'s
 #: loops over whole planes. Measured, ms, separable / ``_max_forward`` with indices, taking turns
-#: in one process (2 cores): ResNet's stem pooling (1, 64, 112x112) 3x3/2 0.71 / 1.67, at batch
-#: 8 8.3 / 14.3 (PyTorch 3.3 and 25); (8, 96, 55x55) 3x3/2 3.5 / 4.1; (8, 64, 56x56) 3x3/1 1.8
-#: / 7.0; LeNet's (64, 6, 28x28) 2x2/2 0.33 / 0.15.
+#: in one process (2 cores, AVX-512): ResNet's stem pooling (1, 64, 112x112) 3x3/2 0.71 / 1.67,
+#: at batch 8 8.3 / 14.3 (PyTorch 3.3 and 25); (8, 96, 55x55) 3x3/2 3.5 / 4.1; (8, 64, 56x56)
+#: 3x3/1 1.8 / 7.0; LeNet's (64, 6, 28x28) 2x2/2 0.33 / 0.15.
 SEPARABLE_MIN_TAPS = 4
 
 
 @parallel_kernel
 def _max_separable(x, out, first, count, step, inner):
-    """out = the max of each window, as ``_max_forward`` takes it without indices, in two passes
-    per plane: the max along W of each input row over each output column's window, then for
-    each output row the max, column by column, of the rows its window covers along D and H.
+    """out = the max of each window, as ``_max_forward`` takes it without indices, in two steps
+    per output row: the max over the rows its windows cover along D and H, column by column, of
+    every input column; then along that one row the max over each output column's window.
     ``inner`` = (o0, o1, stride): the output columns o0 <= o < o1 whose windows are whole and
-    ``stride`` apart, which the first pass takes tap by tap in loops over columns that
-    vectorize (stride 1 and 2 spelled out: LLVM then loads pairs and shuffles instead of
-    gathering); the columns at the edges, window by window.
+    ``stride`` apart. Their maxima come from a sliding max over every column such a window
+    starts at (stride 1, contiguous: tap by tap, loops that vectorize), of which every
+    ``stride``-th is kept: strided loads tap by tap, which LLVM assembles lane by lane, had
+    taken twice as long. The columns at the edges go window by window. Every pass goes from
+    one scratch row into the other (see the note above ``_max_forward``).
 
     The max of a window does not depend on the order its values are scanned in: a NaN anywhere
     gives NaN, as in ``_max_forward``; so the result is the same, but for the sign of a zero
     tied with a zero of the other sign. ``_max_forward`` gathers every tap of every output,
-    with its window tables."""
+    with its window tables. Tasks are (plane, output depth) pairs; x and out are indexed flat,
+    (plane, position), so that no task makes views of them."""
     P, D, H, W = x.shape
     OD, OH, OW = out.shape[1:]
+    xf, of = x.reshape(P, D * H * W), out.reshape(P, OD * OH * OW)
     sd, sh, sw = step
     o0, o1, stride = inner
     taps = count[2, o0] if o1 > o0 else 0
-    for p in prange(P):
-        rows = np.empty((D, H, OW), dtype=x.dtype)  # each input row's max over each column window
-        for i in range(D):
-            for j in range(H):
-                for o in range(OW):
-                    if o0 <= o < o1:
-                        rows[i, j, U(o)] = -np.inf
-                        continue
-                    best = -np.inf
-                    f = first[2, o]
-                    for e in range(count[2, o]):
-                        v = x[p, i, j, U(f + e * sw)]
-                        best = v if (v > best) | (v != v) else best
-                    rows[i, j, U(o)] = best
-                for e in range(taps):
-                    off = first[2, o0] - o0 * stride + e * sw  # column o's tap e reads o * stride + off
-                    if stride == 1:
-                        for o in range(o0, o1):
-                            v, best = x[p, i, j, U(o + off)], rows[i, j, U(o)]
-                            rows[i, j, U(o)] = v if (v > best) | (v != v) else best
-                    elif stride == 2:
-                        for o in range(o0, o1):
-                            v, best = x[p, i, j, U(2 * o + off)], rows[i, j, U(o)]
-                            rows[i, j, U(o)] = v if (v > best) | (v != v) else best
+    s0 = first[2, o0] if o1 > o0 else 0  # the first whole window's first column
+    span = (o1 - 1 - o0) * stride + 1 if o1 > o0 else 0  # the columns whole windows start at
+    for task in prange(P * OD):
+        p, od = task // OD, task % OD
+        col = np.empty((2, W), dtype=x.dtype)  # the max over the window's rows, per input column
+        slide = np.empty((2, max(span, 1)), dtype=x.dtype)  # the max over a window's first taps along W
+        for oh in range(OH):
+            n = 0
+            for a in range(count[0, od]):
+                for b in range(count[1, oh]):
+                    r = ((first[0, od] + a * sd) * H + first[1, oh] + b * sh) * W
+                    k = n & 1
+                    if n == 0:
+                        for l in range(W):
+                            col[0, U(l)] = xf[p, U(r + l)]
                     else:
-                        for o in range(o0, o1):
-                            v, best = x[p, i, j, U(o * stride + off)], rows[i, j, U(o)]
-                            rows[i, j, U(o)] = v if (v > best) | (v != v) else best
-        for od in range(OD):
-            for oh in range(OH):
-                for o in range(OW):
-                    out[p, od, oh, U(o)] = -np.inf
-                for a in range(count[0, od]):
-                    i = first[0, od] + a * sd
-                    for b in range(count[1, oh]):
-                        j = first[1, oh] + b * sh
-                        for o in range(OW):
-                            v, best = rows[i, j, U(o)], out[p, od, oh, U(o)]
-                            out[p, od, oh, U(o)] = v if (v > best) | (v != v) else best
+                        for l in range(W):
+                            col[k, U(l)] = _larger(xf[p, U(r + l)], col[1 - k, U(l)])
+                    n += 1
+            if n == 0:  # a window that covers no row (dilation past the input)
+                for l in range(W):
+                    col[0, U(l)] = -np.inf
+                n = 1
+            c, row = (n - 1) & 1, (od * OH + oh) * OW
+            for i in range(OW - (o1 - o0)):  # the edge columns only: a test per column cost more than their sums
+                o = i if i < o0 else i + (o1 - o0)
+                best = -np.inf
+                for e in range(count[2, o]):
+                    best = _larger(col[c, U(first[2, o] + e * sw)], best)
+                of[p, U(row + o)] = best
+            if taps == 1:
+                for o in range(o0, o1):
+                    of[p, U(row + o)] = col[c, U(s0 + (o - o0) * stride)]
+            if taps < 2:
+                continue
+            for l in range(span):
+                slide[0, U(l)] = _larger(col[c, U(s0 + l + sw)], col[c, U(s0 + l)])
+            for e in range(2, taps):
+                k = (e - 1) & 1
+                for l in range(span):
+                    slide[k, U(l)] = _larger(col[c, U(s0 + l + e * sw)], slide[1 - k, U(l)])
+            h = (taps - 2) & 1
+            if stride == 1:
+                for o in range(o0, o1):
+                    of[p, U(row + o)] = slide[h, U(o - o0)]
+            else:
+                for o in range(o0, o1):
+                    of[p, U(row + o)] = slide[h, U((o - o0) * stride)]
 
 
 def _inner_columns(g):

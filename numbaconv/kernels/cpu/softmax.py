@@ -134,14 +134,24 @@ def forward(x, out, m, s, log):
     blocks = (I + BLOCK - 1) // BLOCK
     for task in prange(O * blocks):
         o, i0, i1 = _task(task, I)
+        # the running max goes from m into s and back, never over the value it was read from:
+        # ``if v > m[i]: m[i] = v`` became a masked store, microcoded on AMD's AVX2 cores
         for i in range(i0, i1):
-            m[o, U(i)] = -math.inf
-            s[o, U(i)] = 0
-        for d in range(D):
+            m[o, U(i)] = x[o, 0, U(i)]
+        for d in range(1, D):
+            if d & 1:
+                for i in range(i0, i1):
+                    v, best = x[o, d, U(i)], m[o, U(i)]
+                    s[o, U(i)] = v if v > best else best
+            else:
+                for i in range(i0, i1):
+                    v, best = x[o, d, U(i)], s[o, U(i)]
+                    m[o, U(i)] = v if v > best else best
+        if D % 2 == 0:  # the last pass wrote s
             for i in range(i0, i1):
-                v = x[o, d, U(i)]
-                if v > m[o, U(i)]:
-                    m[o, U(i)] = v
+                m[o, U(i)] = s[o, U(i)]
+        for i in range(i0, i1):
+            s[o, U(i)] = 0
         for d in range(D):
             for i in range(i0, i1):
                 e = exp(x[o, d, U(i)] - m[o, U(i)])
