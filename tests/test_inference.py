@@ -94,6 +94,83 @@ def test_conv_epilogue_keeps_nan_and_inf(algorithm, stride):
     np.testing.assert_array_equal(out, ref)  # NaN stays NaN, inf clips to 6, -inf to 0
 
 
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_blocked_conv_matches_naive(data):
+    """The inference graph's loops with vectors along the output channels (``conv_blocked``):
+    1-D to 3-D, strides, dilations and paddings, output channels across a block's edge, bias,
+    residual and activation written out with the sums; the one-thread and the parallel route."""
+    from numbaconv.kernels.cpu import conv_blocked
+
+    ndim = data.draw(st.integers(1, 3), label="ndim")
+    c_in = data.draw(st.integers(1, 5), label="c_in")
+    dtype = data.draw(st.sampled_from([np.float32, np.float64]), label="dtype")
+    block = conv_blocked.block(dtype)
+    c_out = data.draw(st.sampled_from([1, block - 1, block, block + 3, 2 * block + 1]), label="c_out")
+    kernel = tuple(data.draw(st.integers(1, 3)) for _ in range(ndim))
+    dilation = data.draw(st.integers(1, 2), label="dilation")
+    padding = data.draw(st.integers(0, 2), label="padding")
+    size = tuple(data.draw(st.integers(max(1, (k - 1) * dilation + 1 - 2 * padding), 9)) for k in kernel)
+    stride = data.draw(st.integers(1, 3), label="stride")
+    batch = data.draw(st.integers(1, 2), label="batch")
+    name = data.draw(st.sampled_from(sorted(EPILOGUES)), label="epilogue")
+    with_bias, with_residual = data.draw(st.booleans(), label="bias"), data.draw(st.booleans(), label="residual")
+    parallel = data.draw(st.booleans(), label="parallel")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
+    x = rng.standard_normal((batch, c_in, *size)).astype(dtype)
+    w = rng.standard_normal((c_out, c_in, *kernel)).astype(dtype)
+    b = rng.standard_normal(c_out).astype(dtype) if with_bias else None
+    geom = conv_geometry("conv", x, w, b, stride, padding, dilation, 1, "zeros", ndim)
+    out = np.full((batch, c_out, *geom.out_size), np.nan, dtype)
+    r = rng.standard_normal(out.shape).astype(dtype) if with_residual else None
+    copies = [a.copy() for a in (x, w)]
+    threshold = nc.config.PARALLEL_MIN_ELEMENTS
+    nc.config.PARALLEL_MIN_ELEMENTS = 1 if parallel else 1 << 40
+    try:
+        conv_blocked.forward(x.reshape(batch, c_in, *geom.in_size),
+                             conv_blocked.pack(w.reshape(c_out, c_in, *geom.kernel)), b, out, geom, EPILOGUES[name], r)
+    finally:
+        nc.config.PARALLEL_MIN_ELEMENTS = threshold
+    shape = (batch, c_out, *geom.spatial(geom.out_size))
+    y = naive.conv(x, w, b, stride, padding, dilation)
+    scale = naive.conv(np.abs(x), np.abs(w), None if b is None else np.abs(b), stride, padding, dilation)
+    if with_residual:
+        y, scale = y + r.reshape(shape), scale + np.abs(r.reshape(shape))
+    assert_close(out.reshape(shape), _activate(y, EPILOGUES[name]), np.maximum(scale, 1e-30),
+                 what=f"blocked conv{ndim}d + {'residual + ' * with_residual}{name}")
+    for a, copy in zip((x, w), copies):
+        np.testing.assert_array_equal(a, copy)
+
+
+def test_compiled_model_runs_the_blocked_loops_where_they_pay(monkeypatch):
+    """A convolution over few output positions whose weight is the graph's constant runs the
+    blocked loops, its weight packed once; over many positions (a larger batch), the rules'
+    algorithm. Either way the model's own output. The rule is set here, so that hosts whose
+    rules never take these loops (AVX-512, where they were not measured) test them too."""
+    from numbaconv.functional.conv import RULES
+    from numbaconv.inference import ops
+    from numbaconv.kernels.cpu import conv_blocked
+
+    monkeypatch.setattr(ops, "RULES", RULES._replace(blocked_max_positions=100))
+    monkeypatch.setattr(ops, "_CONV_PLANS", {})
+    packs, calls = [], []
+    pack, forward = conv_blocked.pack, conv_blocked.forward
+    monkeypatch.setattr(conv_blocked, "pack", lambda w: packs.append(w.shape) or pack(w))
+    monkeypatch.setattr(conv_blocked, "forward", lambda *a: calls.append(a[3].shape) or forward(*a))
+    model = nn.Sequential(nn.Conv2d(5, 20, 3, padding=1), nn.ReLU(),
+                          nn.Residual(nn.Sequential(nn.Conv2d(20, 20, 3, padding=1), nn.BatchNorm2d(20))), nn.ReLU(),
+                          nn.Conv2d(20, 7, 1))
+    _randomize_batch_norm(model)
+    compiled = nc.compile(model, input_shape=(5, 7, 7))
+    rng = np.random.default_rng(3)
+    for batch, blocked in ((1, True), (2, True), (3, False)):  # 49, 98 and 147 positions
+        del calls[:]
+        x = rng.standard_normal((batch, 5, 7, 7)).astype(np.float32)
+        assert_close(compiled(x), model(x), what=f"batch {batch}")
+        assert calls == ([(batch, 20, 1, 7, 7)] * 2 if blocked else []), calls  # not the 1x1
+    assert packs == [(20, 5, 1, 3, 3), (20, 20, 1, 3, 3)]  # once each, for every call after
+
+
 # --------------------------------------------------------------------------- compile
 
 

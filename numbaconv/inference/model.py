@@ -92,6 +92,8 @@ class InferenceModel:
                 root_last[root[first]] = max(step, *(last.get(o, step) for o in outs if o is not None))
             # lists as tuples: the ops take an attribute that is already a tuple of ints as it is
             attrs = {k: tuple(v) if type(v) is list else v for k, v in node.attrs.items()}
+            if node.op == "Conv" and node.inputs[1] in g.constants:
+                attrs["packed"] = {}  # the weight as the blocked loops read it, packed once (ops.conv)
             self._steps.append((node, function, attrs, ins, outs, release, in_place))
             for o in outs:  # an output nobody reads is dropped at once
                 if o is not None and o not in last:

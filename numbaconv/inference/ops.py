@@ -14,6 +14,7 @@ Shapes follow ONNX: ``pads`` lists the padding before every spatial dimension, t
 functional op takes symmetric padding only, an asymmetric one is applied explicitly first.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -21,8 +22,8 @@ import numpy as np
 from .. import config
 from .. import functional as F
 from .._geometry import check_array, conv_geometry
-from ..functional.conv import choose_algorithm
-from ..kernels.cpu import ALGORITHMS
+from ..functional.conv import RULES, choose_algorithm
+from ..kernels.cpu import ALGORITHMS, conv_blocked
 from ..kernels.cpu import elementwise
 from ..kernels.cpu import gemm as gemms
 from ..kernels.cpu._window import IDENTITY
@@ -97,18 +98,20 @@ def _activate(y, epilogue):
     return np.clip(y, lo, hi, out=y)
 
 
-#: Checked geometries and the algorithm for them, by everything the checks read: a served model
-#: repeats the same few shapes, and checking them again costs more than a small kernel.
+#: Checked geometries and the forward pass for them (and whether it is the blocked loops, which
+#: take a packed weight), by everything the checks read: a served model repeats the same few
+#: shapes, and checking them again costs more than a small kernel.
 _CONV_PLANS = {}
 
 
-def _conv_plan(op, x, w, b, strides, begin, dilations, group, n):
+def _conv_plan(op, x, w, b, strides, begin, dilations, group, n, packable):
     key = (x.shape, x.dtype, w.shape, w.dtype, None if b is None else (b.shape, b.dtype), strides, begin,
-           dilations, group)
+           dilations, group, packable)
     plan = _CONV_PLANS.get(key)
     if plan is None:
         geom = conv_geometry(op, x, w, b, strides, begin, dilations, group, "zeros", n)
-        plan = geom, ALGORITHMS[choose_algorithm(geom, "forward")].forward
+        blocked = packable and conv_blocked.pays(geom, RULES.blocked_max_positions)
+        plan = geom, ALGORITHMS[choose_algorithm(geom, "forward")].forward, blocked
         if len(_CONV_PLANS) > 4096:  # a bound, for processes that see ever new shapes
             _CONV_PLANS.clear()
         _CONV_PLANS[key] = plan
@@ -127,20 +130,28 @@ def _conv_attributes(op, x, w, kernel_shape, strides, dilations):
 
 
 def conv(x, w, b=None, residual=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
-         strides=None, epilogue=IDENTITY):
+         strides=None, epilogue=IDENTITY, packed=None):
     """Convolution. Set when the graph is optimized: ``residual``, an array added to the output
     (a residual block's shortcut) and ``epilogue`` = (slope, lo, hi), an activation applied after
-    it, both inside the kernel's last pass (see kernels/cpu/conv_direct.py)."""
+    it, both inside the kernel's last pass (see kernels/cpu/conv_direct.py). Set when the model
+    is planned, for a weight that is the graph's constant: ``packed``, a dict that keeps the
+    weight as the blocked loops read it (``conv_blocked.pack``), made at the first call that
+    runs them and kept for the model's life."""
     op = "Conv"
     n, kernel, strides, dilations = _conv_attributes(op, x, w, kernel_shape, strides, dilations)
     begin, end = _pads(op, auto_pad, pads, x.shape[2:], kernel, strides, dilations)
     if begin != end:
         x, begin = _pad_explicitly(x, begin, end, 0), (0,) * n
-    geom, forward = _conv_plan(op, x, w, b, strides, begin, dilations, group, n)
+    geom, forward, blocked = _conv_plan(op, x, w, b, strides, begin, dilations, group, n, packed is not None)
     out = np.empty((geom.batch, geom.out_channels, *geom.out_size), dtype=x.dtype)
     # the kernels see 5-D arrays: 1-D and 2-D convolutions gain singleton spatial dimensions
     x5 = np.ascontiguousarray(x).reshape(geom.batch, geom.in_channels, *geom.in_size)
     w5 = np.ascontiguousarray(w).reshape(*w.shape[:2], *geom.kernel)
+    if blocked:  # two threads may both pack at once: the same array either way
+        wp = packed.get("weight")
+        if wp is None:
+            wp = packed.setdefault("weight", conv_blocked.pack(w5))
+        forward = functools.partial(_blocked, wp)
     shape = (out.shape[0], out.shape[1], *geom.spatial(geom.out_size))
     if residual is not None and residual.shape != shape:  # broadcasting: the Add as written, then the epilogue
         forward(x5, w5, b, out, geom, config.WORKSPACE_BYTES)
@@ -148,6 +159,11 @@ def conv(x, w, b=None, residual=None, *, auto_pad="NOTSET", dilations=None, grou
             return _activate(np.add(out.reshape(shape), residual), epilogue)
     forward(x5, w5, b, out, geom, config.WORKSPACE_BYTES, epilogue, residual)
     return out.reshape(shape)
+
+
+def _blocked(wp, x5, w5, b, out, geom, workspace, epilogue=IDENTITY, residual=None):
+    """The blocked loops with the packed weight, called as the algorithms' forward passes are."""
+    conv_blocked.forward(x5, wp, b, out, geom, epilogue, residual)
 
 
 def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,

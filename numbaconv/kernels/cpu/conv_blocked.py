@@ -1,0 +1,148 @@
+"""Direct convolution with vectors along the output channels, for few output positions.
+
+The other direct loops (``conv_direct``) put their vectors along the output positions of a row
+(of a grid of rows laid end to end): at batch 1 a 7x7 or 14x14 plane leaves lanes and whole
+vectors idle on its margins, and a strided convolution is split into stride phases first. Here
+each vector holds ``block`` consecutive output channels of one position (``block`` = two
+vectors' lanes: 16 in float32 with AVX2), so the shape of the plane does not matter. A task
+keeps the sums of ``POSITIONS`` output positions by those two vectors in registers (12 of
+AVX2's 16) and, for every input channel and tap, loads the block's two weight vectors once and
+each position's input element once (a broadcast): 12 fused multiply-adds for 8 loads. This is
+the layout of ONNX Runtime's NCHWc convolutions, with the activations left as they are and only
+the weight rearranged, once: ``pack`` lays it out as (output blocks, input channels x taps,
+block), zero-padded to whole blocks.
+
+Where it pays (``Rules.blocked_max_positions`` in ``functional/conv.py``: an inference graph,
+whose weights are constants packed once; packing on every call would cost as much as the loops
+save), measured on the 2-core AVX2 host (Zen 3) through ``inference.ops.conv``, ms, packed /
+the rules' choice (im2col) / PyTorch, medians of bursts taking turns (``numbaconv bench``'s
+policy): at batch 1, (256, 14x14) -> 256, 3x3 1.55 / 1.87 / 1.48; (512, 7x7) -> 512 1.97 /
+2.57 / 2.13; (256, 14x14) -> 512, 3x3/2 0.99 / 1.38 / 1.08; (128, 28x28) -> 256, 3x3/2 (196
+positions) 1.21 / 1.23 / 1.17. Where it does not (minima of rounds taking turns, GFLOP/s,
+this kernel / the rules' / PyTorch): with many positions, whose weights a GEMM or Winograd's
+tiles share better, (1, 64, 56x56) -> 64, 3x3 88 / 97 / 116, (8, 256, 14x14) -> 256 98 / 147 /
+111, (8, 128, 28x28) -> 128 129 / 176 / 155, about even at (8, 512, 7x7) -> 512 (392
+positions) 111 / 112 / 100; ResNet's stem at batch 1, (3, 224x224) -> 64, 7x7/2, 4.2 ms
+against im2col's 3.7 and the loops' 4.8 (PyTorch 2.0); a 1x1 kernel, one tap a channel.
+
+The input is copied once, zero-padded, into a per-thread scratch (every tap of every output
+position then reads inside it); the bias, a residual and the activation are applied as the
+sums are written out. A forward pass with one group only, which the inference graph runs
+(``inference/ops.py``); it is not one of the algorithms a convolution call names.
+"""
+
+import math
+
+import numpy as np
+from numba import prange
+
+from ._simd import lanes, vfma, vload, vsplat, vstore
+from ._window import IDENTITY, U, activate, parallel_kernel, scratch_array
+
+#: Output positions a task sums at once: 6 x 2 vectors of sums, 2 weight vectors and the
+#: broadcast input fill 15 of AVX2's 16 vector registers.
+POSITIONS = 6
+
+
+def block(dtype):
+    """Output channels a vector pair holds: ``pack``'s block for ``dtype``."""
+    from ._simd import VECTOR_BYTES
+    return 2 * VECTOR_BYTES // np.dtype(dtype).itemsize
+
+
+def pack(w):
+    """w (K, C, *kernel) as (ceil(K / block), C * taps, block), C-contiguous: block b's row
+    c * taps + t holds w[b * block + j, c, t] in lane j, zeros past K."""
+    K = w.shape[0]
+    KB = block(w.dtype)
+    ct = math.prod(w.shape[1:])
+    blocks = -(-K // KB)
+    wp = np.zeros((blocks * KB, ct), dtype=w.dtype)
+    wp[:K] = w.reshape(K, ct)
+    return np.ascontiguousarray(wp.reshape(blocks, KB, ct).transpose(0, 2, 1))
+
+
+def pays(geom, max_positions):
+    """Whether an inference graph runs these loops with its packed weight (see the module's
+    figures): a kernel of more than one tap, one group, at most ``max_positions`` output
+    positions over the batch (None: never)."""
+    return (max_positions is not None and geom.groups == 1 and math.prod(geom.kernel) > 1
+            and geom.batch * math.prod(geom.out_size) <= max_positions)
+
+
+def forward(x, wp, b, out, geom, epilogue=IDENTITY, residual=None):
+    """out (N, K, OD, OH, OW) = epilogue(conv(x, w) + b + residual) for one group, w packed by
+    ``pack`` (wp); x (N, C, D, H, W) C-contiguous; b and residual (out's shape) may be None."""
+    N, K = out.shape[:2]
+    if out.size == 0:
+        return
+    C = x.shape[1]
+    pad, dil, stride = geom.padding, geom.dilation, geom.stride
+    Dp, Hp, Wp = (n + 2 * p for n, p in zip(geom.in_size, pad))
+    xp = scratch_array("blocked", (N, C, Dp, Hp, Wp), x.dtype)
+    xp.fill(0)
+    xp[:, :, pad[0]:pad[0] + geom.in_size[0], pad[1]:pad[1] + geom.in_size[1], pad[2]:pad[2] + geom.in_size[2]] = x
+    kd, kh, kw = geom.kernel
+    taps = ((np.arange(kd)[:, None, None] * dil[0] * Hp + np.arange(kh)[None, :, None] * dil[1]) * Wp
+            + np.arange(kw)[None, None, :] * dil[2]).reshape(-1).astype(np.int64)
+    b = np.zeros(K, dtype=out.dtype) if b is None else b
+    r = np.empty((0, 0, 0), out.dtype) if residual is None else np.ascontiguousarray(residual).reshape(N, K, -1)
+    slope, lo, hi = (out.dtype.type(v) for v in epilogue)
+    _forward(xp.reshape(N, C, -1), wp, b, r, out.reshape(N, K, -1), taps, geom.out_size, (stride[0] * Hp * Wp,
+             stride[1] * Wp, stride[2]), slope, lo, hi)
+
+
+@parallel_kernel
+def _forward(xp, wp, b, residual, out, taps, out_size, steps, slope, lo, hi):
+    """out[n, k, q] = activate(b[k] + residual[n, k, q] + the sum over c, t of w[k, c, t] *
+    xp[n, c, base(q) + taps[t]]), base(q) = od * steps[0] + oh * steps[1] + ow * steps[2] for
+    output position q = (od, oh, ow). A task: one sample, one block of output channels,
+    ``POSITIONS`` consecutive positions (the last task's missing ones repeat its last, unwritten)."""
+    N, C, L = xp.shape
+    K, P = out.shape[1], out.shape[2]
+    NB, CT, KB = wp.shape
+    T = taps.shape[0]
+    V = lanes(wp)
+    OD, OH, OW = out_size
+    chunks = (P + POSITIONS - 1) // POSITIONS
+    xf, wf = xp.reshape(-1), wp.reshape(-1)
+    with_residual = residual.size > 0
+    for task in prange(N * NB * chunks):
+        n, kb, q0 = task // (NB * chunks), (task // chunks) % NB, (task % chunks) * POSITIONS
+        base = np.empty(POSITIONS, dtype=np.int64)
+        for i in range(POSITIONS):
+            q = min(q0 + i, P - 1)
+            base[i] = n * C * L + (q // (OH * OW)) * steps[0] + (q // OW % OH) * steps[1] + (q % OW) * steps[2]
+        p0, p1, p2, p3, p4, p5 = base[0], base[1], base[2], base[3], base[4], base[5]
+        z = vsplat(out.dtype.type(0))
+        a0, a1, a2, a3, a4, a5 = z, z, z, z, z, z
+        c0, c1, c2, c3, c4, c5 = z, z, z, z, z, z
+        wi = kb * CT * KB
+        for c in range(C):
+            for t in range(T):
+                s = c * L + taps[U(t)]
+                w0, w1 = vload(wf, wi), vload(wf, wi + V)
+                wi += KB
+                v = vsplat(xf[U(p0 + s)])
+                a0, c0 = vfma(w0, v, a0), vfma(w1, v, c0)
+                v = vsplat(xf[U(p1 + s)])
+                a1, c1 = vfma(w0, v, a1), vfma(w1, v, c1)
+                v = vsplat(xf[U(p2 + s)])
+                a2, c2 = vfma(w0, v, a2), vfma(w1, v, c2)
+                v = vsplat(xf[U(p3 + s)])
+                a3, c3 = vfma(w0, v, a3), vfma(w1, v, c3)
+                v = vsplat(xf[U(p4 + s)])
+                a4, c4 = vfma(w0, v, a4), vfma(w1, v, c4)
+                v = vsplat(xf[U(p5 + s)])
+                a5, c5 = vfma(w0, v, a5), vfma(w1, v, c5)
+        sums = np.empty(POSITIONS * KB, dtype=out.dtype)  # position-major: sums[i * KB + j]
+        for i, (low, high) in enumerate(((a0, c0), (a1, c1), (a2, c2), (a3, c3), (a4, c4), (a5, c5))):
+            vstore(sums, i * KB, low)
+            vstore(sums, i * KB + V, high)
+        for j in range(min(KB, K - kb * KB)):
+            k = kb * KB + j
+            for i in range(min(POSITIONS, P - q0)):
+                v = sums[i * KB + j] + b[k]
+                if with_residual:
+                    v += residual[n, k, q0 + i]
+                out[n, k, q0 + i] = activate(v, slope, lo, hi)
