@@ -54,8 +54,12 @@ def _spatial(op, x, lo=1, hi=3):
 def _ints(op, name, value, n, default):
     if value is None:
         return (default,) * n
-    if type(value) is tuple and len(value) == n and all(type(v) is int for v in value):
-        return value  # as the graph holds it: the common case, on every call
+    if type(value) is tuple and len(value) == n:
+        for v in value:  # a loop, not all() over a generator: this runs for every attribute of every call
+            if type(v) is not int:
+                break
+        else:
+            return value  # as the graph holds it: the common case
     value = tuple(int(v) for v in value)
     if len(value) != n:
         raise OpError(f"{op}: attribute {name} must have {n} values for a {n}-D input, got {list(value)}")
@@ -104,17 +108,30 @@ def _activate(y, epilogue):
 _CONV_PLANS = {}
 
 
-def _conv_plan(op, x, w, b, strides, begin, dilations, group, n, packable):
-    key = (x.shape, x.dtype, w.shape, w.dtype, None if b is None else (b.shape, b.dtype), strides, begin,
-           dilations, group, packable)
-    plan = _CONV_PLANS.get(key)
+def _conv_plan(op, x, w, b, attributes, packable):
+    """(geometry, forward pass, whether it is the blocked loops, padding to apply first or
+    None), from the cache when x, w, b and the attributes are as before."""
+    key = (getattr(x, "shape", None), getattr(x, "dtype", None), getattr(w, "shape", None), getattr(w, "dtype", None),
+           None if b is None else (getattr(b, "shape", None), getattr(b, "dtype", None)), attributes, packable)
+    try:
+        plan = _CONV_PLANS.get(key)
+    except TypeError:  # an attribute given as a list (not as the graph holds it): checked, not kept
+        plan = key = None
     if plan is None:
+        auto_pad, dilations, group, kernel_shape, pads, strides = attributes
+        n, kernel, strides, dilations = _conv_attributes(op, x, w, kernel_shape, strides, dilations)
+        begin, end = _pads(op, auto_pad, pads, x.shape[2:], kernel, strides, dilations)
+        explicit = None
+        if begin != end:  # padded here, then none in the kernels
+            explicit, begin = (begin, end), (0,) * n
+            x = _pad_explicitly(x, *explicit, 0)
         geom = conv_geometry(op, x, w, b, strides, begin, dilations, group, "zeros", n)
         blocked = packable and conv_blocked.pays(geom, RULES.blocked_max_positions)
-        plan = geom, ALGORITHMS[choose_algorithm(geom, "forward")].forward, blocked
+        plan = geom, ALGORITHMS[choose_algorithm(geom, "forward")].forward, blocked, explicit
         if len(_CONV_PLANS) > 4096:  # a bound, for processes that see ever new shapes
             _CONV_PLANS.clear()
-        _CONV_PLANS[key] = plan
+        if key is not None:
+            _CONV_PLANS[key] = plan
     return plan
 
 
@@ -137,12 +154,10 @@ def conv(x, w, b=None, residual=None, *, auto_pad="NOTSET", dilations=None, grou
     is planned, for a weight that is the graph's constant: ``packed``, a dict that keeps the
     weight as the blocked loops read it (``conv_blocked.pack``), made at the first call that
     runs them and kept for the model's life."""
-    op = "Conv"
-    n, kernel, strides, dilations = _conv_attributes(op, x, w, kernel_shape, strides, dilations)
-    begin, end = _pads(op, auto_pad, pads, x.shape[2:], kernel, strides, dilations)
-    if begin != end:
-        x, begin = _pad_explicitly(x, begin, end, 0), (0,) * n
-    geom, forward, blocked = _conv_plan(op, x, w, b, strides, begin, dilations, group, n, packed is not None)
+    geom, forward, blocked, explicit = _conv_plan("Conv", x, w, b, (auto_pad, dilations, group, kernel_shape, pads,
+                                                                    strides), packed is not None)
+    if explicit is not None:
+        x = _pad_explicitly(x, *explicit, 0)
     out = np.empty((geom.batch, geom.out_channels, *geom.out_size), dtype=x.dtype)
     # the kernels see 5-D arrays: 1-D and 2-D convolutions gain singleton spatial dimensions
     x5 = np.ascontiguousarray(x).reshape(geom.batch, geom.in_channels, *geom.in_size)
@@ -196,11 +211,27 @@ def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, 
 # --------------------------------------------------------------------------- pooling
 
 
+#: ``_pool_args``' results by x's shape and dtype and the attributes, as ``_CONV_PLANS``.
+_POOL_ARGS = {}
+
+
 def _pool_args(op, x, auto_pad, kernel_shape, pads, strides, dilations=None):
+    """(spatial dims, kernel, strides, dilations, padding before, padding after), checked."""
+    key = (op, getattr(x, "shape", None), getattr(x, "dtype", None), auto_pad, kernel_shape, pads, strides, dilations)
+    try:
+        found = _POOL_ARGS.get(key)
+    except TypeError:  # an attribute given as a list: checked, not kept
+        found = key = None
+    if found is not None:
+        return found
     n = _spatial(op, x)
     kernel = _ints(op, "kernel_shape", kernel_shape, n, 1)
     strides, dilations = _ints(op, "strides", strides, n, 1), _ints(op, "dilations", dilations, n, 1)
     begin, end = _pads(op, auto_pad, pads, x.shape[2:], kernel, strides, dilations)
+    if key is not None:
+        if len(_POOL_ARGS) > 4096:
+            _POOL_ARGS.clear()
+        _POOL_ARGS[key] = n, kernel, strides, dilations, begin, end
     return n, kernel, strides, dilations, begin, end
 
 

@@ -31,6 +31,7 @@ sums are written out. A forward pass with one group only, which the inference gr
 (``inference/ops.py``); it is not one of the algorithms a convolution call names.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -76,20 +77,28 @@ def forward(x, wp, b, out, geom, epilogue=IDENTITY, residual=None):
     N, K = out.shape[:2]
     if out.size == 0:
         return
-    C = x.shape[1]
-    pad, dil, stride = geom.padding, geom.dilation, geom.stride
-    Dp, Hp, Wp = (n + 2 * p for n, p in zip(geom.in_size, pad))
-    xp = scratch_array("blocked", (N, C, Dp, Hp, Wp), x.dtype)
-    xp.fill(0)
-    xp[:, :, pad[0]:pad[0] + geom.in_size[0], pad[1]:pad[1] + geom.in_size[1], pad[2]:pad[2] + geom.in_size[2]] = x
-    kd, kh, kw = geom.kernel
-    taps = ((np.arange(kd)[:, None, None] * dil[0] * Hp + np.arange(kh)[None, :, None] * dil[1]) * Wp
-            + np.arange(kw)[None, None, :] * dil[2]).reshape(-1).astype(np.int64)
+    padded, taps, steps = _plan(geom)
+    xp = x
+    if padded != geom.in_size:
+        xp = scratch_array("blocked", (N, x.shape[1], *padded), x.dtype)
+        xp.fill(0)
+        xp[(..., *(slice(p, p + n) for p, n in zip(geom.padding, geom.in_size)))] = x
     b = np.zeros(K, dtype=out.dtype) if b is None else b
     r = np.empty((0, 0, 0), out.dtype) if residual is None else np.ascontiguousarray(residual).reshape(N, K, -1)
     slope, lo, hi = (out.dtype.type(v) for v in epilogue)
-    _forward(xp.reshape(N, C, -1), wp, b, r, out.reshape(N, K, -1), taps, geom.out_size, (stride[0] * Hp * Wp,
-             stride[1] * Wp, stride[2]), slope, lo, hi)
+    _forward(xp.reshape(N, x.shape[1], -1), wp, b, r, out.reshape(N, K, -1), taps, geom.out_size, steps, slope, lo, hi)
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(geom):
+    """(the padded input's spatial size, each tap's offset in a padded plane, the offsets of one
+    output step along D, H and W): per geometry, built once (a served model repeats a few)."""
+    Dp, Hp, Wp = padded = tuple(n + 2 * p for n, p in zip(geom.in_size, geom.padding))
+    (kd, kh, kw), (dd, dh, dw), (sd, sh, sw) = geom.kernel, geom.dilation, geom.stride
+    taps = np.array([(a * dd * Hp + b * dh) * Wp + c * dw for a in range(kd) for b in range(kh) for c in range(kw)],
+                    dtype=np.int64)
+    taps.flags.writeable = False  # shared by every call with this geometry
+    return padded, taps, (sd * Hp * Wp, sh * Wp, sw)
 
 
 @parallel_kernel
