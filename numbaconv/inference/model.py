@@ -98,6 +98,10 @@ class InferenceModel:
             for o in outs:  # an output nobody reads is dropped at once
                 if o is not None and o not in last:
                     release.append(o)
+        # the load-time check runs without the packed weights: packing is for the calls that
+        # take the blocked loops (a model served at batch 8 never packs its 14x14 layers)
+        self._check_steps = [(node, function, {k: v for k, v in attrs.items() if k != "packed"}, *rest)
+                             for node, function, attrs, *rest in self._steps]
         # an output that shares its buffer with an input, a weight or another output is copied
         out_roots = [root[s] for _, s in self._output_slots]
         self._copy_out = {s for (_, s), r in zip(self._output_slots, out_roots)
@@ -105,8 +109,8 @@ class InferenceModel:
 
     # ------------------------------------------------------------------ running
 
-    def _execute(self, values):
-        for node, function, attrs, ins, outs, release, in_place in self._steps:
+    def _execute(self, values, steps):
+        for node, function, attrs, ins, outs, release, in_place in steps:
             args = [None if s is None else values[s] for s in ins]
             try:
                 if in_place and _fits(args):
@@ -136,7 +140,10 @@ class InferenceModel:
     def run(self, feeds):
         """Run on ``feeds`` ({input name: array}); returns {output name: array}, C-contiguous
         arrays that the caller owns. Inputs are never modified."""
-        values = self._execute(self._feeds(feeds))
+        return self._run(feeds, self._steps)
+
+    def _run(self, feeds, steps):
+        values = self._execute(self._feeds(feeds), steps)
         result = {}
         for name, s in self._output_slots:
             v = values[s]
@@ -164,7 +171,7 @@ class InferenceModel:
                 return
             feeds[info.name] = np.zeros(shape, dtype=info.dtype)
         try:
-            results = self.run(feeds)
+            results = self._run(feeds, self._check_steps)
         except (ValueError, TypeError) as e:
             raise GraphError(f"the model cannot run on inputs of the declared shapes: {e}") from e
         except MemoryError:
