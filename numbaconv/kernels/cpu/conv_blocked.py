@@ -35,7 +35,7 @@ import functools
 import math
 
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
 from ._simd import lanes, vfma, vload, vsplat, vstore
 from ._window import IDENTITY, U, activate, parallel_kernel, scratch_array
@@ -101,57 +101,83 @@ def _plan(geom):
     return padded, taps, (sd * Hp * Wp, sh * Wp, sw)
 
 
+#: Runs of ``POSITIONS`` positions a task takes in turn: its two small buffers are allocated
+#: once a task, and ResNet's stem at batch 1 has 2,091 runs a block of output channels.
+RUNS = 16
+
+
 @parallel_kernel
 def _forward(xp, wp, b, residual, out, taps, out_size, steps, slope, lo, hi):
     """out[n, k, q] = activate(b[k] + residual[n, k, q] + the sum over c, t of w[k, c, t] *
     xp[n, c, base(q) + taps[t]]), base(q) = od * steps[0] + oh * steps[1] + ow * steps[2] for
-    output position q = (od, oh, ow). A task: one sample, one block of output channels,
-    ``POSITIONS`` consecutive positions (the last task's missing ones repeat its last, unwritten)."""
+    output position q = (od, oh, ow). A task: one sample, one block of output channels, up to
+    ``RUNS`` runs of ``POSITIONS`` consecutive positions (a last run short of positions repeats
+    its last one, unwritten)."""
     N, C, L = xp.shape
     K, P = out.shape[1], out.shape[2]
     NB, CT, KB = wp.shape
     T = taps.shape[0]
     V = lanes(wp)
     OD, OH, OW = out_size
-    chunks = (P + POSITIONS - 1) // POSITIONS
+    per_task = RUNS * POSITIONS
+    spans = (P + per_task - 1) // per_task
     xf, wf = xp.reshape(-1), wp.reshape(-1)
     with_residual = residual.size > 0
-    for task in prange(N * NB * chunks):
-        n, kb, q0 = task // (NB * chunks), (task // chunks) % NB, (task % chunks) * POSITIONS
+    for task in prange(N * NB * spans):
+        n, kb, q = task // (NB * spans), (task // spans) % NB, (task % spans) * per_task
+        q_end = min(P, q + per_task)
         base = np.empty(POSITIONS, dtype=np.int64)
-        for i in range(POSITIONS):
-            q = min(q0 + i, P - 1)
-            base[i] = n * C * L + (q // (OH * OW)) * steps[0] + (q // OW % OH) * steps[1] + (q % OW) * steps[2]
-        p0, p1, p2, p3, p4, p5 = base[0], base[1], base[2], base[3], base[4], base[5]
-        z = vsplat(out.dtype.type(0))
-        a0, a1, a2, a3, a4, a5 = z, z, z, z, z, z
-        c0, c1, c2, c3, c4, c5 = z, z, z, z, z, z
-        wi = kb * CT * KB
-        for c in range(C):
-            for t in range(T):
-                s = c * L + taps[U(t)]
-                w0, w1 = vload(wf, wi), vload(wf, wi + V)
-                wi += KB
-                v = vsplat(xf[U(p0 + s)])
-                a0, c0 = vfma(w0, v, a0), vfma(w1, v, c0)
-                v = vsplat(xf[U(p1 + s)])
-                a1, c1 = vfma(w0, v, a1), vfma(w1, v, c1)
-                v = vsplat(xf[U(p2 + s)])
-                a2, c2 = vfma(w0, v, a2), vfma(w1, v, c2)
-                v = vsplat(xf[U(p3 + s)])
-                a3, c3 = vfma(w0, v, a3), vfma(w1, v, c3)
-                v = vsplat(xf[U(p4 + s)])
-                a4, c4 = vfma(w0, v, a4), vfma(w1, v, c4)
-                v = vsplat(xf[U(p5 + s)])
-                a5, c5 = vfma(w0, v, a5), vfma(w1, v, c5)
         sums = np.empty(POSITIONS * KB, dtype=out.dtype)  # position-major: sums[i * KB + j]
-        for i, (low, high) in enumerate(((a0, c0), (a1, c1), (a2, c2), (a3, c3), (a4, c4), (a5, c5))):
-            vstore(sums, i * KB, low)
-            vstore(sums, i * KB + V, high)
-        for j in range(min(KB, K - kb * KB)):
-            k = kb * KB + j
-            for i in range(min(POSITIONS, P - q0)):
-                v = sums[i * KB + j] + b[k]
-                if with_residual:
-                    v += residual[n, k, q0 + i]
-                out[n, k, q0 + i] = activate(v, slope, lo, hi)
+        od, oh, ow = q // (OH * OW), q // OW % OH, q % OW
+        while q < q_end:
+            q0, m = q, min(POSITIONS, q_end - q)
+            for i in range(POSITIONS):  # the positions' offsets, counted on (no division a position)
+                if i < m:
+                    base[i] = n * C * L + od * steps[0] + oh * steps[1] + ow * steps[2]
+                    ow += 1
+                    if ow == OW:
+                        ow, oh = 0, oh + 1
+                        if oh == OH:
+                            oh, od = 0, od + 1
+                else:
+                    base[i] = base[m - 1]
+            q += m
+            _run(xf, wf, kb * CT * KB, C, L, T, taps, base, sums, V, KB)
+            for j in range(min(KB, K - kb * KB)):
+                k = kb * KB + j
+                for i in range(m):
+                    v = sums[i * KB + j] + b[k]
+                    if with_residual:
+                        v += residual[n, k, q0 + i]
+                    out[n, k, q0 + i] = activate(v, slope, lo, hi)
+
+
+@njit(inline="always", cache=True)
+def _run(xf, wf, wi, C, L, T, taps, base, sums, V, KB):
+    """sums[i * KB + j] = the sum over channels c and taps t of the packed weight's
+    wf[wi + (c * T + t) * KB + j] * xf[base[i] + c * L + taps[t]], for the ``POSITIONS``
+    positions of ``base``: their sums in twelve vector registers throughout."""
+    p0, p1, p2, p3, p4, p5 = base[0], base[1], base[2], base[3], base[4], base[5]
+    z = vsplat(sums.dtype.type(0))
+    a0, a1, a2, a3, a4, a5 = z, z, z, z, z, z
+    c0, c1, c2, c3, c4, c5 = z, z, z, z, z, z
+    for c in range(C):
+        for t in range(T):
+            s = c * L + taps[U(t)]
+            w0, w1 = vload(wf, wi), vload(wf, wi + V)
+            wi += KB
+            v = vsplat(xf[U(p0 + s)])
+            a0, c0 = vfma(w0, v, a0), vfma(w1, v, c0)
+            v = vsplat(xf[U(p1 + s)])
+            a1, c1 = vfma(w0, v, a1), vfma(w1, v, c1)
+            v = vsplat(xf[U(p2 + s)])
+            a2, c2 = vfma(w0, v, a2), vfma(w1, v, c2)
+            v = vsplat(xf[U(p3 + s)])
+            a3, c3 = vfma(w0, v, a3), vfma(w1, v, c3)
+            v = vsplat(xf[U(p4 + s)])
+            a4, c4 = vfma(w0, v, a4), vfma(w1, v, c4)
+            v = vsplat(xf[U(p5 + s)])
+            a5, c5 = vfma(w0, v, a5), vfma(w1, v, c5)
+    for i, (low, high) in enumerate(((a0, c0), (a1, c1), (a2, c2), (a3, c3), (a4, c4), (a5, c5))):
+        vstore(sums, i * KB, low)
+        vstore(sums, i * KB + V, high)
