@@ -66,21 +66,21 @@ def parallel_kernel(py_func=None, *, streaming=False, beside_blas=False):
     def run(*args):
         largest = 0
         for a in args:  # a loop, not max() over a generator: this runs on every kernel call
-            if isinstance(a, np.ndarray) and a.size > largest:
-                largest = a.size
-        serial_route = runs_serial(largest, factor, beside_blas, run)
-        try:
-            if serial_route:
-                return serial_twin()(*args)
+            size = getattr(a, "size", 0)  # arrays (and NumPy scalars, of size 1)
+            if size > largest:
+                largest = size
+        if runs_serial(largest, factor, beside_blas, run):
+            result = (serial[0] if serial else serial_twin())(*args)
+        else:
             if _threads.serialize:  # a threading layer that aborts when entered twice at once
                 with _threads.lock:
-                    return compiled(*args)
-            return compiled(*args)
-        finally:
-            end = time.perf_counter()
-            if not serial_route:
-                _threads.last_parallel_end = end
-            _threads.last_kernel, _threads.last_kernel_end = run, end
+                    result = compiled(*args)
+            else:
+                result = compiled(*args)
+            _threads.last_parallel_end = time.perf_counter()
+        # (a kernel that raised leaves these as they were: the next call's guess is all they feed)
+        _threads.last_kernel, _threads.last_kernel_end = run, time.perf_counter()
+        return result
 
     run.compiled = compiled
     return run
