@@ -159,17 +159,19 @@ def test_compiled_model_runs_the_blocked_loops_where_they_pay(monkeypatch):
     monkeypatch.setattr(conv_blocked, "forward", lambda *a: calls.append(a[3].shape) or forward(*a))
     model = nn.Sequential(nn.Conv2d(5, 20, 3, padding=1), nn.ReLU(),
                           nn.Residual(nn.Sequential(nn.Conv2d(20, 20, 3, padding=1), nn.BatchNorm2d(20))), nn.ReLU(),
-                          nn.Conv2d(20, 7, 1))
+                          nn.Conv2d(20, 7, 1), nn.Conv2d(7, 9, 1, stride=2))
     _randomize_batch_norm(model)
     compiled = nc.compile(model, input_shape=(5, 7, 7))
     assert packs == [] and calls == []  # the load-time check at batch 1 packs nothing
     rng = np.random.default_rng(3)
-    for batch, blocked in ((1, True), (2, True), (3, False)):  # 49, 98 and 147 positions
+    for batch, blocked in ((1, True), (2, True), (3, False)):  # 49, 98 and 147 positions; 1x1/2: 16 a sample
         del calls[:]
         x = rng.standard_normal((batch, 5, 7, 7)).astype(np.float32)
         assert_close(compiled(x), model(x), what=f"batch {batch}")
-        assert calls == ([(batch, 20, 1, 7, 7)] * 2 if blocked else []), calls  # not the 1x1
-    assert packs == [(20, 5, 1, 3, 3), (20, 20, 1, 3, 3)]  # once each (not by the load-time check), for every call after
+        # not the 1x1 at unit stride (a GEMM on the input); the 1x1/2 at every batch here
+        assert calls == [(batch, 20, 1, 7, 7)] * 2 * blocked + [(batch, 9, 1, 4, 4)], calls
+    # once each (not by the load-time check), for every call after
+    assert packs == [(20, 5, 1, 3, 3), (20, 20, 1, 3, 3), (9, 7, 1, 1, 1)]
 
 
 # --------------------------------------------------------------------------- compile

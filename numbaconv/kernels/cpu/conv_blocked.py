@@ -22,8 +22,10 @@ positions) 1.21 / 1.23 / 1.17. Where it does not (minima of rounds taking turns,
 this kernel / the rules' / PyTorch): with many positions, whose weights a GEMM or Winograd's
 tiles share better, (1, 64, 56x56) -> 64, 3x3 88 / 97 / 116, (8, 256, 14x14) -> 256 98 / 147 /
 111, (8, 128, 28x28) -> 128 129 / 176 / 155, about even at (8, 512, 7x7) -> 512 (392
-positions) 111 / 112 / 100; ResNet's stem at batch 1, (3, 224x224) -> 64, 7x7/2, 4.2 ms
-against im2col's 3.7 and the loops' 4.8 (PyTorch 2.0); a 1x1 kernel, one tap a channel.
+positions) 111 / 112 / 100; ResNet's stem at batch 1, (3, 224x224) -> 64, 7x7/2, 1.97 ms
+against the loops' 1.93 and im2col's 2.29 (PyTorch 1.64). ResNet's 1x1/2 shortcuts at batch 1,
+ms, packed / im2col / PyTorch: (256, 14x14) -> 512 (49 positions) 0.18 / 0.26 / 0.20, (128,
+28x28) -> 256 (196) 0.28 / 0.31 / 0.22, but (64, 56x56) -> 128 (784) 0.42 / 0.35 / 0.31.
 
 The input is copied once, zero-padded, into a per-thread scratch (every tap of every output
 position then reads inside it); the bias, a residual and the activation are applied as the
@@ -65,9 +67,11 @@ def pack(w):
 
 def pays(geom, max_positions):
     """Whether an inference graph runs these loops with its packed weight (see the module's
-    figures): a kernel of more than one tap, one group, at most ``max_positions`` output
-    positions over the batch (None: never)."""
-    return (max_positions is not None and geom.groups == 1 and math.prod(geom.kernel) > 1
+    figures): one group, at most ``max_positions`` output positions over the batch (None:
+    never), and not a 1x1 kernel at unit stride, which im2col runs as one GEMM on the input
+    itself."""
+    return (max_positions is not None and geom.groups == 1
+            and (math.prod(geom.kernel) > 1 or geom.stride != (1, 1, 1))
             and geom.batch * math.prod(geom.out_size) <= max_positions)
 
 
