@@ -94,8 +94,10 @@ CASES = [
      layer("ConvTranspose3d", 3, 2, (2, 3, 2), stride=(2, 1, 2), padding=(0, 1, 1), output_padding=(1, 0, 0),
            bias=False), (1, 3, 2, 3, 2), TRAIN),
     # pooling
-    ("maxpool1d_ceil", layer("MaxPool1d", 3, 2, 1, 2, ceil_mode=True), (2, 3, 10), TRAIN),
-    ("maxpool2d", layer("MaxPool2d", 2), (2, 3, 6, 6), TRAIN),
+    # (in evaluation max pooling keeps no indices and its backward finds the maxima again)
+    ("maxpool1d_ceil", layer("MaxPool1d", 3, 2, 1, 2, ceil_mode=True), (2, 3, 10), BOTH),
+    ("maxpool2d", layer("MaxPool2d", 2), (2, 3, 6, 6), BOTH),
+    ("maxpool2d_3x3s2", layer("MaxPool2d", 3, 2, 1), (2, 3, 9, 9), BOTH),
     ("maxpool2d_indices_ceil",
      layer("MaxPool2d", (3, 2), stride=(2, 1), padding=(1, 0), ceil_mode=True, return_indices=True),
      (1, 2, 7, 5), TRAIN),
