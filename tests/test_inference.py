@@ -151,7 +151,7 @@ def test_compiled_model_runs_the_blocked_loops_where_they_pay(monkeypatch):
     from numbaconv.inference import ops
     from numbaconv.kernels.cpu import conv_blocked
 
-    monkeypatch.setattr(ops, "RULES", RULES._replace(blocked_max_positions=100))
+    monkeypatch.setattr(ops, "RULES", RULES._replace(blocked_max_positions=100, blocked_max_work=None))
     monkeypatch.setattr(ops, "_CONV_PLANS", {})
     packs, calls = [], []
     pack, forward = conv_blocked.pack, conv_blocked.forward
@@ -172,6 +172,24 @@ def test_compiled_model_runs_the_blocked_loops_where_they_pay(monkeypatch):
         assert calls == [(batch, 20, 1, 7, 7)] * 2 * blocked + [(batch, 9, 1, 4, 4)], calls
     # once each (not by the load-time check), for every call after
     assert packs == [(20, 5, 1, 3, 3), (20, 20, 1, 3, 3), (9, 7, 1, 1, 1)]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, groups, max_positions, max_work, pays", [
+    ((1, 8, 7, 7), (16, 8, 3, 3), 1, 1, 49, None, True),  # 49 positions
+    ((2, 8, 7, 7), (16, 8, 3, 3), 1, 1, 49, None, False),  # 98
+    ((2, 8, 7, 7), (16, 8, 3, 3), 1, 1, 49, 2 * 49 * 16 * 8 * 9, True),  # few multiply-adds in all
+    ((2, 8, 7, 7), (16, 8, 3, 3), 1, 1, 49, 2 * 49 * 16 * 8 * 9 - 1, False),
+    ((1, 8, 7, 7), (16, 8, 1, 1), 1, 1, 49, None, False),  # 1x1 at unit stride: a GEMM on the input
+    ((1, 8, 7, 7), (16, 8, 1, 1), 2, 1, 49, None, True),  # 1x1/2
+    ((1, 8, 7, 7), (16, 4, 3, 3), 1, 2, 49, 1 << 30, False),  # groups
+    ((1, 8, 7, 7), (16, 8, 3, 3), 1, 1, None, None, False),  # no rule (AVX-512)
+])
+def test_blocked_loops_rule(x_shape, w_shape, stride, groups, max_positions, max_work, pays):
+    from numbaconv.kernels.cpu import conv_blocked
+
+    x, w = np.zeros(x_shape, np.float32), np.zeros(w_shape, np.float32)
+    geom = conv_geometry("conv", x, w, None, stride, w_shape[-1] // 2, 1, groups, "zeros", 2)  # 7x7 out at stride 1
+    assert conv_blocked.pays(geom, max_positions, max_work) is pays
 
 
 # --------------------------------------------------------------------------- compile

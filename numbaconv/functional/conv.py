@@ -69,15 +69,17 @@ class Rules(NamedTuple):
     im2col_min_out_channels: int | None
     #: Where the weight is packed already (an inference graph's constant), a forward pass over at
     #: most this many output positions in all runs the blocked loops (``conv_blocked.pays``;
-    #: None: never).
+    #: None: no such rule) ...
     blocked_max_positions: int | None
+    #: ... and one of at most this many multiply-adds in all.
+    blocked_max_work: int | None
 
 
 #: Read off ``bench/algorithms.py`` on a 2-core AVX-512 host (Zen 4).
 AVX512_RULES = Rules(phases_max_block=1 << 19, phases_max_channels=16, small_plane_forward=False,
                      winograd_min_channel_pairs=128 * 64, winograd_large_weight=256 * 256,
                      winograd_large_weight_min_tiles=128, im2col_min_out_channels=None,
-                     blocked_max_positions=None)
+                     blocked_max_positions=None, blocked_max_work=None)
 
 #: Read off ``bench/algorithms.py`` on a 2-core AVX2 host (Zen 3), also for hosts with narrower
 #: vectors. Measured, ms, direct / im2col (/ Winograd), medians of 9 rounds: forward, (1, 64,
@@ -101,12 +103,13 @@ AVX512_RULES = Rules(phases_max_block=1 << 19, phases_max_channels=16, small_pla
 #: (6.9 / 6.3), (1, 256, 28x28) -> 256, 3x3, - and 10.4 / 8.7 (8.9 / 9.2), a signal (1, 128,
 #: 2000) -> 256, k = 9, 10.9 / 10.0; into 128, (1, 96, 27x27) -> 128, 5x5, 4.7 / 6.0. The
 #: blocked loops' figures are in ``kernels/cpu/conv_blocked.py``: 0.71-0.83x the time of the
-#: rules' choice on ResNet's 3x3 layers of 49 and 196 output positions at batch 1, even at 392.
+#: rules' choice on ResNet's 3x3 layers of 49 and 196 output positions at batch 1, even at 392;
+#: 0.35-0.75x on small layers (LeNet's, up to 4 million multiply-adds), behind past 7 million.
 #: They were not measured on AVX-512.
 AVX2_RULES = Rules(phases_max_block=3 << 14, phases_max_channels=0, small_plane_forward=True,
                    winograd_min_channel_pairs=64 * 64, winograd_large_weight=128 * 128,
                    winograd_large_weight_min_tiles=48, im2col_min_out_channels=256,
-                   blocked_max_positions=256)
+                   blocked_max_positions=256, blocked_max_work=1 << 22)
 
 #: The rules for this host.
 RULES = AVX512_RULES if conv_direct.SIX_VECTORS else AVX2_RULES

@@ -126,7 +126,7 @@ def _conv_plan(op, x, w, b, attributes, packable):
             explicit, begin = (begin, end), (0,) * n
             x = _pad_explicitly(x, *explicit, 0)
         geom = conv_geometry(op, x, w, b, strides, begin, dilations, group, "zeros", n)
-        blocked = packable and conv_blocked.pays(geom, RULES.blocked_max_positions)
+        blocked = packable and conv_blocked.pays(geom, RULES.blocked_max_positions, RULES.blocked_max_work)
         plan = geom, ALGORITHMS[choose_algorithm(geom, "forward")].forward, blocked, explicit
         if len(_CONV_PLANS) > 4096:  # a bound, for processes that see ever new shapes
             _CONV_PLANS.clear()

@@ -27,6 +27,20 @@ against the loops' 1.93 and im2col's 2.29 (PyTorch 1.64). ResNet's 1x1/2 shortcu
 ms, packed / im2col / PyTorch: (256, 14x14) -> 512 (49 positions) 0.18 / 0.26 / 0.20, (128,
 28x28) -> 256 (196) 0.28 / 0.31 / 0.22, but (64, 56x56) -> 128 (784) 0.42 / 0.35 / 0.31.
 
+Small layers are the other case (``Rules.blocked_max_work``: few multiply-adds in all, however
+many positions), where the other paths' fixed costs outweigh their loops. Through
+``inference.ops.conv``, us, the rules' path / packed: LeNet's c1 (1, 1, 32x32) -> 6, 5x5 (784
+positions, 118 thousand multiply-adds) 70 / 24, its c2 (1, 6, 14x14) -> 16, 5x5 42 / 19, at
+batch 8 121 / 63, at batch 64 (15 million) 477 / 395; (1, 3, 32x32) -> 8, 3x3 53 / 42; (1, 16,
+8x8) -> 16, 3x3 39 / 24; a conv1d (1, 32, 16) -> 64, k = 5 59 / 47 and a conv3d (1, 4, 4x6x4)
+-> 8 38 / 23; LeNet's c1 at batch 8 (940 thousand) 200 / 77, a conv3d (16, 1, 8x12x8) -> 8,
+3x3x3 (2.7 million) 418 / 174, a MobileNet stem (1, 3, 112x112) -> 16, 3x3/2 122 / 90; even
+at (1, 8, 32x32) -> 8 (590 thousand) 74 / 72. Past 4 million, where a task's few channels and
+taps leave its loops short and a block's lanes idle, they lose: LeNet's c1 at batch 64 (7.5
+million) 570 / 875, the MobileNet stem at batch 8 (10.8 million) 575 / 816, (64, 3, 32x32) ->
+8, 3x3 (14 million) 369 / 900; the bound forgoes LeNet's c2 at batch 64 (15 million, 477 /
+395).
+
 The input is copied once, zero-padded, into a per-thread scratch (every tap of every output
 position then reads inside it); the bias, a residual and the activation are applied as the
 sums are written out. A forward pass with one group only, which the inference graph runs
@@ -65,14 +79,18 @@ def pack(w):
     return np.ascontiguousarray(wp.reshape(blocks, KB, ct).transpose(0, 2, 1))
 
 
-def pays(geom, max_positions):
+def pays(geom, max_positions, max_work=None):
     """Whether an inference graph runs these loops with its packed weight (see the module's
-    figures): one group, at most ``max_positions`` output positions over the batch (None:
-    never), and not a 1x1 kernel at unit stride, which im2col runs as one GEMM on the input
-    itself."""
-    return (max_positions is not None and geom.groups == 1
-            and (math.prod(geom.kernel) > 1 or geom.stride != (1, 1, 1))
-            and geom.batch * math.prod(geom.out_size) <= max_positions)
+    figures): one group, not a 1x1 kernel at unit stride (which im2col runs as one GEMM on the
+    input itself), and at most ``max_positions`` output positions over the batch or at most
+    ``max_work`` multiply-adds in all (either None: no such bound)."""
+    if geom.groups != 1 or (math.prod(geom.kernel) == 1 and geom.stride == (1, 1, 1)):
+        return False
+    positions = geom.batch * math.prod(geom.out_size)
+    if max_positions is not None and positions <= max_positions:
+        return True
+    work = positions * geom.out_channels * geom.in_channels * math.prod(geom.kernel)
+    return max_work is not None and work <= max_work
 
 
 def forward(x, wp, b, out, geom, epilogue=IDENTITY, residual=None):
