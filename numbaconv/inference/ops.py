@@ -108,31 +108,43 @@ def _activate(y, epilogue):
 _CONV_PLANS = {}
 
 
+def _cached(table, key, make):
+    """table[key], made by ``make()`` the first time (the table emptied past 4096 entries, a bound
+    for processes that see ever new shapes); an unhashable key (an attribute given as a list,
+    not as the graph holds it) is made each time, checked and not kept."""
+    try:
+        found = table.get(key)
+    except TypeError:
+        return make()
+    if found is None:
+        found = make()
+        if len(table) > 4096:
+            table.clear()
+        table[key] = found
+    return found
+
+
+def _shape(a):
+    """(shape, dtype) of an array, None for anything else (which the checks then refuse)."""
+    return (getattr(a, "shape", None), getattr(a, "dtype", None))
+
+
 def _conv_plan(op, x, w, b, attributes, packable):
     """(geometry, forward pass, whether it is the blocked loops, padding to apply first or
     None), from the cache when x, w, b and the attributes are as before."""
-    key = (getattr(x, "shape", None), getattr(x, "dtype", None), getattr(w, "shape", None), getattr(w, "dtype", None),
-           None if b is None else (getattr(b, "shape", None), getattr(b, "dtype", None)), attributes, packable)
-    try:
-        plan = _CONV_PLANS.get(key)
-    except TypeError:  # an attribute given as a list (not as the graph holds it): checked, not kept
-        plan = key = None
-    if plan is None:
+    def make():
         auto_pad, dilations, group, kernel_shape, pads, strides = attributes
-        n, kernel, strides, dilations = _conv_attributes(op, x, w, kernel_shape, strides, dilations)
-        begin, end = _pads(op, auto_pad, pads, x.shape[2:], kernel, strides, dilations)
-        explicit = None
+        n, kernel, strides_, dilations_ = _conv_attributes(op, x, w, kernel_shape, strides, dilations)
+        begin, end = _pads(op, auto_pad, pads, x.shape[2:], kernel, strides_, dilations_)
+        explicit, padded = None, x
         if begin != end:  # padded here, then none in the kernels
             explicit, begin = (begin, end), (0,) * n
-            x = _pad_explicitly(x, *explicit, 0)
-        geom = conv_geometry(op, x, w, b, strides, begin, dilations, group, "zeros", n)
+            padded = _pad_explicitly(x, *explicit, 0)
+        geom = conv_geometry(op, padded, w, b, strides_, begin, dilations_, group, "zeros", n)
         blocked = packable and conv_blocked.pays(geom, RULES.blocked_max_positions, RULES.blocked_max_work)
-        plan = geom, ALGORITHMS[choose_algorithm(geom, "forward")].forward, blocked, explicit
-        if len(_CONV_PLANS) > 4096:  # a bound, for processes that see ever new shapes
-            _CONV_PLANS.clear()
-        if key is not None:
-            _CONV_PLANS[key] = plan
-    return plan
+        return geom, ALGORITHMS[choose_algorithm(geom, "forward")].forward, blocked, explicit
+
+    return _cached(_CONV_PLANS, (_shape(x), _shape(w), None if b is None else _shape(b), attributes, packable), make)
 
 
 def _conv_attributes(op, x, w, kernel_shape, strides, dilations):
@@ -217,22 +229,13 @@ _POOL_ARGS = {}
 
 def _pool_args(op, x, auto_pad, kernel_shape, pads, strides, dilations=None):
     """(spatial dims, kernel, strides, dilations, padding before, padding after), checked."""
-    key = (op, getattr(x, "shape", None), getattr(x, "dtype", None), auto_pad, kernel_shape, pads, strides, dilations)
-    try:
-        found = _POOL_ARGS.get(key)
-    except TypeError:  # an attribute given as a list: checked, not kept
-        found = key = None
-    if found is not None:
-        return found
-    n = _spatial(op, x)
-    kernel = _ints(op, "kernel_shape", kernel_shape, n, 1)
-    strides, dilations = _ints(op, "strides", strides, n, 1), _ints(op, "dilations", dilations, n, 1)
-    begin, end = _pads(op, auto_pad, pads, x.shape[2:], kernel, strides, dilations)
-    if key is not None:
-        if len(_POOL_ARGS) > 4096:
-            _POOL_ARGS.clear()
-        _POOL_ARGS[key] = n, kernel, strides, dilations, begin, end
-    return n, kernel, strides, dilations, begin, end
+    def make():
+        n = _spatial(op, x)
+        kernel = _ints(op, "kernel_shape", kernel_shape, n, 1)
+        strides_, dilations_ = _ints(op, "strides", strides, n, 1), _ints(op, "dilations", dilations, n, 1)
+        return (n, kernel, strides_, dilations_, *_pads(op, auto_pad, pads, x.shape[2:], kernel, strides_, dilations_))
+
+    return _cached(_POOL_ARGS, (op, _shape(x), auto_pad, kernel_shape, pads, strides, dilations), make)
 
 
 def _ceil_crop(y, size, kernel, strides, dilations, begin, end):
