@@ -9,8 +9,6 @@ import json
 import math
 import threading
 
-import time
-
 import numpy as np
 import pytest
 from conftest import assert_close
@@ -96,6 +94,22 @@ def test_candidates_are_timed_in_bursts_that_start_untimed():
             assert count > shares[b]  # untimed calls came first
 
 
+class _Clock:
+    """A simulated ``time`` module for the runner: each call of a candidate takes ``STEP_S``
+    and ``sleep`` advances the clock, so the schedule is checked exactly, whatever pauses the
+    test process itself (a garbage collection, a busy CI machine)."""
+    STEP_S = 0.001
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
 @pytest.mark.parametrize("settle_blas", [True, False])
 def test_bursts_settle_while_blas_threads_spin(monkeypatch, settle_blas):
     """Where NumPy's BLAS threads spin after each GEMM, each burst starts after a pause as long
@@ -104,22 +118,32 @@ def test_bursts_settle_while_blas_threads_spin(monkeypatch, settle_blas):
     from numbaconv import _threads
     from numbaconv.benchmark import runner
 
+    clock = _Clock()
+    monkeypatch.setattr(runner, "time", clock)
     monkeypatch.setattr(_threads, "blas_spin_cycles", int(0.2 * runner.LOW_CLOCK_HZ))  # 0.2 s
     log = []
-    calls = {name: (lambda name=name: log.append((name, time.perf_counter()))) for name in "abc"}
+
+    def call(name):
+        log.append((name, clock.now))
+        clock.now += clock.STEP_S
+
+    calls = {name: (lambda name=name: call(name)) for name in "abc"}
     policy = runner.Policy(budget_s=0.0, min_rounds=2, max_rounds=2, slow_s=3.0, settle_blas=settle_blas)
-    runner._time(calls, policy, lambda: None)
+    samples = runner._time(calls, policy, lambda: None)
+    assert {name: len(s) for name, s in samples.items()} == {"a": 2, "b": 2, "c": 2}
     runs = []  # the calls of each turn of one candidate, after the probes
     for name, stamp in log[3:]:
         if runs and runs[-1][0] == name:
             runs[-1][1].append(stamp)
         else:
             runs.append((name, [stamp]))
+    assert len(runs) == 3 * 2  # two bursts of three candidates
+    step = clock.STEP_S
     for name, stamps in runs:  # untimed calls for the settling time, then one timed call
-        assert runner.SETTLE_S - 0.005 <= stamps[-1] - stamps[0] < runner.SETTLE_S + 0.1, name
+        assert runner.SETTLE_S - step / 2 < stamps[-1] - stamps[0] < runner.SETTLE_S + 1.5 * step, name
+    wait_s = 0.2 if settle_blas else 0.0
     for (_, before), (name, stamps) in zip(runs, runs[1:]):  # the pause between turns
-        gap = stamps[0] - before[-1]
-        assert (0.2 <= gap < 0.35) if settle_blas else gap < 0.1, name
+        assert stamps[0] - before[-1] == pytest.approx(step + wait_s), name
 
 
 def test_run_rows(capfd):
