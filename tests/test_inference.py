@@ -162,16 +162,21 @@ def test_compiled_model_runs_the_blocked_loops_where_they_pay(monkeypatch):
                           nn.Conv2d(20, 7, 1), nn.Conv2d(7, 9, 1, stride=2))
     _randomize_batch_norm(model)
     compiled = nc.compile(model, input_shape=(5, 7, 7))
+    weights = [compiled.graph.constants[n.inputs[1]] for n in compiled.graph.nodes if n.op == "Conv"]
+    assert [w.held for w in weights] == [("as given",)] * 4
     assert packs == [] and calls == []  # the load-time check at batch 1 packs nothing
     rng = np.random.default_rng(3)
-    for batch, blocked in ((1, True), (2, True), (3, False)):  # 49, 98 and 147 positions; 1x1/2: 16 a sample
-        del calls[:]
+    # a packed weight is held packed only until a call needs it as given (batch 3); then both ways
+    packed, both = [("packed",)] * 2, [("as given", "packed")] * 2
+    for batch, blocked, held in ((1, True, packed), (2, True, packed), (3, False, both), (1, True, both)):
+        del calls[:]  # 49, 98, 147 and 49 positions; the 1x1/2 16 a sample
         x = rng.standard_normal((batch, 5, 7, 7)).astype(np.float32)
         assert_close(compiled(x), model(x), what=f"batch {batch}")
         # not the 1x1 at unit stride (a GEMM on the input); the 1x1/2 at every batch here
         assert calls == [(batch, 20, 1, 7, 7)] * 2 * blocked + [(batch, 9, 1, 4, 4)], calls
+        assert [w.held for w in weights] == [*held, ("as given",), ("packed",)], batch
     # once each (not by the load-time check), for every call after
-    assert packs == [(20, 5, 1, 3, 3), (20, 20, 1, 3, 3), (9, 7, 1, 1, 1)]
+    assert packs == [(20, 5, 3, 3), (20, 20, 3, 3), (9, 7, 1, 1)]
 
 
 @pytest.mark.parametrize("x_shape, w_shape, stride, groups, max_positions, max_work, pays", [

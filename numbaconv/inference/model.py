@@ -7,7 +7,10 @@ pair of activations (a residual block's shortcut adds a third). An element-wise 
 input dies at that op writes its result over that input instead of allocating (ReLU after a
 residual addition, the addition itself). Views are accounted for: Reshape, Flatten, Squeeze and
 Unsqueeze return views of their input, so a buffer counts as dead only when every value that
-shares it is.
+shares it is. A Conv node's constant weight is held by its ``ops.ConvWeight`` (in the graph's
+constants too, in place of the array, when no other node reads it), which trades it for the
+blocked loops' packed layout at the first call that runs them: a weight is held once, in one
+layout, unless calls of different batch sizes want it both ways.
 
 A call owns all of its state (the slot list), and the kernels keep their scratch per thread, so
 one model serves many threads at once. Before the model is returned it runs once on a batch of
@@ -18,7 +21,7 @@ cannot run fails at load time, with the node that cannot run named.
 import numpy as np
 
 from .graph import GraphError, TensorInfo, check
-from .ops import IN_PLACE, INTERNAL, OPS
+from .ops import IN_PLACE, INTERNAL, OPS, ConvWeight
 from .optimize import optimize
 
 #: The load-time run is skipped for inputs larger than this (elements of a batch of one), so a
@@ -68,11 +71,12 @@ class InferenceModel:
         for node in g.nodes:
             if node.op in VIEW_OPS:
                 root[slot[node.outputs[0]]] = root[slot[node.inputs[0]]]
-        last = {}
+        last, readers = {}, {name: 1 for name, _ in self._output_slots}
         for step, node in enumerate(g.nodes):
             for name in node.inputs:
                 if name:
                     last[slot[name]] = step
+                    readers[name] = readers.get(name, 0) + 1
         for _, s in self._output_slots:
             last[s] = end
         root_last = {}
@@ -93,14 +97,18 @@ class InferenceModel:
             # lists as tuples: the ops take an attribute that is already a tuple of ints as it is
             attrs = {k: tuple(v) if type(v) is list else v for k, v in node.attrs.items()}
             if node.op == "Conv" and node.inputs[1] in g.constants:
-                attrs["packed"] = {}  # the weight as the blocked loops read it, packed once (ops.conv)
+                name = node.inputs[1]
+                attrs["weight"] = ConvWeight(g.constants[name], owned=readers[name] == 1)
+                if readers[name] == 1:  # the ConvWeight alone holds it, and may trade it for the packed one
+                    g.constants[name] = attrs["weight"]
+                    self._template[slot[name]] = None
             self._steps.append((node, function, attrs, ins, outs, release, in_place))
             for o in outs:  # an output nobody reads is dropped at once
                 if o is not None and o not in last:
                     release.append(o)
-        # the load-time check runs without the packed weights: packing is for the calls that
-        # take the blocked loops (a model served at batch 8 never packs its 14x14 layers)
-        self._check_steps = [(node, function, {k: v for k, v in attrs.items() if k != "packed"}, *rest)
+        # the load-time check does not pack: packing is for the calls that take the blocked
+        # loops (a model served at batch 8 never packs its 14x14 layers)
+        self._check_steps = [(node, function, {**attrs, "pack": False} if "weight" in attrs else attrs, *rest)
                              for node, function, attrs, *rest in self._steps]
         # an output that shares its buffer with an input, a weight or another output is copied
         out_roots = [root[s] for _, s in self._output_slots]

@@ -158,27 +158,71 @@ def _conv_attributes(op, x, w, kernel_shape, strides, dilations):
     return n, kernel, _ints(op, "strides", strides, n, 1), _ints(op, "dilations", dilations, n, 1)
 
 
+class ConvWeight:
+    """A Conv node's constant weight, in the layouts its calls have asked for: as given, (K, C,
+    *kernel), which the algorithms read, and packed (``conv_blocked.pack``), which the blocked
+    loops read. A weight that only its node reads (``owned``) is held one way while the calls ask
+    for one: packing it lets the original go, so a model served at batch 1 holds ResNet-18's
+    14x14 and 7x7 layers once (41 MB of its 45), and a later call that needs the original (a
+    larger batch) unpacks it, both kept from then on. Threads that ask at once each make the same
+    array; one is kept.
+
+    ``like`` is a stand-in with the weight's shape and dtype and no memory, for the checks.
+    ``np.asarray`` gives the original (unpacked if need be)."""
+
+    def __init__(self, array, owned):
+        self._array, self._packed, self._owned = array, None, owned
+        self.like = np.broadcast_to(np.zeros((), array.dtype), array.shape)
+
+    def array(self):
+        a = self._array
+        if a is None:
+            self._owned = False  # wanted both ways: keep both
+            a = self._array = conv_blocked.unpack(self._packed, self.like.shape)
+        return a
+
+    def packed(self):
+        wp = self._packed
+        if wp is None:
+            wp = self._packed = conv_blocked.pack(self.array())
+            if self._owned:  # set after the packed one, so a reader finds one or the other
+                self._array = None
+        return wp
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.array()
+        return a.astype(dtype or a.dtype, copy=bool(copy))
+
+    @property
+    def held(self):
+        """The layouts held now: a tuple of "as given" and "packed"."""
+        return tuple(name for name, a in (("as given", self._array), ("packed", self._packed)) if a is not None)
+
+    def __repr__(self):
+        return f"ConvWeight(shape={self.like.shape}, dtype={self.like.dtype}, held {' and '.join(self.held)})"
+
+
 def conv(x, w, b=None, residual=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
-         strides=None, epilogue=IDENTITY, packed=None):
+         strides=None, epilogue=IDENTITY, weight=None, pack=True):
     """Convolution. Set when the graph is optimized: ``residual``, an array added to the output
     (a residual block's shortcut) and ``epilogue`` = (slope, lo, hi), an activation applied after
     it, both inside the kernel's last pass (see kernels/cpu/conv_direct.py). Set when the model
-    is planned, for a weight that is the graph's constant: ``packed``, a dict that keeps the
-    weight as the blocked loops read it (``conv_blocked.pack``), made at the first call that
-    runs them and kept for the model's life."""
-    geom, forward, blocked, explicit = _conv_plan("Conv", x, w, b, (auto_pad, dilations, group, kernel_shape, pads,
-                                                                    strides), packed is not None)
+    is planned, for a weight that is the graph's constant: ``weight``, its ``ConvWeight`` (``w``
+    is then None where the node owns it), through which the calls that the blocked loops pay for
+    read it packed; ``pack=False`` (the load-time check) keeps them to the other algorithms."""
+    geom, forward, blocked, explicit = _conv_plan("Conv", x, w if weight is None else weight.like, b,
+                                                  (auto_pad, dilations, group, kernel_shape, pads, strides),
+                                                  weight is not None and pack)
     if explicit is not None:
         x = _pad_explicitly(x, *explicit, 0)
     out = np.empty((geom.batch, geom.out_channels, *geom.out_size), dtype=x.dtype)
     # the kernels see 5-D arrays: 1-D and 2-D convolutions gain singleton spatial dimensions
     x5 = np.ascontiguousarray(x).reshape(geom.batch, geom.in_channels, *geom.in_size)
-    w5 = np.ascontiguousarray(w).reshape(*w.shape[:2], *geom.kernel)
-    if blocked:  # two threads may both pack at once: the same array either way
-        wp = packed.get("weight")
-        if wp is None:
-            wp = packed.setdefault("weight", conv_blocked.pack(w5))
-        forward = functools.partial(_blocked, wp)
+    if blocked:
+        forward, w5 = functools.partial(_blocked, weight.packed()), None
+    else:
+        w = w if weight is None else weight.array()
+        w5 = np.ascontiguousarray(w).reshape(*w.shape[:2], *geom.kernel)
     shape = (out.shape[0], out.shape[1], *geom.spatial(geom.out_size))
     if residual is not None and residual.shape != shape:  # broadcasting: the Add as written, then the epilogue
         forward(x5, w5, b, out, geom, config.WORKSPACE_BYTES)

@@ -69,14 +69,23 @@ def block(dtype):
 
 def pack(w):
     """w (K, C, *kernel) as (ceil(K / block), C * taps, block), C-contiguous: block b's row
-    c * taps + t holds w[b * block + j, c, t] in lane j, zeros past K."""
+    c * taps + t holds w[b * block + j, c, t] in lane j, zeros past K. Written block by block
+    into the result, so packing holds no more than the two layouts."""
     K = w.shape[0]
     KB = block(w.dtype)
-    ct = math.prod(w.shape[1:])
-    blocks = -(-K // KB)
-    wp = np.zeros((blocks * KB, ct), dtype=w.dtype)
-    wp[:K] = w.reshape(K, ct)
-    return np.ascontiguousarray(wp.reshape(blocks, KB, ct).transpose(0, 2, 1))
+    rows = np.ascontiguousarray(w).reshape(K, -1)
+    wp = np.zeros((-(-K // KB), rows.shape[1], KB), dtype=w.dtype)
+    for b in range(wp.shape[0]):
+        k = rows[b * KB:(b + 1) * KB]
+        wp[b, :, :k.shape[0]] = k.T
+    return wp
+
+
+def unpack(wp, shape):
+    """The weight of ``shape`` (K, C, *kernel) that ``pack`` made ``wp`` from, C-contiguous."""
+    K = shape[0]
+    blocks, ct, KB = wp.shape
+    return np.ascontiguousarray(wp.transpose(0, 2, 1).reshape(blocks * KB, ct)[:K]).reshape(shape)
 
 
 def pays(geom, max_positions, max_work=None):
