@@ -14,6 +14,7 @@ statistic; for the parameter gradients the sums of |grad_out| * (|xhat| + 1) and
 """
 
 from dataclasses import dataclass
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 
 import naive
 import numbaconv
+import numbaconv.functional.norm as functional_norm
 from conftest import DTYPES, LAYOUTS, assert_battery_survives, assert_close, assert_unmodified, check, make_array, numerical_grad, snapshot
 
 EXAMPLES = settings(max_examples=100, deadline=None)
@@ -192,9 +194,16 @@ def test_batch_norm_matches_naive(case, training, track, momentum, eps):
 
 
 @EXAMPLES
-@given(case=cases(), training=st.booleans(), needs=st.sampled_from(NEEDS), eps=EPS)
-def test_batch_norm_backward_matches_naive(case, training, needs, eps):
+@given(case=cases(), training=st.booleans(), needs=st.sampled_from(NEEDS), eps=EPS, per_channel=st.booleans())
+def test_batch_norm_backward_matches_naive(case, training, needs, eps, per_channel):
+    """Either route of the training backward: a task per plane or, whatever the channel count
+    here, a task per channel (``CHANNEL_TASKS_MIN_CHANNELS``)."""
     assume(not training or case.n * np.prod(case.spatial) > 1)
+    with mock.patch.object(functional_norm, "CHANNEL_TASKS_MIN_CHANNELS", 1 if per_channel else 1 << 30):
+        _check_batch_norm_backward(case, training, needs, eps)
+
+
+def _check_batch_norm_backward(case, training, needs, eps):
     x, go = case.x(), case.grad_out()
     weight, bias = case.parameters()
     rm, rv = case.channel_array(4), case.channel_array(5, positive=True)
@@ -482,12 +491,15 @@ def test_float64_is_computed_in_float64_and_float32_stays_float32():
         assert fn(x.astype(np.float32)).dtype == np.float32 and fn(x).dtype == np.float64
 
 
+@pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("route", ["serial", "parallel"])
-def test_statistics_of_planes_longer_than_a_block_stay_exact(monkeypatch, route):
+def test_statistics_of_planes_longer_than_a_block_stay_exact(monkeypatch, route, per_channel):
     """A plane's statistics are taken block by block (``kernels.cpu.norm.BLOCK`` elements) and
     merged: planes of several blocks and a ragged last one, a mean 10^4 standard deviations away
-    from zero and drifting along the plane, so every merge re-centres, against two-pass float64."""
+    from zero and drifting along the plane, so every merge re-centres, against two-pass float64;
+    batch norm's backward by planes or by channels."""
     monkeypatch.setattr(numbaconv.config, "PARALLEL_MIN_ELEMENTS", 1 << 40 if route == "serial" else 0)
+    monkeypatch.setattr(functional_norm, "CHANNEL_TASKS_MIN_CHANNELS", 1 if per_channel else 1 << 30)
     from numbaconv.kernels.cpu.norm import BLOCK
     rng = np.random.default_rng(12)
     S = 2 * BLOCK + 37

@@ -241,6 +241,23 @@ def _normalize_backward(go3, x3, sums, mean, invstd, weight, view, axes, count, 
     return grad_x, grad_weight, grad_bias
 
 
+#: Channels from which training-mode batch norm's backward runs as one task per channel
+#: (``kernels.cpu.norm.channel_backward``: its second pass reads each channel from the cache, not
+#: from memory) rather than a task per plane: fewer channels leave a thread idle.
+CHANNEL_TASKS_MIN_CHANNELS = 16
+
+
+def _channel_backward(go3, x3, weight, eps):
+    """Training-mode batch norm's (grad_x, grad_weight, grad_bias) from the per-channel kernel."""
+    C = x3.shape[1]
+    mean, m2, sum_go, dot = (np.empty(C) for _ in range(4))
+    grad_x = np.empty(x3.shape, x3.dtype)
+    scale = np.ones(C) if weight is None else weight.astype(np.float64)
+    _norm(x3).channel_backward(go3, x3, scale, float(eps), grad_x, mean, m2, sum_go, dot)
+    count = x3.shape[0] * x3.shape[2]
+    return grad_x, dot / np.sqrt(m2 / count + eps), sum_go
+
+
 def _gradients(x, grads, weight, bias, needs):
     """The public (grad_x, grad_weight, grad_bias): x's shape, dtype and device, None where not
     asked or no parameter."""
@@ -326,6 +343,8 @@ def batch_norm_backward(grad_out, x, running_mean, running_var, weight=None, bia
         return _empty_gradients(x, weight, bias, needs)
     x3, go3 = _planes(x), _planes(grad_out)
     weight = to_host(weight)
+    if training and needs[0] and side(x3) != CUDA and x3.shape[1] >= CHANNEL_TASKS_MIN_CHANNELS:
+        return _gradients(x, _channel_backward(go3, x3, weight, eps), weight, bias, needs)
     sums = None
     if training or needs[1] or needs[2]:
         # the batch statistics come from the same read of x as the backward's reductions
