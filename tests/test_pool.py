@@ -458,9 +458,9 @@ def test_bad_input_raises_naming_the_argument(call, exception, match):
 
 @pytest.mark.parametrize("route", ["serial", "parallel"])
 def test_one_index_outside_the_plane_is_refused_on_either_route(monkeypatch, route):
-    """The range of max pooling's indices is found by a kernel (``index_range``), on its serial
+    """Max pooling's indices are checked by the backward's kernel as it reads them, on its serial
     twin for small arrays and in parallel above the threshold: one index outside the plane,
-    anywhere, is refused either way, and the error gives the range found."""
+    anywhere, is refused either way, and the error gives the range found (``index_range``)."""
     monkeypatch.setattr(numbaconv.config, "PARALLEL_MIN_ELEMENTS", 1 << 40 if route == "serial" else 0)
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
     y, idx = numbaconv.max_pool2d(x, 2, return_indices=True)

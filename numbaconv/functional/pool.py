@@ -56,21 +56,23 @@ def _max(x, geom, return_indices):
 
 
 def _check_indices(op, indices, geom):
-    """indices: int64 of the output's shape, each inside the input plane (windows that read no
-    input, whose output is -inf, route nothing and may hold anything); the range is found by
-    the kernels of the indices' device, in one pass."""
+    """indices: int64 of the output's shape. That each lies inside the input plane (windows that
+    read no input, whose output is -inf, route nothing and may hold anything) is checked by the
+    backward's kernel as it reads them (``_indices_outside`` words the error)."""
     if _side(indices) != CUDA and not isinstance(indices, np.ndarray):
         raise TypeError(f"{op}: indices must be a numpy.ndarray, got {type(indices).__name__}")
     if indices.dtype != np.int64:
         raise TypeError(f"{op}: indices must have dtype int64, got {indices.dtype}")
     if indices.shape != geom.out_shape:
         raise ValueError(f"{op}: indices must have the output's shape {geom.out_shape}, got {indices.shape}")
-    plane = math.prod(geom.in_size)
-    found = _pool(indices).index_range(_as5(indices, geom, geom.out_size), geom) if indices.size else None
-    if found is not None and (found[0] < 0 or found[1] >= plane):
-        raise ValueError(f"{op}: indices must lie in [0, {plane}) (flat positions in the input plane), "
-                         f"got values from {found[0]} to {found[1]}")
     return indices
+
+
+def _indices_outside(op, idx, geom):
+    """The ValueError for indices that the backward's kernel found outside the input plane."""
+    lo, hi = _pool(idx).index_range(idx, geom)
+    return ValueError(f"{op}: indices must lie in [0, {math.prod(geom.in_size)}) (flat positions in the input "
+                      f"plane), got values from {lo} to {hi}")
 
 
 def _max_backward(op, grad_out, x, geom, indices, absolute=False):
@@ -84,7 +86,8 @@ def _max_backward(op, grad_out, x, geom, indices, absolute=False):
     else:
         idx = _as5(_check_indices(op, indices, geom), geom, geom.out_size)
     gx = _empty(geom, geom.in_size, x.dtype, x)
-    pool.max_backward(_as5(grad_out, geom, geom.out_size), idx, gx, geom)
+    if not pool.max_backward(_as5(grad_out, geom, geom.out_size), idx, gx, geom):
+        raise _indices_outside(op, idx, geom)
     return _user(gx, geom)
 
 

@@ -85,14 +85,19 @@ def _max_forward(x, out, idx, first, count, step, with_indices, absolute):
 
 
 @cuda.jit
-def _max_backward(go, idx, gx, count):
-    """gx (P, plane), zeroed, += each output gradient at the position its max was read from."""
+def _max_backward(go, idx, gx, count, outside):
+    """gx (P, plane), zeroed, += each output gradient at the position its max was read from;
+    outside[0] = 1 if an index fell outside the plane (routed nowhere)."""
     OD, OH, OW = go.shape[1:]
     t = cuda.grid(1)
     if t < go.size:
         p, od, oh, ow = _unravel(t, OD, OH, OW)
         if count[0, od] != 0 and count[1, oh] != 0 and count[2, ow] != 0:
-            cuda.atomic.add(gx, (p, idx[p, od, oh, ow]), go[p, od, oh, ow])
+            j = idx[p, od, oh, ow]
+            if 0 <= j < gx.shape[1]:
+                cuda.atomic.add(gx, (p, j), go[p, od, oh, ow])
+            else:
+                outside[0] = 1
 
 
 @cuda.jit
@@ -234,12 +239,16 @@ def max_forward(x, out, idx, geom, absolute=False):
 
 
 def max_backward(go, idx, gx, geom):
-    """gx = the input gradient of max pooling, routed by the flat indices ``idx``."""
+    """gx = the input gradient of max pooling, routed by the flat indices ``idx``. Returns whether
+    every index that routes a gradient lies in the input plane (if not, gx is unspecified)."""
     g = geom.coalesced()
     _, count = _on_device(g, "windows")
     fill(_flat(gx), 0)
     go = _planes(go, g.out_size)
-    _max_backward[line(go.size)](go, _planes(idx, g.out_size), gx.reshape(go.shape[0], math.prod(g.in_size)), count)
+    outside = cuda.to_device(np.zeros(1, np.int8))
+    _max_backward[line(go.size)](go, _planes(idx, g.out_size), gx.reshape(go.shape[0], math.prod(g.in_size)), count,
+                                 outside)
+    return not outside.copy_to_host()[0]
 
 
 def index_range(idx, geom):
