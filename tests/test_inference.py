@@ -179,22 +179,27 @@ def test_compiled_model_runs_the_blocked_loops_where_they_pay(monkeypatch):
     assert packs == [(20, 5, 3, 3), (20, 20, 3, 3), (9, 7, 1, 1)]
 
 
-@pytest.mark.parametrize("x_shape, w_shape, stride, groups, max_positions, max_work, pays", [
-    ((1, 8, 7, 7), (16, 8, 3, 3), 1, 1, 49, None, True),  # 49 positions
-    ((2, 8, 7, 7), (16, 8, 3, 3), 1, 1, 49, None, False),  # 98
-    ((2, 8, 7, 7), (16, 8, 3, 3), 1, 1, 49, 2 * 49 * 16 * 8 * 9, True),  # few multiply-adds in all
-    ((2, 8, 7, 7), (16, 8, 3, 3), 1, 1, 49, 2 * 49 * 16 * 8 * 9 - 1, False),
-    ((1, 8, 7, 7), (16, 8, 1, 1), 1, 1, 49, None, False),  # 1x1 at unit stride: a GEMM on the input
-    ((1, 8, 7, 7), (16, 8, 1, 1), 2, 1, 49, None, True),  # 1x1/2
-    ((1, 8, 7, 7), (16, 4, 3, 3), 1, 2, 49, 1 << 30, False),  # groups
-    ((1, 8, 7, 7), (16, 8, 3, 3), 1, 1, None, None, False),  # no rule (AVX-512)
+@pytest.mark.parametrize("x_shape, w_shape, stride, groups, max_positions, max_work, strided, pays", [
+    ((1, 8, 7, 7), (16, 8, 3, 3), 1, 1, 49, None, None, True),  # 49 positions
+    ((2, 8, 7, 7), (16, 8, 3, 3), 1, 1, 49, None, None, False),  # 98
+    ((2, 8, 7, 7), (16, 8, 3, 3), 1, 1, 49, 2 * 49 * 16 * 8 * 9, None, True),  # few multiply-adds in all
+    ((2, 8, 7, 7), (16, 8, 3, 3), 1, 1, 49, 2 * 49 * 16 * 8 * 9 - 1, None, False),
+    ((1, 8, 7, 7), (16, 8, 1, 1), 1, 1, 49, None, None, False),  # 1x1 at unit stride: a GEMM on the input
+    ((1, 8, 7, 7), (16, 8, 1, 1), 2, 1, 49, None, None, True),  # 1x1/2
+    ((1, 8, 7, 7), (16, 4, 3, 3), 1, 2, 49, 1 << 30, None, False),  # groups
+    ((1, 8, 7, 7), (16, 8, 3, 3), 1, 1, None, None, None, False),  # no rule (AVX-512)
+    ((4, 8, 13, 13), (32, 8, 3, 3), 2, 1, None, None, 72, True),  # a stem: strided, 8 x 9 channel-taps
+    ((4, 8, 13, 13), (32, 8, 3, 3), 2, 1, None, None, 71, False),  # more channel-taps than the bound
+    ((4, 8, 13, 13), (32, 8, 3, 3), 1, 1, None, None, 72, False),  # unit stride
+    ((4, 8, 13, 13), (20, 8, 3, 3), 2, 1, None, None, 72, False),  # a block of output channels part idle
 ])
-def test_blocked_loops_rule(x_shape, w_shape, stride, groups, max_positions, max_work, pays):
+def test_blocked_loops_rule(x_shape, w_shape, stride, groups, max_positions, max_work, strided, pays):
     from numbaconv.kernels.cpu import conv_blocked
 
     x, w = np.zeros(x_shape, np.float32), np.zeros(w_shape, np.float32)
     geom = conv_geometry("conv", x, w, None, stride, w_shape[-1] // 2, 1, groups, "zeros", 2)  # 7x7 out at stride 1
-    assert conv_blocked.pays(geom, max_positions, max_work) is pays
+    assert 32 % conv_blocked.block(np.float32) == 0 and 20 % conv_blocked.block(np.float32)  # 8, 16 or 32 lanes
+    assert conv_blocked.pays(geom, np.float32, max_positions, max_work, strided) is pays
 
 
 # --------------------------------------------------------------------------- compile

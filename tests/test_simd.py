@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from numba import njit
 
 from numbaconv.kernels.cpu import _simd
-from numbaconv.kernels.cpu._simd import lanes, vfma, vload, vload_first, vsplat, vstore, vsum
+from numbaconv.kernels.cpu._simd import lanes, vactivate, vfma, vload, vload_first, vsplat, vstore, vsum
+from numbaconv.kernels.cpu._window import activate
 
 
 @njit(cache=True)
@@ -112,3 +113,29 @@ def test_vector_load_of_the_first_lanes_reads_no_further(dtype):
         x = memory[:n]
         got = _first(x, 0, n)
         assert np.array_equal(got[:n], x) and (got[n:] == 0).all(), n
+
+
+@njit(cache=True)
+def _activate_both(x, slope, lo, hi, vector, scalar):
+    """``vactivate`` over whole vectors of x into ``vector``, ``activate`` element by element into ``scalar``."""
+    V = lanes(x)
+    for i in range(0, x.shape[0] - V + 1, V):
+        vstore(vector, i, vactivate(vload(x, i), slope, lo, hi))
+    for i in range(x.shape[0]):
+        scalar[i] = activate(x[i], slope, lo, hi)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("slope, lo, hi", [(1.0, -np.inf, np.inf), (0.0, 0.0, np.inf), (0.0, 0.0, 6.0),
+                                           (0.01, -np.inf, np.inf), (1.0, -0.5, 0.25), (-2.0, -1.0, 3.0)])
+def test_vector_activation_is_the_scalar_one(dtype, slope, lo, hi):
+    """Identity, ReLU, ReLU6, leaky ReLU, a clip and an odd slope, lane by lane as the scalar
+    epilogue: bit for bit, NaN, infinities and signed zeros included."""
+    V = lanes(np.empty(1, dtype))
+    x = np.random.default_rng(0).standard_normal(8 * V).astype(dtype) * 4
+    x[:6] = [np.nan, np.inf, -np.inf, -0.0, 0.0, -np.nan]
+    vector, scalar = np.full_like(x, 7), np.full_like(x, 8)
+    _activate_both(x, dtype(slope), dtype(lo), dtype(hi), vector, scalar)
+    assert np.array_equal(vector.view(np.uint8), scalar.view(np.uint8))
+    expected = np.clip(np.where(x < 0, x * dtype(slope), x), lo, hi)  # NumPy's clip keeps NaN too
+    np.testing.assert_array_equal(scalar, expected.astype(dtype))

@@ -71,15 +71,19 @@ class Rules(NamedTuple):
     #: most this many output positions in all runs the blocked loops (``conv_blocked.pays``;
     #: None: no such rule) ...
     blocked_max_positions: int | None
-    #: ... and one of at most this many multiply-adds in all.
+    #: ... and one of at most this many multiply-adds in all ...
     blocked_max_work: int | None
+    #: ... and a strided one of at most this many input channels x taps an output, into whole
+    #: blocks of output channels, however many positions (the stems: ResNet's 7x7/2, AlexNet's
+    #: 11x11/4, MobileNet's 3x3/2).
+    blocked_strided_max_channel_taps: int | None
 
 
 #: Read off ``bench/algorithms.py`` on a 2-core AVX-512 host (Zen 4).
 AVX512_RULES = Rules(phases_max_block=1 << 19, phases_max_channels=16, small_plane_forward=False,
                      winograd_min_channel_pairs=128 * 64, winograd_large_weight=256 * 256,
                      winograd_large_weight_min_tiles=128, im2col_min_out_channels=None,
-                     blocked_max_positions=None, blocked_max_work=None)
+                     blocked_max_positions=None, blocked_max_work=None, blocked_strided_max_channel_taps=None)
 
 #: Read off ``bench/algorithms.py`` on a 2-core AVX2 host (Zen 3), also for hosts with narrower
 #: vectors. Measured, ms, direct / im2col (/ Winograd), medians of 9 rounds: forward, (1, 64,
@@ -109,7 +113,7 @@ AVX512_RULES = Rules(phases_max_block=1 << 19, phases_max_channels=16, small_pla
 AVX2_RULES = Rules(phases_max_block=3 << 14, phases_max_channels=0, small_plane_forward=True,
                    winograd_min_channel_pairs=64 * 64, winograd_large_weight=128 * 128,
                    winograd_large_weight_min_tiles=48, im2col_min_out_channels=256,
-                   blocked_max_positions=256, blocked_max_work=1 << 22)
+                   blocked_max_positions=256, blocked_max_work=1 << 22, blocked_strided_max_channel_taps=400)
 
 #: The rules for this host.
 RULES = AVX512_RULES if conv_direct.SIX_VECTORS else AVX2_RULES

@@ -10,7 +10,7 @@ keeps them in registers while every tap is added to them, one load of the input 
 per tap for four fused multiply-adds.
 
 ``Vec`` is a Numba type whose data model is an LLVM vector (``<16 x float>`` with AVX-512).
-Kernels use it through six operations, each typed on its arguments when the caller is
+Kernels use it through seven operations, each typed on its arguments when the caller is
 compiled:
 
 - ``vload(a, i)``: the vector a[i : i + lanes(a)] of a 1-D C-contiguous array (unaligned);
@@ -20,6 +20,7 @@ compiled:
 - ``vsplat(x)``: a float32 or float64 scalar in every lane;
 - ``vfma(a, b, c)``: a * b + c per lane, fused where the CPU has FMA (``llvm.fmuladd``);
 - ``vsum(v)``: the sum of v's lanes, as a scalar (pairwise: lane halves added until one is left);
+- ``vactivate(v, slope, lo, hi)``: ``_window.activate`` per lane (a kernel's epilogue);
 
 and ``lanes(a)``, the lanes of a vector of a's dtype, a compile-time constant. As with any
 array access in Numba, nothing checks bounds: callers keep i + lanes within the array.
@@ -148,6 +149,28 @@ def vfma(typingctx, a, b, c):
         name = f"llvm.fmuladd.v{vector.count}{vector.element.intrinsic_name}"
         return builder.call(_declare(builder.module, name, vector), args)
     return a(a, b, c), codegen
+
+
+@intrinsic
+def vactivate(typingctx, v, slope, lo, hi):
+    """``_window.activate`` per lane: clip(leaky(v), lo, hi) with compares and selects, NaN kept
+    (an ordered comparison with NaN is false) as in the scalar one."""
+    if not (isinstance(v, Vec) and slope == lo == hi == v.dtype):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vector = context.get_value_type(v)
+        zeros = ir.Constant(ir.VectorType(ir.IntType(32), v.lanes), [0] * v.lanes)
+
+        def splat(x):
+            first = builder.insert_element(ir.Constant(vector, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
+            return builder.shuffle_vector(first, ir.Constant(vector, ir.Undefined), zeros)
+
+        x, slope_, lo_, hi_ = args[0], splat(args[1]), splat(args[2]), splat(args[3])
+        x = builder.select(builder.fcmp_ordered("<", x, ir.Constant(vector, None)), builder.fmul(x, slope_), x)
+        x = builder.select(builder.fcmp_ordered("<", x, lo_), lo_, x)
+        return builder.select(builder.fcmp_ordered(">", x, hi_), hi_, x)
+    return v(v, slope, lo, hi), codegen
 
 
 @intrinsic

@@ -39,12 +39,23 @@ at (1, 8, 32x32) -> 8 (590 thousand) 74 / 72. Past 4 million, where a task's few
 taps leave its loops short and a block's lanes idle, they lose: LeNet's c1 at batch 64 (7.5
 million) 570 / 875, the MobileNet stem at batch 8 (10.8 million) 575 / 816, (64, 3, 32x32) ->
 8, 3x3 (14 million) 369 / 900; the bound forgoes LeNet's c2 at batch 64 (15 million, 477 /
-395).
+395). (Those figures predate the epilogue in registers, below.)
+
+The stems are the third case (``Rules.blocked_strided_max_channel_taps``): strided, few
+channels x taps an output, whole blocks of output channels, however many positions. With the
+bias and activation applied in registers (they had taken 30% of the stem's time, applied one
+sum at a time), through ``inference.ops.conv``, ms, packed / the rules' choice, minima of
+bursts taking turns: ResNet's stem (1, 3, 224x224) -> 64, 7x7/2 1.65 / 1.99, at batch 8 13.3 /
+14.1; AlexNet's (1, 3, 227x227) -> 96, 11x11/4 1.22 / 1.62, at batch 8 10.1 / 12.7; the
+MobileNet stem at batch 8 0.39 / 0.47. Not at unit stride, where the direct loops stream whole
+rows: VGG's (1, 3, 224x224) -> 64, 3x3 2.34 / 1.40; nor into part of a block: LeNet's c1 at
+batch 64 (6 channels of 16 lanes) 0.39 / 0.29, (64, 3, 32x32) -> 8, 3x3 0.66 / 0.39.
 
 The input is copied once, zero-padded, into a per-thread scratch (every tap of every output
-position then reads inside it); the bias, a residual and the activation are applied as the
-sums are written out. A forward pass with one group only, which the inference graph runs
-(``inference/ops.py``); it is not one of the algorithms a convolution call names.
+position then reads inside it). The sums start from the bias; the activation is applied to
+them in registers, but where a residual is added first, one sum at a time as they are written
+out. A forward pass with one group only, which the inference graph runs (``inference/ops.py``);
+it is not one of the algorithms a convolution call names.
 """
 
 import functools
@@ -53,8 +64,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._simd import lanes, vfma, vload, vsplat, vstore
-from ._window import IDENTITY, U, activate, parallel_kernel, scratch_array
+from ._simd import lanes, vactivate, vfma, vload, vsplat, vstore
+from ._window import IDENTITY, U, activate, is_identity, parallel_kernel, scratch_array
 
 #: Output positions a task sums at once: 6 x 2 vectors of sums, 2 weight vectors and the
 #: broadcast input fill 15 of AVX2's 16 vector registers.
@@ -88,17 +99,23 @@ def unpack(wp, shape):
     return np.ascontiguousarray(wp.transpose(0, 2, 1).reshape(blocks * KB, ct)[:K]).reshape(shape)
 
 
-def pays(geom, max_positions, max_work=None):
+def pays(geom, dtype, max_positions, max_work=None, strided_max_channel_taps=None):
     """Whether an inference graph runs these loops with its packed weight (see the module's
     figures): one group, not a 1x1 kernel at unit stride (which im2col runs as one GEMM on the
-    input itself), and at most ``max_positions`` output positions over the batch or at most
-    ``max_work`` multiply-adds in all (either None: no such bound)."""
-    if geom.groups != 1 or (math.prod(geom.kernel) == 1 and geom.stride == (1, 1, 1)):
+    input itself), and at most ``max_positions`` output positions over the batch, or at most
+    ``max_work`` multiply-adds in all, or a stride past 1 with at most
+    ``strided_max_channel_taps`` input channels x taps an output into whole blocks of output
+    channels (each bound None: no such rule)."""
+    taps = math.prod(geom.kernel)
+    if geom.groups != 1 or (taps == 1 and geom.stride == (1, 1, 1)):
         return False
     positions = geom.batch * math.prod(geom.out_size)
     if max_positions is not None and positions <= max_positions:
         return True
-    work = positions * geom.out_channels * geom.in_channels * math.prod(geom.kernel)
+    if (strided_max_channel_taps is not None and max(geom.stride) > 1
+            and geom.in_channels * taps <= strided_max_channel_taps and geom.out_channels % block(dtype) == 0):
+        return True
+    work = positions * geom.out_channels * geom.in_channels * taps
     return max_work is not None and work <= max_work
 
 
@@ -114,11 +131,13 @@ def forward(x, wp, b, out, geom, epilogue=IDENTITY, residual=None):
         xp = scratch_array("blocked", (N, x.shape[1], *padded), x.dtype)
         xp.fill(0)
         xp[(..., *(slice(p, p + n) for p, n in zip(geom.padding, geom.in_size)))] = x
-    b = np.zeros(K, dtype=out.dtype) if b is None else b
+    bias = np.zeros(wp.shape[0] * wp.shape[2], dtype=out.dtype)  # whole blocks: the sums start from it
+    if b is not None:
+        bias[:K] = b
     r = np.empty((0, 0, 0), out.dtype) if residual is None else np.ascontiguousarray(residual).reshape(N, K, -1)
     slope, lo, hi = (out.dtype.type(v) for v in epilogue)
-    _forward(xp.reshape(N, x.shape[1], -1), wp, b, r, out.reshape(N, K, -1), offsets, geom.out_size, steps, slope, lo,
-             hi)
+    _forward(xp.reshape(N, x.shape[1], -1), wp, bias, r, out.reshape(N, K, -1), offsets, geom.out_size, steps, slope,
+             lo, hi)
 
 
 @functools.lru_cache(maxsize=256)
@@ -141,8 +160,8 @@ RUNS = 16
 
 
 @parallel_kernel
-def _forward(xp, wp, b, residual, out, offsets, out_size, steps, slope, lo, hi):
-    """out[n, k, q] = activate(b[k] + residual[n, k, q] + the sum over c, t of w[k, c, t] *
+def _forward(xp, wp, bias, residual, out, offsets, out_size, steps, slope, lo, hi):
+    """out[n, k, q] = activate(bias[k] + residual[n, k, q] + the sum over c, t of w[k, c, t] *
     xp[n].flat[base(q) + offsets[c * T + t]]), base(q) = od * steps[0] + oh * steps[1] + ow * steps[2] for
     output position q = (od, oh, ow). A task: one sample, one block of output channels, up to
     ``RUNS`` runs of ``POSITIONS`` consecutive positions (a last run short of positions repeats
@@ -154,8 +173,9 @@ def _forward(xp, wp, b, residual, out, offsets, out_size, steps, slope, lo, hi):
     OD, OH, OW = out_size
     per_task = RUNS * POSITIONS
     spans = (P + per_task - 1) // per_task
-    xf, wf = xp.reshape(-1), wp.reshape(-1)
+    xf, wf, outf = xp.reshape(-1), wp.reshape(-1), out.reshape(-1)
     with_residual = residual.size > 0
+    in_registers = not with_residual and not is_identity(slope, lo, hi)  # activated before the sums leave them
     for task in prange(N * NB * spans):
         n, kb, q = task // (NB * spans), (task // spans) % NB, (task % spans) * per_task
         q_end = min(P, q + per_task)
@@ -175,28 +195,33 @@ def _forward(xp, wp, b, residual, out, offsets, out_size, steps, slope, lo, hi):
                 else:
                     base[i] = base[m - 1]
             q += m
-            _run(xf, wf, kb * CT * KB, offsets, base, sums, V, KB)
+            _run(xf, wf, kb * CT * KB, offsets, base, sums, V, KB, bias, kb * KB, in_registers, slope, lo, hi)
+            # the sums leave as they are, but for a residual (added, then activated, one by one):
+            # the bias and activation one by one here took 30% of ResNet's stem (147 sums a run)
+            row = (n * K + kb * KB) * P + q0
             for j in range(min(KB, K - kb * KB)):
-                k = kb * KB + j
-                for i in range(m):
-                    v = sums[i * KB + j] + b[k]
-                    if with_residual:
-                        v += residual[n, k, q0 + i]
-                    out[n, k, q0 + i] = activate(v, slope, lo, hi)
+                if with_residual:
+                    for i in range(m):
+                        v = sums[i * KB + j] + residual[n, kb * KB + j, q0 + i]
+                        outf[row + j * P + i] = activate(v, slope, lo, hi)
+                else:
+                    for i in range(m):
+                        outf[row + j * P + i] = sums[i * KB + j]
 
 
 @njit(inline="always", cache=True)
-def _run(xf, wf, wi, offsets, base, sums, V, KB):
-    """sums[i * KB + j] = the sum over channels and taps e = c * T + t of the packed weight's
-    wf[wi + e * KB + j] * xf[base[i] + offsets[e]], for the ``POSITIONS`` positions of ``base``:
-    their sums in twelve vector registers throughout. One loop over channels and taps: a loop
+def _run(xf, wf, wi, offsets, base, sums, V, KB, bias, bi, activated, slope, lo, hi):
+    """sums[i * KB + j] = bias[bi + j] + the sum over channels and taps e = c * T + t of the
+    packed weight's wf[wi + e * KB + j] * xf[base[i] + offsets[e]], for the ``POSITIONS``
+    positions of ``base``, then ``activate``d if ``activated``: the sums in twelve vector
+    registers throughout. One loop over channels and taps: a loop
     over taps inside one over channels spent a tenth of its time between the two (the taps' odd
     count left a remainder after LLVM's unrolling by two, and the outer loop's values went to
     the stack)."""
     p0, p1, p2, p3, p4, p5 = base[0], base[1], base[2], base[3], base[4], base[5]
-    z = vsplat(sums.dtype.type(0))
-    a0, a1, a2, a3, a4, a5 = z, z, z, z, z, z
-    c0, c1, c2, c3, c4, c5 = z, z, z, z, z, z
+    low, high = vload(bias, bi), vload(bias, bi + V)
+    a0, a1, a2, a3, a4, a5 = low, low, low, low, low, low
+    c0, c1, c2, c3, c4, c5 = high, high, high, high, high, high
     for e in range(offsets.shape[0]):
         s = offsets[U(e)]
         w0, w1 = vload(wf, wi), vload(wf, wi + V)
@@ -214,5 +239,7 @@ def _run(xf, wf, wi, offsets, base, sums, V, KB):
         v = vsplat(xf[U(p5 + s)])
         a5, c5 = vfma(w0, v, a5), vfma(w1, v, c5)
     for i, (low, high) in enumerate(((a0, c0), (a1, c1), (a2, c2), (a3, c3), (a4, c4), (a5, c5))):
+        if activated:
+            low, high = vactivate(low, slope, lo, hi), vactivate(high, slope, lo, hi)
         vstore(sums, i * KB, low)
         vstore(sums, i * KB + V, high)
