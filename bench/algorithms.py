@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 from numbaconv._geometry import conv_geometry  # noqa: E402
 from numbaconv.benchmark.shapes import suite  # noqa: E402
 from numbaconv.functional.conv import choose_algorithm  # noqa: E402
-from numbaconv.kernels.cpu import ALGORITHMS, candidates  # noqa: E402
+from numbaconv.kernels.cpu import ALL_ALGORITHMS, candidates  # noqa: E402
 
 SHAPES = {name.removeprefix("rules-"): shape for name, shape in suite("rules").items()}
 DIRECTIONS = ("forward", "grad_input", "grad_weight")
@@ -70,12 +70,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args(argv)
-    names = " / ".join(ALGORITHMS)
+    names = " / ".join(ALL_ALGORITHMS)
     print("| shape | C/g | K/g | " + " | ".join(f"{d} {names} ms | auto" for d in DIRECTIONS) + " |")
     print("|---|--:|--:|" + "--:|:-:|" * len(DIRECTIONS))
     misses = 0
     for name, shape in SHAPES.items():
-        calls = {a: _calls(shape, a) for a in ALGORITHMS}
+        calls = {a: _calls(shape, a) for a in ALL_ALGORITHMS}
         geom = calls["direct"][1]
         cells = []
         for d in DIRECTIONS:
@@ -85,7 +85,7 @@ def main(argv=None):
             slower = times[auto] / times[best]
             mark = auto if auto == best else f"{auto} (x{slower:.2f})"
             misses += auto != best and slower > 1.25
-            cells.append(" / ".join(f"{times[a]:.2f}" if a in times else "-" for a in ALGORITHMS) + f" | {mark}")
+            cells.append(" / ".join(f"{times[a]:.2f}" if a in times else "-" for a in ALL_ALGORITHMS) + f" | {mark}")
         C, K, G = geom.in_channels, geom.out_channels, geom.groups
         print(f"| {name} | {C // G} | {K // G} | " + " | ".join(cells) + " |", flush=True)
     print(f"\nauto slower than the best algorithm by more than 1.25x: {misses} cases")

@@ -244,7 +244,7 @@ def test_bad_options_are_refused_before_anything_runs(capsys):
     assert main(["bench", "--device", "tpu"]) == 2
     assert "--device must be cpu or cuda, got 'tpu'" in capsys.readouterr().err
     assert main(["bench", "--algorithms", "direct,fft"]) == 2
-    assert "--algorithms must be a comma-separated selection of auto, tune, direct, im2col, winograd, got 'direct,fft'" \
+    assert "--algorithms must be a comma-separated selection of auto, tune, direct, im2col, winograd, blocked, got 'direct,fft'" \
         in capsys.readouterr().err
     assert main(["bench", "--directions", "sideways"]) == 2
     assert "--directions must be" in capsys.readouterr().err
@@ -323,8 +323,10 @@ def test_tune_returns_what_the_chosen_algorithm_returns(fresh_autotune, rng, op,
     x, w = rng.standard_normal(xs), rng.standard_normal(ws)  # float64: a tight comparison with naive
     y = getattr(numbaconv, op)(x, w, algorithm="tune", **kw)
     (key, entry), = _entries("forward").items()
-    # Winograd's tiles are a candidate for the 3x3 convolution at unit stride and one group only
+    # Winograd's tiles are a candidate for the 3x3 convolution at unit stride and one group only,
+    # the blocked loops for one group
     expected = {"direct", "im2col"} | ({"winograd"} if op == "conv2d" and kw == dict(padding=1) else set())
+    expected |= {"blocked"} if kw.get("groups", 1) == 1 else set()
     assert key[2] == "float64" and set(entry["ms"]) == expected and entry["hits"] == 0
     np.testing.assert_array_equal(y, getattr(numbaconv, op)(x, w, algorithm=entry["algorithm"], **kw))
     assert_close(y, naive.conv(x, w, **kw))
@@ -412,7 +414,7 @@ def test_set_autotune_refuses_non_bool(value):
 
 def test_unknown_algorithm_names_the_choices(rng):
     x, w = rng.standard_normal((1, 1, 4, 4)), rng.standard_normal((1, 1, 3, 3))
-    with pytest.raises(ValueError, match=r"algorithm must be one of 'auto', 'tune', 'direct', 'im2col', 'winograd', got 'tuned'"):
+    with pytest.raises(ValueError, match=r"algorithm must be one of 'auto', 'tune', 'direct', 'im2col', 'winograd', 'blocked', got 'tuned'"):
         numbaconv.conv2d(x, w, algorithm="tuned")
 
 

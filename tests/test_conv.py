@@ -1058,12 +1058,17 @@ def test_auto_rule(monkeypatch, isa, c_in, c_out, groups, stride, direction, exp
         ((1, 96, 27, 27), 256, 5, 1, 2, {"avx512": "direct", "avx2": ("im2col", "im2col", "direct")}),  # AlexNet's
         # c2: with AVX2, into 256 channels a GEMM beats the loops
         ((1, 96, 27, 27), 128, 5, 1, 2, "direct"),  # ... not into 128
-        ((1, 3, 224, 224), 64, 7, 2, 3, {"avx512": "direct", "avx2": ("direct", "im2col", "im2col")}),  # ResNet's
-        # stem, on 4 phases under 4x4 taps; with AVX2 its gradients not
-        ((1, 3, 227, 227), 64, 11, 4, 2, {"avx512": "direct", "avx2": "im2col"}),  # AlexNet's, on 16 phases
-        # under 3x3 (with AVX2, blocks of 156,000 too large)
-        ((64, 6, 28, 28), 16, 5, 2, 2, {"avx512": "direct", "avx2": "im2col"}),  # 4 phases under 3x3: 36/25 of
-        # the work (with AVX2, blocks of 98,304 too large)
+        ((1, 3, 224, 224), 64, 7, 2, 3, {"avx512": "direct", "avx2": ("blocked", "im2col", "im2col")}),  # ResNet's
+        # stem, on 4 phases under 4x4 taps; with AVX2 its forward pass on the blocked loops (147 channel-taps
+        # into 4 blocks of 16 channels), its gradients not on the phases
+        ((1, 3, 227, 227), 64, 11, 4, 2, {"avx512": "direct", "avx2": ("blocked", "im2col", "im2col")}),  # AlexNet's,
+        # on 16 phases under 3x3 (with AVX2: the blocked loops, 363 channel-taps)
+        ((1, 3, 227, 227), 40, 11, 4, 2, {"avx512": "direct", "avx2": "im2col"}),  # ... into 40 channels, not
+        # whole blocks (and phase blocks of 156,000 too large)
+        ((64, 6, 28, 28), 16, 5, 2, 2, {"avx512": "direct", "avx2": ("blocked", "im2col", "im2col")}),  # 4 phases
+        # under 3x3: 36/25 of the work; with AVX2 the blocked loops (150 channel-taps)
+        ((64, 24, 28, 28), 16, 5, 2, 2, {"avx512": ("direct", "im2col", "im2col"), "avx2": "im2col"}),  # 600
+        # channel-taps: not the blocked loops (with AVX2, blocks of phases too large); gradients of 24 channels
         ((8, 32, 28, 28), 64, 5, 2, 2, {"avx512": ("direct", "im2col", "im2col"), "avx2": "im2col"}),  # ... but its gradients
         # not with 32 input channels
         ((1, 64, 56, 56), 128, 3, 2, 1, {"avx512": ("direct", "im2col", "im2col"), "avx2": "im2col"}),  # a 3x3 at stride 2:
@@ -1341,19 +1346,42 @@ def test_winograd_refuses_what_it_cannot_run(kwargs, what):
                                   padding=3, algorithm="winograd")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_blocked_algorithm_runs_forward_passes_of_one_group(dtype):
+    """algorithm="blocked" (the loops with vectors along the output channels, the weight packed on
+    each call) gives the forward pass of 1-D to 3-D convolutions, with stride, dilation, padding
+    and a bias; it refuses the gradients and grouped convolutions by name, before any kernel."""
+    rng = np.random.default_rng(5)
+    for ndim, kw in ((1, dict(stride=2, padding=1, dilation=2)), (2, dict(stride=2, padding=3)), (3, dict(padding=1))):
+        x = rng.standard_normal((2, 3, *(9,) * ndim)).astype(dtype)
+        w = rng.standard_normal((18, 3, *(3,) * ndim)).astype(dtype)  # 18 channels: a block and part of one
+        b = rng.standard_normal(18).astype(dtype)
+        conv = getattr(numbaconv, f"conv{ndim}d")
+        assert_close(conv(x, w, b, algorithm="blocked", **kw), naive.conv(x, w, b, **kw), what=f"conv{ndim}d")
+    go = np.ones_like(conv(x, w, algorithm="blocked", **kw))
+    with pytest.raises(ValueError, match="algorithm 'blocked' runs forward passes.*input gradient"):
+        numbaconv.conv3d_backward(go, x, w, algorithm="blocked", **kw)
+    with pytest.raises(ValueError, match="algorithm 'blocked' runs forward passes.*groups 3"):
+        numbaconv.conv2d(rng.standard_normal((1, 6, 5, 5)), rng.standard_normal((6, 2, 3, 3)), groups=3,
+                         algorithm="blocked")
+
+
 def test_autotune_times_winograd_only_where_it_runs(monkeypatch):
     """The autotune mode's candidates: Winograd's tiles for the forward pass and input gradient of
-    a 3x3 stride-1 convolution, never its weight gradient (im2col's) nor a strided one."""
+    a 3x3 stride-1 convolution, never its weight gradient (im2col's) nor a strided one; the
+    blocked loops for forward passes with one group."""
     from numbaconv._geometry import conv_geometry
     from numbaconv.kernels.cpu import candidates
 
     x, w = np.zeros((2, 4, 9, 9), np.float32), np.zeros((4, 4, 3, 3), np.float32)
     plain = conv_geometry("conv2d", x, w, None, 1, 1, 1, 1, "zeros", 2)
     strided = conv_geometry("conv2d", x, w, None, 2, 1, 1, 1, "zeros", 2)
-    assert list(candidates(plain, "forward")) == ["direct", "im2col", "winograd"]
+    grouped = conv_geometry("conv2d", x, w[:, :2], None, 2, 1, 1, 2, "zeros", 2)
+    assert list(candidates(plain, "forward")) == ["direct", "im2col", "winograd", "blocked"]
     assert list(candidates(plain, "grad_input")) == ["direct", "im2col", "winograd"]
     assert list(candidates(plain, "grad_weight")) == ["direct", "im2col"]
-    assert list(candidates(strided, "forward")) == ["direct", "im2col"]
+    assert list(candidates(strided, "forward")) == ["direct", "im2col", "blocked"]
+    assert list(candidates(grouped, "forward")) == ["direct", "im2col"]  # the blocked loops: one group
     numbaconv.clear_autotune_cache()
     rng = np.random.default_rng(3)
     for stride in (1, 2):

@@ -22,7 +22,7 @@ import numbaconv as nc
 from conftest import assert_close, tile_scale
 from numbaconv import models, nn
 from numbaconv._geometry import conv_geometry
-from numbaconv.kernels.cpu import ALGORITHMS, candidates
+from numbaconv.kernels.cpu import ALL_ALGORITHMS, candidates
 from numbaconv.kernels.cpu.conv_direct import IDENTITY
 
 EPILOGUES = {"identity": IDENTITY, "relu": (1.0, 0.0, np.inf), "relu6": (1.0, 0.0, 6.0),
@@ -61,7 +61,7 @@ def test_conv_epilogue_matches_naive(data):
     out = np.empty((2, c_out, *geom.out_size), dtype)
     r = rng.standard_normal(out.shape).astype(dtype) if with_residual else None
     x5, w5 = x.reshape(2, c_in, *geom.in_size), w.reshape(*w.shape[:2], *geom.kernel)
-    ALGORITHMS[algorithm].forward(x5, w5, b, out, geom, 1 << 20, EPILOGUES[name], r)
+    ALL_ALGORITHMS[algorithm].forward(x5, w5, b, out, geom, 1 << 20, EPILOGUES[name], r)
     shape = (2, c_out, *geom.spatial(geom.out_size))
     got = out.reshape(shape)
     y = naive.conv(x, w, b, stride, padding, 1, groups)
@@ -75,11 +75,11 @@ def test_conv_epilogue_matches_naive(data):
 
 
 @pytest.mark.parametrize("algorithm, stride", [("direct", 1), ("direct", 2), ("im2col", 1), ("im2col", 2),
-                                               ("winograd", 1)])
+                                               ("winograd", 1), ("blocked", 1), ("blocked", 2)])
 def test_conv_epilogue_keeps_nan_and_inf(algorithm, stride):
     """x and -x through a kernel that copies each input: 1x1, or for Winograd's tiles (3x3 only)
     a 3x3 with its centre tap one and padding 1 (whose zero taps give NaN to the neighbours of
-    NaN and inf, as in the reference)."""
+    NaN and inf, as in the reference). The blocked loops activate in vector registers."""
     x = np.ones((1, 1, 1, 5, 5), np.float32)
     x[0, 0, 0, 0, 0] = np.nan
     x[0, 0, 0, 4, 4] = np.inf
@@ -88,7 +88,7 @@ def test_conv_epilogue_keeps_nan_and_inf(algorithm, stride):
     w[0, 0, 0, k // 2, k // 2], w[1, 0, 0, k // 2, k // 2] = 1, -1
     geom = conv_geometry("conv", x, w, None, stride, (0, k // 2, k // 2), 1, 1, "zeros", 3)
     out = np.empty((1, 2, *geom.out_size), np.float32)
-    ALGORITHMS[algorithm].forward(x, w, None, out, geom, 1 << 20, EPILOGUES["relu6"])
+    ALL_ALGORITHMS[algorithm].forward(x, w, None, out, geom, 1 << 20, EPILOGUES["relu6"])
     with np.errstate(invalid="ignore"):  # the 3x3 kernel's zero taps times NaN and inf: NaN
         ref = _activate(naive.conv(x, w, None, stride, (0, k // 2, k // 2)), EPILOGUES["relu6"])
     np.testing.assert_array_equal(out, ref)  # NaN stays NaN, inf clips to 6, -inf to 0

@@ -18,12 +18,12 @@ from .._geometry import (
     check_choice, check_grad_out, check_needs, conv_geometry, conv_transpose_geometry,
 )
 from .._padding import pad, pad_adjoint
-from ..kernels.cpu import ALGORITHMS, candidates, conv_direct, conv_winograd
+from ..kernels.cpu import ALL_ALGORITHMS, candidates, conv_blocked, conv_direct, conv_winograd
 from ._autotune import tuned
 
 #: "auto": the rules of ``choose_algorithm`` (or, in autotune mode, "tune"); "tune": time the
 #: candidates on the first call of each shape and keep the fastest (``_autotune``); or a kernel.
-ALGORITHM_CHOICES = ("auto", "tune", *ALGORITHMS)
+ALGORITHM_CHOICES = ("auto", "tune", *ALL_ALGORITHMS)
 
 
 #: The input gradient of fewer input channels a group than the direct loops sum at once
@@ -169,6 +169,11 @@ def choose_algorithm(geom, direction="forward"):
       threads, which spin after each GEMM where PyTorch was imported first (``numbaconv
       bench``, AlexNet's (1, 192, 13x13) -> 384, backward: 5.6 ms mixed, 3.9 im2col).
     - stride 1 otherwise: direct, every direction.
+    - a larger stride and a kernel wider than 1x1, forward, with AVX2, a stem (at most
+      ``Rules.blocked_strided_max_channel_taps`` input channels x taps an output, one group,
+      whole blocks of output channels): the blocked loops (``conv_blocked``, vectors along the
+      output channels), the weight packed on each call (ResNet's stem 1.65 ms against 1.99 on
+      the phases, AlexNet's 11x11/4 1.22 against im2col's 1.62).
     - a larger stride and a kernel wider than 1x1, forward: direct on the input's stride phases
       (``conv_direct.phases``: each phase a channel of its own under the taps that land on it,
       the weight read in place, so the loops do the convolution's own multiply-adds) within
@@ -197,6 +202,9 @@ def choose_algorithm(geom, direction="forward"):
     if geom.stride != (1, 1, 1):
         if taps == 1:
             return "im2col"
+        if direction == "forward" and conv_blocked.pays(geom, np.float32, None, None,
+                                                        RULES.blocked_strided_max_channel_taps):
+            return "blocked"
         plan = conv_direct.phases(geom)
         if direction == "forward":
             positions = min(conv_direct.STACK_BLOCK, geom.batch * math.prod(plan.geom.in_size))
@@ -226,7 +234,7 @@ def _kernel(op, algorithm, geom, direction):
     if algorithm == "tune" or (algorithm == "auto" and config.AUTOTUNE):
         return tuned(geom, direction, candidates(geom, direction), choose_algorithm(geom, direction))
     name = choose_algorithm(geom, direction) if algorithm == "auto" else algorithm
-    return getattr(ALGORITHMS[name], direction)
+    return getattr(ALL_ALGORITHMS[name], direction)
 
 
 def _as5(f, a, channels, size):

@@ -23,7 +23,7 @@ from .. import config
 from .. import functional as F
 from .._geometry import check_array, conv_geometry
 from ..functional.conv import RULES, choose_algorithm
-from ..kernels.cpu import ALGORITHMS, conv_blocked
+from ..kernels.cpu import ALL_ALGORITHMS, conv_blocked
 from ..kernels.cpu import elementwise
 from ..kernels.cpu import gemm as gemms
 from ..kernels.cpu._window import IDENTITY
@@ -143,7 +143,7 @@ def _conv_plan(op, x, w, b, attributes, packable):
         geom = conv_geometry(op, padded, w, b, strides_, begin, dilations_, group, "zeros", n)
         blocked = packable and conv_blocked.pays(geom, x.dtype, RULES.blocked_max_positions, RULES.blocked_max_work,
                                                  RULES.blocked_strided_max_channel_taps)
-        return geom, ALGORITHMS[choose_algorithm(geom, "forward")].forward, blocked, explicit
+        return geom, ALL_ALGORITHMS[choose_algorithm(geom, "forward")].forward, blocked, explicit
 
     return _cached(_CONV_PLANS, (_shape(x), _shape(w), None if b is None else _shape(b), attributes, packable), make)
 

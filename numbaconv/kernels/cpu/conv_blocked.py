@@ -99,15 +99,23 @@ def unpack(wp, shape):
     return np.ascontiguousarray(wp.transpose(0, 2, 1).reshape(blocks * KB, ct)[:K]).reshape(shape)
 
 
+def applies(geom, direction):
+    """Whether these loops are a candidate for ``direction`` of this convolution: a forward pass
+    with one group, not a 1x1 kernel at unit stride (which im2col runs as one GEMM on the input
+    itself)."""
+    return direction == "forward" and geom.groups == 1 and not (math.prod(geom.kernel) == 1
+                                                                and geom.stride == (1, 1, 1))
+
+
 def pays(geom, dtype, max_positions, max_work=None, strided_max_channel_taps=None):
     """Whether an inference graph runs these loops with its packed weight (see the module's
-    figures): one group, not a 1x1 kernel at unit stride (which im2col runs as one GEMM on the
-    input itself), and at most ``max_positions`` output positions over the batch, or at most
-    ``max_work`` multiply-adds in all, or a stride past 1 with at most
+    figures): where they apply, at most ``max_positions`` output positions over the batch, or at
+    most ``max_work`` multiply-adds in all, or a stride past 1 with at most
     ``strided_max_channel_taps`` input channels x taps an output into whole blocks of output
-    channels (each bound None: no such rule)."""
+    channels (each bound None: no such rule). The last rule's weights are small enough to pack
+    on every call, so "auto" takes it outside a graph too (``functional.conv.choose_algorithm``)."""
     taps = math.prod(geom.kernel)
-    if geom.groups != 1 or (taps == 1 and geom.stride == (1, 1, 1)):
+    if not applies(geom, "forward"):
         return False
     positions = geom.batch * math.prod(geom.out_size)
     if max_positions is not None and positions <= max_positions:
@@ -117,6 +125,38 @@ def pays(geom, dtype, max_positions, max_work=None, strided_max_channel_taps=Non
         return True
     work = positions * geom.out_channels * geom.in_channels * taps
     return max_work is not None and work <= max_work
+
+
+class _PackingEachCall:
+    """These loops as the algorithm "blocked" (``kernels.cpu.ALL_ALGORITHMS``), with the other
+    algorithms' signatures, the weight packed on every call: "auto"'s forward pass where its rule
+    sends a stem here (a few thousand weights: microseconds to pack), a candidate of the
+    autotune mode, or named. Forward passes with one group only."""
+
+    @staticmethod
+    def forward(x, w, b, out, geom, workspace, epilogue=IDENTITY, residual=None):
+        _require(geom, "forward")
+        forward(x, pack(w), b, out, geom, epilogue, residual)
+
+    @staticmethod
+    def grad_input(go, w, gx, geom, workspace):
+        _require(geom, "grad_input")
+
+    @staticmethod
+    def grad_weight(go, x, gw, geom, workspace):
+        _require(geom, "grad_weight")
+
+
+def _require(geom, direction):
+    if direction != "forward":
+        what = {"grad_input": "input gradient", "grad_weight": "weight gradient"}[direction]
+        raise ValueError(f"algorithm 'blocked' runs forward passes of convolutions with one group, not the {what}; "
+                         "choose 'auto', 'direct', 'im2col' or 'winograd' for a backward pass")
+    if geom.groups != 1:
+        raise ValueError(f"algorithm 'blocked' runs forward passes of convolutions with one group, got groups {geom.groups}")
+
+
+PACKING_EACH_CALL = _PackingEachCall()
 
 
 def forward(x, wp, b, out, geom, epilogue=IDENTITY, residual=None):
