@@ -32,7 +32,8 @@ def add_arguments(p):
     p.add_argument("--suite", default="all", help=f"shape set: {', '.join(SUITES)} (default all)")
     p.add_argument("--quick", action="store_true", help="3 timed rounds per case instead of about a second")
     p.add_argument("--algorithms", default="direct,im2col,auto",
-                   help="comma-separated: direct, im2col, winograd, auto, tune (default direct,im2col,auto)")
+                   help="comma-separated: direct, im2col, winograd, blocked (forward only), auto, tune "
+                        "(default direct,im2col,auto)")
     p.add_argument("--directions", default="forward,backward", help="forward, backward or both (default)")
     p.add_argument("--json", metavar="FILE", help="write the machine, the rows and the summary as JSON")
     p.add_argument("--plot", metavar="FILE", help="write a PNG of time / PyTorch's per shape (needs matplotlib)")
