@@ -90,7 +90,10 @@ def place(op, **arrays):
     arrays and PyTorch CUDA tensors too) as numba device arrays, without a copy, with a
     ValueError naming any that is not C-contiguous (``kernels.cuda._launch.device_arrays``).
     Every public op starts with this one call."""
-    if all(isinstance(a, np.ndarray) or a is None for a in arrays.values()):
+    for a in arrays.values():  # a loop, not all() over a generator: 0.4 of 0.9 us, on every op's call
+        if a is not None and not isinstance(a, np.ndarray):
+            break
+    else:
         return CPU, tuple(arrays.values())  # the common case, without building a placement
     where = placement(op, **arrays)
     if where != CUDA:
