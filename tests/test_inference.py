@@ -328,6 +328,25 @@ def test_batch_norm_folds_into_the_convolution():
     np.testing.assert_allclose(compiled(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+def test_activations_fuse_into_linear_layers():
+    """A ReLU or leaky ReLU after a Linear is applied to its result in place (a node less); one
+    whose input another node reads too stays a node. The results are the model's own."""
+    nc.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 9), nn.ReLU(), nn.Linear(9, 7), nn.LeakyReLU(0.2), nn.Linear(7, 5))
+    compiled = nc.compile(model, (3, 4))
+    assert [n.op for n in compiled.graph.nodes] == ["Flatten", "Linear", "Linear", "Linear"]
+    assert [n.attrs.get("epilogue") for n in compiled.graph.nodes[1:]] == [(1.0, 0.0, np.inf), (0.2, -np.inf, np.inf),
+                                                                           None]
+    x = np.random.default_rng(0).standard_normal((6, 3, 4)).astype(np.float32) * 3
+    assert_close(compiled(x), model(x))
+    shared = nn.Sequential(nn.Linear(5, 5), nn.Residual(nn.ReLU()))  # relu(y) + y: y read twice
+    compiled = nc.compile(shared, (5,))
+    y = np.random.default_rng(1).standard_normal((4, 5)).astype(np.float32)
+    assert [n.op for n in compiled.graph.nodes] == ["Linear", "Relu", "Add"]
+    assert "epilogue" not in compiled.graph.nodes[0].attrs
+    assert_close(compiled(y), shared(y))
+
+
 def test_resnet18_graph_after_rewrites():
     """20 convolutions, each with its batch norm folded in; the 9 before a ReLU with it fused, the
     8 before a residual addition with the addition and the ReLU after it fused; then a pool, a

@@ -9,14 +9,15 @@ In order:
    s = scale / sqrt(var + eps), ``W' = W * s`` per output channel and ``b' = (b - mean) * s + bias``
    (computed in float64);
 4. an Add of a convolution's output and another value (a residual block's shortcut) becomes the
-   convolution's residual input, and then a ReLU, ReLU6 / Clip with constant bounds, or leaky
-   ReLU after a convolution becomes its epilogue: the kernel adds the bias and the residual and
-   applies the activation in one pass;
+   convolution's residual input;
 5. weights are laid out once as the kernels read them: convolution weights C-contiguous, a
    Gemm with constant B and C becomes a Linear whose weight already holds alpha and B's
-   transposition, and whose bias holds beta * C.
+   transposition, and whose bias holds beta * C;
+6. a ReLU, ReLU6 / Clip with constant bounds, or leaky ReLU after a convolution becomes its
+   epilogue (the kernel adds the bias and the residual and applies the activation in one pass),
+   and after a Linear, one applied in place to its result (a node less).
 
-A rewrite that merges a node into the one before it (3, 4) happens only when the first node's
+A rewrite that merges a node into the one before it (3, 4, 6) happens only when the first node's
 output is read by that node alone and is not an output of the graph; the merged node then
 produces the second one's output name, so the graph's outputs keep their names.
 """
@@ -32,8 +33,8 @@ def optimize(graph):
     remove_identities(graph)
     fold_batch_norm(graph)
     fuse_residuals(graph)
-    fuse_activations(graph)
     pack_weights(graph)
+    fuse_activations(graph)
     return graph
 
 
@@ -183,7 +184,7 @@ def fuse_activations(graph):
         conv.attrs["epilogue"] = epilogue
         return True
 
-    _merge_pairs(graph, {"Conv"}, {"Relu", "LeakyRelu", "Clip"}, merge)
+    _merge_pairs(graph, {"Conv", "Linear"}, {"Relu", "LeakyRelu", "Clip"}, merge)
 
 
 def pack_weights(graph):
