@@ -54,8 +54,9 @@ batch 64 (6 channels of 16 lanes) 0.39 / 0.29, (64, 3, 32x32) -> 8, 3x3 0.66 / 0
 The input is copied once, zero-padded, into a per-thread scratch (every tap of every output
 position then reads inside it). The sums start from the bias; the activation is applied to
 them in registers, but where a residual is added first, one sum at a time as they are written
-out. A forward pass with one group only, which the inference graph runs (``inference/ops.py``);
-it is not one of the algorithms a convolution call names.
+out. A forward pass with one group only, which the inference graph runs with its packed weights
+(``inference/ops.py``); outside a graph it is the algorithm "blocked", the weight packed on each
+call, which "auto" takes for the stems (``functional.conv.choose_algorithm``).
 """
 
 import functools
@@ -153,7 +154,8 @@ def _require(geom, direction):
         raise ValueError(f"algorithm 'blocked' runs forward passes of convolutions with one group, not the {what}; "
                          "choose 'auto', 'direct', 'im2col' or 'winograd' for a backward pass")
     if geom.groups != 1:
-        raise ValueError(f"algorithm 'blocked' runs forward passes of convolutions with one group, got groups {geom.groups}")
+        raise ValueError(f"algorithm 'blocked' runs forward passes of convolutions with one group, "
+                         f"got groups {geom.groups}")
 
 
 PACKING_EACH_CALL = _PackingEachCall()
