@@ -1101,27 +1101,38 @@ def test_auto_rule_by_shape(monkeypatch, isa, x_shape, c_out, k, stride, padding
 
 
 @pytest.mark.parametrize("nd, k, dilation, padding, batch, c_out", SINGLE_INPUT_CHANNEL)
-def test_single_input_channel_forward_runs_either_kernel(monkeypatch, nd, k, dilation, padding, batch, c_out):
-    """A single input channel into several at stride 1 runs its forward pass on the depthwise
-    loops when small and on the stacked grids when large (``SINGLE_CHANNEL_STACKED_WORK``): both
-    routes, with a bias, against the naive reference, and the route taken is the
-    one the threshold names."""
+def test_single_input_channel_forward_and_input_gradient_run_either_kernel(monkeypatch, nd, k, dilation, padding,
+                                                                         batch, c_out):
+    """A single input channel into several at stride 1 runs its forward pass and its input
+    gradient on the depthwise loops when small and on the stacked grids when large
+    (``SINGLE_CHANNEL_STACKED_WORK``): both routes, with a bias, against the naive reference,
+    and the route taken is the one the threshold names. On the stacked grids the input gradient
+    sums one channel (``_taps_one``), and so does the forward pass's last, lone channel where
+    c_out is one past a multiple of four."""
     rng = np.random.default_rng(k * 10 + nd + 1)
     size = 32 if batch == 4 else {1: 40, 2: 11, 3: 6}[nd]
     x = rng.standard_normal((batch, 1) + (size,) * nd)
     w = rng.standard_normal((c_out, 1) + (k,) * nd)
     b = rng.standard_normal(c_out)
-    ref = naive.conv(x, w, b, padding=padding, dilation=dilation)
-    scale = naive.conv(_abs(x), _abs(w), _abs(b), padding=padding, dilation=dilation)
-    stacked, depthwise_forward = conv_direct._correlate_stacked, conv_direct.depthwise.forward
+    kw = dict(padding=padding, dilation=dilation)
+    ref = naive.conv(x, w, b, **kw)
+    scale = naive.conv(_abs(x), _abs(w), _abs(b), **kw)
+    go = rng.standard_normal(ref.shape)
+    ref_gx, scale_gx = naive.conv_backward(go, x, w, **kw)[0], naive.conv_backward(_abs(go), _abs(x), _abs(w), **kw)[0]
+    stacked = conv_direct._correlate_stacked
+    depthwise_forward, depthwise_grad_input = conv_direct.depthwise.forward, conv_direct.depthwise.grad_input
     for work, route in ((1 << 40, "depthwise"), (0, "stacked")):
         calls = []
         monkeypatch.setattr(conv_direct, "SINGLE_CHANNEL_STACKED_WORK", work)
         monkeypatch.setattr(conv_direct, "_correlate_stacked", lambda *a: calls.append("stacked") or stacked(*a))
         monkeypatch.setattr(conv_direct.depthwise, "forward", lambda *a: calls.append("depthwise") or depthwise_forward(*a))
-        y = conv_fn(nd)(x, w, b, padding=padding, dilation=dilation, algorithm="direct")
-        assert calls == [route]
+        monkeypatch.setattr(conv_direct.depthwise, "grad_input",
+                            lambda *a: calls.append("depthwise") or depthwise_grad_input(*a))
+        y = conv_fn(nd)(x, w, b, algorithm="direct", **kw)
+        gx = conv_backward_fn(nd)(go, x, w, algorithm="direct", needs=(True, False, False), **kw)[0]
+        assert calls == [route, route]
         check(y, ref, scale, np.float64, route)
+        check(gx, ref_gx, scale_gx, np.float64, route + " grad_x")
 
 
 #: (spatial, kernel, stride, padding, dilation, groups, c_out, layouts): im2col's layouts, each
