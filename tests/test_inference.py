@@ -8,6 +8,7 @@ terms; the activations are 1-Lipschitz, so the bound carries over); compiled mod
 the nn model's own forward in eval mode, and against PyTorch when it is importable.
 """
 
+import math
 import os
 import sys
 import tracemalloc
@@ -99,7 +100,9 @@ def test_conv_epilogue_keeps_nan_and_inf(algorithm, stride):
 def test_blocked_conv_matches_naive(data):
     """The inference graph's loops with vectors along the output channels (``conv_blocked``):
     1-D to 3-D, strides, dilations and paddings, output channels across a block's edge, bias,
-    residual and activation written out with the sums; the one-thread and the parallel route."""
+    residual and activation written out with the sums; the one-thread and the parallel route;
+    the input read as given or from its channels-last copy, whose rows are copied in chunks of
+    a few columns here."""
     from numbaconv.kernels.cpu import conv_blocked
 
     ndim = data.draw(st.integers(1, 3), label="ndim")
@@ -116,6 +119,8 @@ def test_blocked_conv_matches_naive(data):
     name = data.draw(st.sampled_from(sorted(EPILOGUES)), label="epilogue")
     with_bias, with_residual = data.draw(st.booleans(), label="bias"), data.draw(st.booleans(), label="residual")
     parallel = data.draw(st.booleans(), label="parallel")
+    channels_last = data.draw(st.booleans(), label="channels_last")
+    chunk = data.draw(st.integers(1, 4), label="chunk columns")
     rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
     x = rng.standard_normal((batch, c_in, *size)).astype(dtype)
     w = rng.standard_normal((c_out, c_in, *kernel)).astype(dtype)
@@ -124,13 +129,18 @@ def test_blocked_conv_matches_naive(data):
     out = np.full((batch, c_out, *geom.out_size), np.nan, dtype)
     r = rng.standard_normal(out.shape).astype(dtype) if with_residual else None
     copies = [a.copy() for a in (x, w)]
-    threshold = nc.config.PARALLEL_MIN_ELEMENTS
+    saved = nc.config.PARALLEL_MIN_ELEMENTS, conv_blocked.CHANNELS_LAST_MIN_CHANNELS, conv_blocked.CHUNK_COLUMNS
     nc.config.PARALLEL_MIN_ELEMENTS = 1 if parallel else 1 << 40
+    conv_blocked.CHANNELS_LAST_MIN_CHANNELS = 1 if channels_last else 1 << 30
+    conv_blocked.CHUNK_COLUMNS = chunk
+    conv_blocked._plan.cache_clear()  # plans are by geometry: made again under these settings
     try:
         conv_blocked.forward(x.reshape(batch, c_in, *geom.in_size),
                              conv_blocked.pack(w.reshape(c_out, c_in, *geom.kernel)), b, out, geom, EPILOGUES[name], r)
+        assert conv_blocked._plan(geom)[3] is (channels_last and math.prod(kernel) > 1)
     finally:
-        nc.config.PARALLEL_MIN_ELEMENTS = threshold
+        nc.config.PARALLEL_MIN_ELEMENTS, conv_blocked.CHANNELS_LAST_MIN_CHANNELS, conv_blocked.CHUNK_COLUMNS = saved
+        conv_blocked._plan.cache_clear()
     shape = (batch, c_out, *geom.spatial(geom.out_size))
     y = naive.conv(x, w, b, stride, padding, dilation)
     scale = naive.conv(np.abs(x), np.abs(w), None if b is None else np.abs(b), stride, padding, dilation)
@@ -140,6 +150,30 @@ def test_blocked_conv_matches_naive(data):
                  what=f"blocked conv{ndim}d + {'residual + ' * with_residual}{name}")
     for a, copy in zip((x, w), copies):
         np.testing.assert_array_equal(a, copy)
+
+
+@pytest.mark.parametrize("shape", [(20, 5, 3, 3), (33, 40, 3, 3), (17, 64, 1, 1), (9, 32, 3), (5, 32, 2, 2, 2)])
+def test_blocked_weight_packs_and_unpacks(shape):
+    """``conv_blocked.pack``: block b's row e holds w[b * block + j, c, t] in lane j, zeros past
+    K, with e = t * C + c where the loops read the input channels-last (many channels, a kernel
+    wider than 1x1), else c * taps + t; ``unpack`` gives the weight back."""
+    from numbaconv.kernels.cpu import conv_blocked
+
+    w = np.random.default_rng(len(shape)).standard_normal(shape).astype(np.float32)
+    K, C, T = shape[0], shape[1], math.prod(shape[2:])
+    KB = conv_blocked.block(w.dtype)
+    wp = conv_blocked.pack(w)
+    assert wp.shape == (-(-K // KB), C * T, KB) and wp.flags.c_contiguous
+    by_tap = conv_blocked.channels_last(C, T)
+    assert by_tap is (C >= 32 and T > 1)
+    flat = w.reshape(K, C, T)
+    expected = np.zeros_like(wp)
+    for k in range(K):
+        for c in range(C):
+            for t in range(T):
+                expected[k // KB, t * C + c if by_tap else c * T + t, k % KB] = flat[k, c, t]
+    np.testing.assert_array_equal(wp, expected)
+    np.testing.assert_array_equal(conv_blocked.unpack(wp, shape), w)
 
 
 def test_compiled_model_runs_the_blocked_loops_where_they_pay(monkeypatch):
