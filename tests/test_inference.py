@@ -185,7 +185,8 @@ def test_compiled_model_runs_the_blocked_loops_where_they_pay(monkeypatch):
     from numbaconv.inference import ops
     from numbaconv.kernels.cpu import conv_blocked
 
-    monkeypatch.setattr(ops, "RULES", RULES._replace(blocked_max_positions=100, blocked_max_work=None))
+    monkeypatch.setattr(ops, "RULES", RULES._replace(blocked_max_positions=100, blocked_max_work=None,
+                                                     blocked_max_columns=None))
     monkeypatch.setattr(ops, "_CONV_PLANS", {})
     packs, calls = [], []
     pack, forward = conv_blocked.pack, conv_blocked.forward
@@ -234,6 +235,23 @@ def test_blocked_loops_rule(x_shape, w_shape, stride, groups, max_positions, max
     geom = conv_geometry("conv", x, w, None, stride, w_shape[-1] // 2, 1, groups, "zeros", 2)  # 7x7 out at stride 1
     assert 32 % conv_blocked.block(np.float32) == 0 and 20 % conv_blocked.block(np.float32)  # 8, 16 or 32 lanes
     assert conv_blocked.pays(geom, np.float32, max_positions, max_work, strided) is pays
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, max_columns, pays", [
+    ((2, 8, 9, 9), (16, 8, 3, 3), 1, 2 * 81 * 8 * 9, True),  # 1,458 positions x 72 channel-taps
+    ((2, 8, 9, 9), (16, 8, 3, 3), 1, 2 * 81 * 8 * 9 - 1, False),
+    ((2, 8, 9, 9), (16, 8, 3, 3), 2, 2 * 25 * 8 * 9, True),  # strided: the output's positions
+    ((2, 8, 9, 9), (16, 8, 1, 1), 2, 1 << 30, False),  # a 1x1 kernel
+    ((2, 8, 9, 9), (16, 8, 3, 3), 1, None, False),  # no rule
+])
+def test_blocked_loops_column_rule(x_shape, w_shape, stride, max_columns, pays):
+    """The blocked loops where im2col's column matrix (positions x input channels x taps) would
+    be small, a kernel wider than 1x1."""
+    from numbaconv.kernels.cpu import conv_blocked
+
+    x, w = np.zeros(x_shape, np.float32), np.zeros(w_shape, np.float32)
+    geom = conv_geometry("conv", x, w, None, stride, w_shape[-1] // 2, 1, 1, "zeros", 2)
+    assert conv_blocked.pays(geom, np.float32, None, None, None, max_columns) is pays
 
 
 # --------------------------------------------------------------------------- compile

@@ -75,15 +75,19 @@ class Rules(NamedTuple):
     blocked_max_work: int | None
     #: ... and a strided one of at most this many input channels x taps an output, into whole
     #: blocks of output channels, however many positions (the stems: ResNet's 7x7/2, AlexNet's
-    #: 11x11/4, MobileNet's 3x3/2).
+    #: 11x11/4, MobileNet's 3x3/2) ...
     blocked_strided_max_channel_taps: int | None
+    #: ... and, where the weight is packed already, one with a kernel wider than 1x1 whose im2col
+    #: column matrix (positions x input channels x taps) has at most this many elements.
+    blocked_max_columns: int | None
 
 
 #: Read off ``bench/algorithms.py`` on a 2-core AVX-512 host (Zen 4).
 AVX512_RULES = Rules(phases_max_block=1 << 19, phases_max_channels=16, small_plane_forward=False,
                      winograd_min_channel_pairs=128 * 64, winograd_large_weight=256 * 256,
                      winograd_large_weight_min_tiles=128, im2col_min_out_channels=None,
-                     blocked_max_positions=None, blocked_max_work=None, blocked_strided_max_channel_taps=None)
+                     blocked_max_positions=None, blocked_max_work=None, blocked_strided_max_channel_taps=None,
+                     blocked_max_columns=None)
 
 #: Read off ``bench/algorithms.py`` on a 2-core AVX2 host (Zen 3), also for hosts with narrower
 #: vectors. Measured, ms, direct / im2col (/ Winograd), medians of 9 rounds: forward, (1, 64,
@@ -108,12 +112,14 @@ AVX512_RULES = Rules(phases_max_block=1 << 19, phases_max_channels=16, small_pla
 #: 2000) -> 256, k = 9, 10.9 / 10.0; into 128, (1, 96, 27x27) -> 128, 5x5, 4.7 / 6.0. The
 #: blocked loops' figures are in ``kernels/cpu/conv_blocked.py``: 0.71-0.83x the time of the
 #: rules' choice on ResNet's 3x3 layers of 49 and 196 output positions at batch 1, even at 392;
-#: 0.35-0.75x on small layers (LeNet's, up to 4 million multiply-adds), behind past 7 million.
+#: 0.35-0.75x on small layers (LeNet's, up to 4 million multiply-adds), behind past 7 million;
+#: with the input channels-last, 0.58-0.87x up to a million elements of im2col's columns.
 #: They were not measured on AVX-512.
 AVX2_RULES = Rules(phases_max_block=3 << 14, phases_max_channels=0, small_plane_forward=True,
                    winograd_min_channel_pairs=64 * 64, winograd_large_weight=128 * 128,
                    winograd_large_weight_min_tiles=48, im2col_min_out_channels=256,
-                   blocked_max_positions=256, blocked_max_work=1 << 22, blocked_strided_max_channel_taps=400)
+                   blocked_max_positions=256, blocked_max_work=1 << 22, blocked_strided_max_channel_taps=400,
+                   blocked_max_columns=1 << 20)
 
 #: The rules for this host.
 RULES = AVX512_RULES if conv_direct.SIX_VECTORS else AVX2_RULES

@@ -147,7 +147,7 @@ def _conv_plan(op, x, w, b, attributes, packable):
             padded = _pad_explicitly(x, *explicit, 0)
         geom = conv_geometry(op, padded, w, b, strides_, begin, dilations_, group, "zeros", n)
         blocked = packable and conv_blocked.pays(geom, x.dtype, RULES.blocked_max_positions, RULES.blocked_max_work,
-                                                 RULES.blocked_strided_max_channel_taps)
+                                                 RULES.blocked_strided_max_channel_taps, RULES.blocked_max_columns)
         return geom, ALL_ALGORITHMS[choose_algorithm(geom, "forward")].forward, blocked, explicit
 
     return _cached(_CONV_PLANS, (_shape(x), _shape(w), None if b is None else _shape(b), attributes, packable), make)

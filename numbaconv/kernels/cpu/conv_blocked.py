@@ -41,6 +41,17 @@ million) 570 / 875, the MobileNet stem at batch 8 (10.8 million) 575 / 816, (64,
 8, 3x3 (14 million) 369 / 900; the bound forgoes LeNet's c2 at batch 64 (15 million, 477 /
 395). (Those figures predate the epilogue in registers, below.)
 
+Layers whose im2col column matrix is small, however many positions, are the fourth case
+(``Rules.blocked_max_columns``: positions x input channels x taps, a kernel wider than 1x1),
+with the input read channels-last (below). Through ``inference.ops.conv``, ms, medians of
+bursts taking turns, packed / the rules' choice: (1, 64, 56x56) -> 128, 3x3/2 (452 thousand
+elements) 1.25 / 1.49 and 1.66 / 2.34; (1, 128, 28x28) -> 128 (903 thousand) 1.70 / 1.98, 1.84
+/ 2.57 and 1.92 / 2.01; (1, 64, 32x32) -> 64 0.55 / 0.94; (1, 32, 32x32) -> 64 0.45 / 0.76; (2,
+256, 14x14) -> 256 3.4 / 5.9. Past a million it does not pay: (1, 128, 32x32) -> 128 (1.2
+million) 2.01 / 1.94, (4, 256, 14x14) -> 256 (1.8 million) 7.0 / 7.0, (16, 512, 7x7) -> 512
+(3.6 million) 29.5 / 24.0; nor for 1x1 kernels, which im2col runs on a strided copy ((1, 64,
+56x56) -> 128, 1x1/2, 784 positions, 0.42 / 0.35).
+
 The stems are the third case (``Rules.blocked_strided_max_channel_taps``): strided, few
 channels x taps an output, whole blocks of output channels, however many positions. With the
 bias and activation applied in registers (they had taken 30% of the stem's time, applied one
@@ -125,13 +136,15 @@ def applies(geom, direction):
                                                                 and geom.stride == (1, 1, 1))
 
 
-def pays(geom, dtype, max_positions, max_work=None, strided_max_channel_taps=None):
+def pays(geom, dtype, max_positions, max_work=None, strided_max_channel_taps=None, max_columns=None):
     """Whether an inference graph runs these loops with its packed weight (see the module's
     figures): where they apply, at most ``max_positions`` output positions over the batch, or at
     most ``max_work`` multiply-adds in all, or a stride past 1 with at most
     ``strided_max_channel_taps`` input channels x taps an output into whole blocks of output
-    channels (each bound None: no such rule). The last rule's weights are small enough to pack
-    on every call, so "auto" takes it outside a graph too (``functional.conv.choose_algorithm``)."""
+    channels, or a kernel wider than 1x1 whose im2col column matrix (positions x input channels x
+    taps) has at most ``max_columns`` elements (each bound None: no such rule). The third rule's
+    weights are small enough to pack on every call, so "auto" takes it outside a graph too
+    (``functional.conv.choose_algorithm``)."""
     taps = math.prod(geom.kernel)
     if not applies(geom, "forward"):
         return False
@@ -140,6 +153,8 @@ def pays(geom, dtype, max_positions, max_work=None, strided_max_channel_taps=Non
         return True
     if (strided_max_channel_taps is not None and max(geom.stride) > 1
             and geom.in_channels * taps <= strided_max_channel_taps and geom.out_channels % block(dtype) == 0):
+        return True
+    if max_columns is not None and taps > 1 and positions * geom.in_channels * taps <= max_columns:
         return True
     work = positions * geom.out_channels * geom.in_channels * taps
     return max_work is not None and work <= max_work
