@@ -75,6 +75,28 @@ def test_conv_epilogue_matches_naive(data):
                  what=f"{algorithm} conv{ndim}d + {'residual + ' * with_residual}{name}")
 
 
+@pytest.mark.parametrize("name", sorted(EPILOGUES))
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_depthwise_epilogue_on_whole_planes(name, multiplier):
+    """MobileNet's depthwise 3x3 (padding 1) over planes long enough that each task computes one
+    plane in place in the output (``depthwise._same3`` with a stack of one), which it then
+    activates where it lies; with a depth multiplier too."""
+    from numbaconv.kernels.cpu import depthwise
+
+    rng = np.random.default_rng(multiplier)
+    x = rng.standard_normal((2, 3, 12, 13)).astype(np.float32)
+    w = rng.standard_normal((3 * multiplier, 1, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(3 * multiplier).astype(np.float32)
+    geom = conv_geometry("conv", x, w, b, 1, 1, 1, 3, "zeros", 2)
+    assert depthwise._is_same3(geom) and depthwise._stacked(geom) == 1
+    out = np.full((2, 3 * multiplier, *geom.out_size), np.nan, np.float32)
+    ALL_ALGORITHMS["direct"].forward(x.reshape(2, 3, *geom.in_size), w.reshape(*w.shape[:2], *geom.kernel), b, out,
+                                     geom, 1 << 20, EPILOGUES[name])
+    y = naive.conv(x, w, b, 1, 1, 1, 3)
+    scale = naive.conv(np.abs(x), np.abs(w), np.abs(b), 1, 1, 1, 3)
+    assert_close(out.reshape(y.shape), _activate(y, EPILOGUES[name]), scale, what=f"depthwise 3x3 + {name}")
+
+
 @pytest.mark.parametrize("algorithm, stride", [("direct", 1), ("direct", 2), ("im2col", 1), ("im2col", 2),
                                                ("winograd", 1), ("blocked", 1), ("blocked", 2)])
 def test_conv_epilogue_keeps_nan_and_inf(algorithm, stride):

@@ -554,7 +554,13 @@ def _same3(src, wt, b, dst, width, L, stack, mul, div, slope, lo, hi, chunks):
                 else:
                     for q in range(n_q):
                         grid[U(g0 + q)] += _same3_at(xf, q, width, wb, left, right, zero)
-            if fused or stack > 1:
+            if stack == 1 and fused:
+                # the sums in place, activated where they lie: read and written at one index, the
+                # loop vectorizes (through ``grid`` at another name, LLVM could not prove the two
+                # apart and ran it as scalar code: ReLU6 took (1, 32, 56x56) from 81 to 133 us)
+                for q in range(L):
+                    dst[U(g0 + q)] = activate(dst[U(g0 + q)], slope, lo, hi)
+            elif stack > 1:
                 n, d = n0, d0
                 for i in range(planes):
                     at, a = ((n * O + o) * D + d) * L, g0 + i * step
