@@ -224,16 +224,17 @@ def test_compiled_model_runs_the_blocked_loops_where_they_pay(monkeypatch):
     assert packs == [] and calls == []  # the load-time check at batch 1 packs nothing
     rng = np.random.default_rng(3)
     # a packed weight is held packed only until a call needs it as given (batch 3); then both ways
-    packed, both = [("packed",)] * 2, [("as given", "packed")] * 2
+    packed, both = [("packed",)] * 3, [("as given", "packed")] * 3
     for batch, blocked, held in ((1, True, packed), (2, True, packed), (3, False, both), (1, True, both)):
         del calls[:]  # 49, 98, 147 and 49 positions; the 1x1/2 16 a sample
         x = rng.standard_normal((batch, 5, 7, 7)).astype(np.float32)
         assert_close(compiled(x), model(x), what=f"batch {batch}")
-        # not the 1x1 at unit stride (a GEMM on the input); the 1x1/2 at every batch here
-        assert calls == [(batch, 20, 1, 7, 7)] * 2 * blocked + [(batch, 9, 1, 4, 4)], calls
-        assert [w.held for w in weights] == [*held, ("as given",), ("packed",)], batch
+        # the 3x3s and the 1x1 by the rule; the 1x1/2 at every batch here
+        expected = [(batch, 20, 1, 7, 7)] * 2 * blocked + [(batch, 7, 1, 7, 7)] * blocked + [(batch, 9, 1, 4, 4)]
+        assert calls == expected, calls
+        assert [w.held for w in weights] == [*held, ("packed",)], batch
     # once each (not by the load-time check), for every call after
-    assert packs == [(20, 5, 3, 3), (20, 20, 3, 3), (9, 7, 1, 1)]
+    assert packs == [(20, 5, 3, 3), (20, 20, 3, 3), (7, 20, 1, 1), (9, 7, 1, 1)]
 
 
 @pytest.mark.parametrize("x_shape, w_shape, stride, groups, max_positions, max_work, strided, pays", [
@@ -241,7 +242,8 @@ def test_compiled_model_runs_the_blocked_loops_where_they_pay(monkeypatch):
     ((2, 8, 7, 7), (16, 8, 3, 3), 1, 1, 49, None, None, False),  # 98
     ((2, 8, 7, 7), (16, 8, 3, 3), 1, 1, 49, 2 * 49 * 16 * 8 * 9, None, True),  # few multiply-adds in all
     ((2, 8, 7, 7), (16, 8, 3, 3), 1, 1, 49, 2 * 49 * 16 * 8 * 9 - 1, None, False),
-    ((1, 8, 7, 7), (16, 8, 1, 1), 1, 1, 49, None, None, False),  # 1x1 at unit stride: a GEMM on the input
+    ((1, 8, 7, 7), (16, 8, 1, 1), 1, 1, 49, None, None, True),  # a 1x1 at unit stride too
+    ((2, 8, 7, 7), (16, 8, 1, 1), 1, 1, 49, None, None, False),
     ((1, 8, 7, 7), (16, 8, 1, 1), 2, 1, 49, None, None, True),  # 1x1/2
     ((1, 8, 7, 7), (16, 4, 3, 3), 1, 2, 49, 1 << 30, None, False),  # groups
     ((1, 8, 7, 7), (16, 8, 3, 3), 1, 1, None, None, None, False),  # no rule (AVX-512)

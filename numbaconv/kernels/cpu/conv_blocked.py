@@ -52,6 +52,15 @@ million) 2.01 / 1.94, (4, 256, 14x14) -> 256 (1.8 million) 7.0 / 7.0, (16, 512, 
 (3.6 million) 29.5 / 24.0; nor for 1x1 kernels, which im2col runs on a strided copy ((1, 64,
 56x56) -> 128, 1x1/2, 784 positions, 0.42 / 0.35).
 
+A 1x1 kernel at unit stride, which im2col runs as one GEMM on the input itself, takes these
+loops too under the first two rules: at a few hundred positions, or a few million
+multiply-adds, the GEMM's fixed costs and its bias pass outweigh its better loops. Medians, us,
+packed / im2col / PyTorch: MobileNet-style (1, 96, 14x14) -> 24 35 / 72 / 24, (1, 144, 7x7) ->
+48 31 / 58 / 25, (1, 384, 14x14) -> 64 147 / 259 / 232, (1, 256, 14x14) -> 256 330 / 416 /
+364, (1, 32, 16x16) -> 64 45 / 67 / 29, (1, 16, 56x56) -> 8 65 / 79 / 153, (1, 32, 56x56) -> 8
+76 / 93 / 117; even at (1, 960, 7x7) -> 160 255 / 244 / 297; not past them, (1, 16, 112x112)
+-> 96 (19 million) 1489 / 1175 / 884.
+
 The stems are the third case (``Rules.blocked_strided_max_channel_taps``): strided, few
 channels x taps an output, whole blocks of output channels, however many positions. With the
 bias and activation applied in registers (they had taken 30% of the stem's time, applied one
@@ -130,10 +139,8 @@ def unpack(wp, shape):
 
 def applies(geom, direction):
     """Whether these loops are a candidate for ``direction`` of this convolution: a forward pass
-    with one group, not a 1x1 kernel at unit stride (which im2col runs as one GEMM on the input
-    itself)."""
-    return direction == "forward" and geom.groups == 1 and not (math.prod(geom.kernel) == 1
-                                                                and geom.stride == (1, 1, 1))
+    with one group."""
+    return direction == "forward" and geom.groups == 1
 
 
 def pays(geom, dtype, max_positions, max_work=None, strided_max_channel_taps=None, max_columns=None):
@@ -303,8 +310,9 @@ RUNS = 16
 @parallel_kernel
 def _forward(xp, wp, bias, residual, out, offsets, out_size, steps, slope, lo, hi):
     """out[n, k, q] = activate(bias[k] + residual[n, k, q] + the sum over the packed weight's rows
-    e of wp[k // KB, e, k % KB] * xp[n, base(q) + offsets[e]]), base(q) = od * steps[0] + oh * steps[1] + ow * steps[2]
-    for output position q = (od, oh, ow), xp a sample a row (channels-last or not, ``_plan``). A task: one sample, one block of output channels, up to
+    e of wp[k // KB, e, k % KB] * xp[n, base(q) + offsets[e]]), base(q) = od * steps[0] + oh *
+    steps[1] + ow * steps[2] for output position q = (od, oh, ow), xp a sample a row
+    (channels-last or not, ``_plan``). A task: one sample, one block of output channels, up to
     ``RUNS`` runs of ``POSITIONS`` consecutive positions (a last run short of positions repeats
     its last one, unwritten)."""
     N, L = xp.shape
