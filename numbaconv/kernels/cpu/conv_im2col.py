@@ -538,10 +538,8 @@ def forward(x, w, b, out, geom, workspace, epilogue=IDENTITY, residual=None):
         if cols.shape[0] == n1 - n0:  # one sample per GEMM, written in place
             gemm.matmul(w3, cols, out=out4[n0:n1])
             r = None if residual is None else residual[n0:n1]
-            if epilogue != IDENTITY or r is not None:
+            if b is not None or epilogue != IDENTITY or r is not None:
                 run_epilogue(out[n0:n1], b, epilogue, r)
-            elif b is not None:
-                out[n0:n1] += b.reshape(-1, 1, 1, 1)
             continue
         res = gemm.matmul(w3, cols, out=scratch_array("result", (1, G, w3.shape[1], cols.shape[3]), out.dtype))
         out3 = out.reshape(*out.shape[:2], -1)
