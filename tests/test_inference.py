@@ -251,6 +251,7 @@ def test_compiled_model_runs_the_blocked_loops_where_they_pay(monkeypatch):
     ((4, 8, 13, 13), (32, 8, 3, 3), 2, 1, None, None, 71, False),  # more channel-taps than the bound
     ((4, 8, 13, 13), (32, 8, 3, 3), 1, 1, None, None, 72, False),  # unit stride
     ((4, 8, 13, 13), (20, 8, 3, 3), 2, 1, None, None, 72, False),  # a block of output channels part idle
+    ((4, 8, 13, 13), (32, 8, 1, 1), 2, 1, None, None, 72, False),  # a 1x1/2 shortcut is no stem
 ])
 def test_blocked_loops_rule(x_shape, w_shape, stride, groups, max_positions, max_work, strided, pays):
     from numbaconv.kernels.cpu import conv_blocked

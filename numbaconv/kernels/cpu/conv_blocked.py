@@ -69,7 +69,11 @@ bursts taking turns: ResNet's stem (1, 3, 224x224) -> 64, 7x7/2 1.65 / 1.99, at 
 14.1; AlexNet's (1, 3, 227x227) -> 96, 11x11/4 1.22 / 1.62, at batch 8 10.1 / 12.7; the
 MobileNet stem at batch 8 0.39 / 0.47. Not at unit stride, where the direct loops stream whole
 rows: VGG's (1, 3, 224x224) -> 64, 3x3 2.34 / 1.40; nor into part of a block: LeNet's c1 at
-batch 64 (6 channels of 16 lanes) 0.39 / 0.29, (64, 3, 32x32) -> 8, 3x3 0.66 / 0.39.
+batch 64 (6 channels of 16 lanes) 0.39 / 0.29, (64, 3, 32x32) -> 8, 3x3 0.66 / 0.39; nor for
+ResNet's 1x1/2 shortcuts (64 to 256 channel-taps, which the rule had taken in too) past batch 1,
+where their GEMMs win, ms, packed on each call / im2col / PyTorch, medians, batch 8: (64,
+56x56) -> 128 3.28 / 2.52 / 2.08, (256, 14x14) -> 512 2.43 / 1.83 / 1.42, (128, 28x28) -> 256
+1.57 / 1.80 / 0.95 (at batch 1 the first two rules take them, 0.16-0.27 / 0.25-0.40).
 
 A layer of many input channels and a kernel wider than 1x1 reads a copy of its input made at
 each call, zero-padded and channels-last (``_channels_last``), so that one tap's reads over the
@@ -146,9 +150,9 @@ def applies(geom, direction):
 def pays(geom, dtype, max_positions, max_work=None, strided_max_channel_taps=None, max_columns=None):
     """Whether an inference graph runs these loops with its packed weight (see the module's
     figures): where they apply, at most ``max_positions`` output positions over the batch, or at
-    most ``max_work`` multiply-adds in all, or a stride past 1 with at most
-    ``strided_max_channel_taps`` input channels x taps an output into whole blocks of output
-    channels, or a kernel wider than 1x1 whose im2col column matrix (positions x input channels x
+    most ``max_work`` multiply-adds in all, or a stride past 1 and a kernel wider than 1x1 with at
+    most ``strided_max_channel_taps`` input channels x taps an output into whole blocks of output
+    channels (a stem), or a kernel wider than 1x1 whose im2col column matrix (positions x input channels x
     taps) has at most ``max_columns`` elements (each bound None: no such rule). The third rule's
     weights are small enough to pack on every call, so "auto" takes it outside a graph too
     (``functional.conv.choose_algorithm``)."""
@@ -158,7 +162,7 @@ def pays(geom, dtype, max_positions, max_work=None, strided_max_channel_taps=Non
     positions = geom.batch * math.prod(geom.out_size)
     if max_positions is not None and positions <= max_positions:
         return True
-    if (strided_max_channel_taps is not None and max(geom.stride) > 1
+    if (strided_max_channel_taps is not None and max(geom.stride) > 1 and taps > 1
             and geom.in_channels * taps <= strided_max_channel_taps and geom.out_channels % block(dtype) == 0):
         return True
     if max_columns is not None and taps > 1 and positions * geom.in_channels * taps <= max_columns:
