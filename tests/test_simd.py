@@ -10,7 +10,7 @@ from numba import njit
 
 from numbaconv.kernels.cpu import _simd
 from numbaconv.kernels.cpu._simd import lanes, vactivate, vfma, vload, vload_first, vsplat, vstore, vsum
-from numbaconv.kernels.cpu._window import activate
+from numbaconv.kernels.cpu._window import FASTMATH, activate
 
 
 @njit(cache=True)
@@ -139,3 +139,47 @@ def test_vector_activation_is_the_scalar_one(dtype, slope, lo, hi):
     assert np.array_equal(vector.view(np.uint8), scalar.view(np.uint8))
     expected = np.clip(np.where(x < 0, x * dtype(slope), x), lo, hi)  # NumPy's clip keeps NaN too
     np.testing.assert_array_equal(scalar, expected.astype(dtype))
+
+
+@njit(cache=True, fastmath=FASTMATH)  # as the kernels: products may contract into fused multiply-adds
+def _vector_formula(g, t, a, out):
+    """out = where(t <= 0, 0, g) + g * (1 - t * t) - where(t > 0, g, g * a), vector by vector
+    (whole vectors only) and the same formula on the scalars of the rest."""
+    V = lanes(g)
+    zero, one = g.dtype.type(0), g.dtype.type(1)
+    i = 0
+    while i + V <= g.shape[0]:
+        G, T = vload(g, i), vload(t, i)
+        vstore(out, i, _simd.where(T <= zero, zero, G) + G * (one - T * T) - _simd.where(T > zero, G, G * a))
+        i += V
+    for j in range(i, g.shape[0]):
+        G, T = g[j], t[j]
+        out[j] = _simd.where(T <= zero, zero, G) + G * (one - T * T) - _simd.where(T > zero, G, G * a)
+    return _simd.data_address(out)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vector_operators_match_scalar_code_lane_by_lane(dtype):
+    """``+``, ``-``, ``*``, the comparisons and ``where`` on vectors, a scalar broadcast: lane for
+    lane, bit for bit, what the same formula gives one element at a time (both contracting
+    products into fused multiply-adds alike), NaN, infinities and signed zeros included (an
+    ordered comparison with NaN is false)."""
+    rng = np.random.default_rng(1)
+    V = lanes(np.empty(1, dtype))
+    special = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-300, -2.5, 3.0], dtype)
+    g = np.concatenate([rng.standard_normal(4 * V), special, special[::-1]]).astype(dtype)
+    t = np.concatenate([rng.standard_normal(4 * V), special[::-1], special]).astype(dtype)
+    n = len(g) // V * V  # whole vectors, compared with the scalar code on a shifted copy
+    out = np.empty(len(g), dtype)
+    assert _vector_formula(g, t, dtype(0.1), out) == out.ctypes.data
+    ref = np.empty(n, dtype)
+    for j in range(n):  # one element at a time: the same formula on scalars
+        _vector_formula(g[j:j + 1], t[j:j + 1], dtype(0.1), ref[j:j + 1])
+    np.testing.assert_array_equal(out[:n], ref)
+    with np.errstate(invalid="ignore", over="ignore"):
+        expected = np.where(t <= 0, 0, g) + g * (1 - t * t) - np.where(t > 0, g, g * dtype(0.1))
+        scale = np.abs(g) * (3 + t * t)  # the terms' magnitudes: the sum may cancel
+        error = np.abs(out - expected)
+    finite = np.isfinite(scale)
+    assert np.all(error[finite] <= 8 * np.finfo(dtype).eps * scale[finite])
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(expected))

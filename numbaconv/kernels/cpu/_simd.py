@@ -10,7 +10,7 @@ keeps them in registers while every tap is added to them, one load of the input 
 per tap for four fused multiply-adds.
 
 ``Vec`` is a Numba type whose data model is an LLVM vector (``<16 x float>`` with AVX-512).
-Kernels use it through seven operations, each typed on its arguments when the caller is
+Kernels use it through these operations, each typed on its arguments when the caller is
 compiled:
 
 - ``vload(a, i)``: the vector a[i : i + lanes(a)] of a 1-D C-contiguous array (unaligned);
@@ -21,6 +21,11 @@ compiled:
 - ``vfma(a, b, c)``: a * b + c per lane, fused where the CPU has FMA (``llvm.fmuladd``);
 - ``vsum(v)``: the sum of v's lanes, as a scalar (pairwise: lane halves added until one is left);
 - ``vactivate(v, slope, lo, hi)``: ``_window.activate`` per lane (a kernel's epilogue);
+- ``vstream(a, i, v)``: ``vstore`` past the caches (a non-temporal store), a[i] aligned to the
+  vector's size (``data_address(a)`` says where a lies), the stores ordered by
+  ``store_fence()``;
+- ``+``, ``-``, ``*``, ``<=``, ``>`` and ``where(mask, x, y)`` per lane, a scalar operand
+  broadcast, so that one formula serves a scalar and a vector;
 
 and ``lanes(a)``, the lanes of a vector of a's dtype, a compile-time constant. As with any
 array access in Numba, nothing checks bounds: callers keep i + lanes within the array.
@@ -29,6 +34,9 @@ The width is the host's widest vector register (``VECTOR_BYTES``): 64 bytes with
 with AVX, else 16. Numba's cache keys compiled code on the CPU's name and features, so code
 cached for one width never runs on a machine of another.
 """
+
+import operator
+import platform
 
 from llvmlite import binding, ir
 from numba import config, types
@@ -126,6 +134,52 @@ def vstore(typingctx, a, i, v):
 
 
 @intrinsic
+def vstream(typingctx, a, i, v):
+    """``vstore`` past the caches (a non-temporal store), a[i] aligned to ``VECTOR_BYTES``."""
+    if not (_is_float_array(a) and isinstance(i, types.Integer) and v == Vec(a.dtype)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        index = context.cast(builder, args[1], sig.args[1], types.intp)
+        pointer = _address(context, builder, sig.args[0], args[0], index, context.get_value_type(v))
+        store = builder.store(args[2], pointer, align=VECTOR_BYTES)
+        store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+        return context.get_dummy_value()
+    return types.none(a, i, v), codegen
+
+
+#: x86 orders non-temporal stores by its store fence (SFENCE) alone.
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+
+
+@intrinsic
+def store_fence(typingctx):
+    """Orders the ``vstream`` stores before it ahead of every store after it (SFENCE on x86,
+    elsewhere a full fence)."""
+    def codegen(context, builder, sig, args):
+        if _X86:
+            name = "llvm.x86.sse.sfence"
+            fn = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                                 name)
+            builder.call(fn, [])
+        else:
+            builder.fence("seq_cst")
+        return context.get_dummy_value()
+    return types.none(), codegen
+
+
+@intrinsic
+def data_address(typingctx, a):
+    """The address of a 1-D float array's first element, an integer (to align ``vstream``)."""
+    if not _is_float_array(a):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.ptrtoint(context.make_array(sig.args[0])(context, builder, args[0]).data, ir.IntType(64))
+    return types.int64(a), codegen
+
+
+@intrinsic
 def vsplat(typingctx, x):
     if not isinstance(x, types.Float):
         return None
@@ -187,6 +241,110 @@ def vsum(typingctx, v):
             vector = builder.fadd(lower, upper)
         return builder.extract_element(vector, ir.Constant(ir.IntType(32), 0))
     return v.dtype(v), codegen
+
+
+# --------------------------------------------------------------------------- arithmetic
+# ``+``, ``-``, ``*``, ``<=``, ``>`` and ``where`` on vectors, a scalar of the vectors' dtype
+# broadcast, so that a formula written once serves single elements and whole vectors alike
+# (kernels/cpu/elementwise.py). The products and differences may contract into fused
+# multiply-adds, as the kernels' scalar code (``_window.FASTMATH``) does.
+
+
+class Mask(types.Type):
+    """A vector of ``lanes`` booleans: a comparison of vectors, for ``where``."""
+
+    def __init__(self, lanes):
+        self.lanes = lanes
+        super().__init__(name=f"Mask({lanes})")
+
+
+@register_model(Mask)
+class _MaskModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, ir.VectorType(ir.IntType(1), fe_type.lanes))
+
+
+def where(c, a, b):
+    """a where c, else b: for a bool, ``a if c else b``; lane by lane for a ``Mask`` (a scalar
+    a or b broadcast)."""
+    return a if c else b
+
+
+def _vector_operands(a, b):
+    """The vector type of an operation on a and b (two vectors of one type, or a vector and a
+    scalar of its dtype), else None."""
+    vec = a if isinstance(a, Vec) else b if isinstance(b, Vec) else None
+    if vec is not None and all(x == vec or x == vec.dtype for x in (a, b)):
+        return vec
+    return None
+
+
+def _vector_binary(make):
+    """An intrinsic of two vectors, or of a vector and a scalar broadcast, ``make(builder, x, y)``."""
+    @intrinsic
+    def op(typingctx, a, b):
+        vec = _vector_operands(a, b)
+        if vec is None:
+            return None
+
+        def codegen(context, builder, sig, args):
+            x, y = (_splat(builder, v, vec.lanes) if t != vec else v for t, v in zip(sig.args, args))
+            return make(builder, x, y)
+        return (Mask(vec.lanes) if make in _COMPARISONS else vec)(a, b), codegen
+    return op
+
+
+def _splat(builder, x, lanes):
+    vector = ir.VectorType(x.type, lanes)
+    first = builder.insert_element(ir.Constant(vector, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(first, ir.Constant(vector, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+
+
+def _contracting(instruction):
+    instruction.flags.append("contract")
+    return instruction
+
+
+def _add(builder, x, y): return _contracting(builder.fadd(x, y))  # noqa: E704
+def _sub(builder, x, y): return _contracting(builder.fsub(x, y))  # noqa: E704
+def _mul(builder, x, y): return _contracting(builder.fmul(x, y))  # noqa: E704
+def _le(builder, x, y): return builder.fcmp_ordered("<=", x, y)  # noqa: E704  (false for NaN)
+def _gt(builder, x, y): return builder.fcmp_ordered(">", x, y)  # noqa: E704
+
+
+_COMPARISONS = (_le, _gt)
+
+for _operator, _make in ((operator.add, _add), (operator.sub, _sub), (operator.mul, _mul), (operator.le, _le),
+                         (operator.gt, _gt)):
+    def _register(fn=_vector_binary(_make), op=_operator):
+        @overload(op)
+        def _vector_operator(a, b):
+            if _vector_operands(a, b) is not None:
+                return lambda a, b: fn(a, b)
+            return None
+    _register()
+
+
+@intrinsic
+def _select(typingctx, c, a, b):
+    vec = _vector_operands(a, b)
+    if not (isinstance(c, Mask) and vec is not None and c.lanes == vec.lanes):
+        return None
+
+    def codegen(context, builder, sig, args):
+        x, y = (_splat(builder, v, vec.lanes) if t != vec else v for t, v in zip(sig.args[1:], args[1:]))
+        return builder.select(args[0], x, y)
+    return vec(c, a, b), codegen
+
+
+@overload(where)
+def _where_overload(c, a, b):
+    if isinstance(c, types.Boolean):
+        return lambda c, a, b: a if c else b
+    if isinstance(c, Mask):
+        return lambda c, a, b: _select(c, a, b)
+    return None
 
 
 def _declare(module, name, vector):
