@@ -324,31 +324,31 @@ def test_both_kernel_routes_match_naive(monkeypatch, route, name):
     check(getattr(numbaconv, f"{name}_backward")(g, t), ref, None, np.float32, f"{route} {name}_backward")
 
 
-@pytest.mark.parametrize("offset", [0, 3])
+@pytest.mark.parametrize("dtype, offset", [(np.float32, 0), (np.float32, 3), (np.float64, 1)])
 @pytest.mark.parametrize("op", [op for op in ELEMENTWISE if op.name != "elu"], ids=repr)
-def test_elementwise_backward_streams_large_outputs(op, offset):
+def test_elementwise_backward_streams_large_outputs(op, dtype, offset):
     """A backward whose output reaches ``STREAM_MIN_BYTES`` writes its aligned vectors past the
     caches, the elements before the first aligned one and after the last whole vector one by
-    one: an output of that size 0 or 3 elements past an allocation's start, NaN, inf and zeros
+    one: an output of that size 0 to 3 elements past an allocation's start, in either dtype, NaN, inf and zeros
     among its inputs; bit for bit as the same op on pieces small enough to be cached, and against
     the reference."""
     from numbaconv.kernels.cpu import elementwise
 
-    n = elementwise.STREAM_MIN_BYTES // 4 + 37
+    n = elementwise.STREAM_MIN_BYTES // np.dtype(dtype).itemsize + 37
     rng = np.random.default_rng(offset)
-    x = rng.standard_normal(n + offset).astype(np.float32)[offset:]
-    g = rng.standard_normal(n + offset).astype(np.float32)[offset:]
+    x = rng.standard_normal(n + offset).astype(dtype)[offset:]
+    g = rng.standard_normal(n + offset).astype(dtype)[offset:]
     x[:8], g[8:16] = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, 2.0, -2.0], np.nan
     t = op.forward(x) if op.uses_output else x
     code = {"relu": elementwise.RELU, "leaky_relu": elementwise.LEAKY_RELU, "sigmoid": elementwise.SIGMOID,
             "tanh": elementwise.TANH}[op.name]
-    a = np.float32(op.params.get("negative_slope", 0.01))
-    out = np.full(n + 16, 7.0, np.float32)[offset:offset + n]  # the output at the same misalignment
+    a = dtype(op.params.get("negative_slope", 0.01))
+    out = np.full(n + 16, 7.0, dtype)[offset:offset + n]  # the output at the same misalignment
     elementwise.backward(code, g, t, a, out)
     pieces = np.empty_like(out)
-    for s in range(0, n, 1 << 18):  # 1 MiB pieces: cached stores
+    for s in range(0, n, 1 << 18):  # pieces of 1-2 MiB: cached stores
         elementwise.backward(code, g[s:s + (1 << 18)], t[s:s + (1 << 18)], a, pieces[s:s + (1 << 18)])
     np.testing.assert_array_equal(out, pieces)  # NaN, inf and signed zeros as the cached stores give them
     finite = slice(16, 1 << 16)
     ref = op.naive_backward(g[finite], x[finite])
-    check(out[finite], ref, np.abs(g[finite].astype(np.float64)) + np.abs(ref), np.float32, f"{op} backward, streamed")
+    check(out[finite], ref, np.abs(g[finite].astype(np.float64)) + np.abs(ref), dtype, f"{op} backward, streamed")
