@@ -120,32 +120,26 @@ def vload_first(typingctx, a, i, n):
     return vec(a, i, n), codegen
 
 
-@intrinsic
-def vstore(typingctx, a, i, v):
-    if not (_is_float_array(a) and isinstance(i, types.Integer) and v == Vec(a.dtype)):
-        return None
+def _vector_store(streaming):
+    """``vstore``, or with ``streaming`` ``vstream``: the same store, aligned to the vector's
+    size and marked non-temporal."""
+    @intrinsic
+    def store(typingctx, a, i, v):
+        if not (_is_float_array(a) and isinstance(i, types.Integer) and v == Vec(a.dtype)):
+            return None
 
-    def codegen(context, builder, sig, args):
-        index = context.cast(builder, args[1], sig.args[1], types.intp)
-        pointer = _address(context, builder, sig.args[0], args[0], index, context.get_value_type(v))
-        builder.store(args[2], pointer, align=a.dtype.bitwidth // 8)
-        return context.get_dummy_value()
-    return types.none(a, i, v), codegen
+        def codegen(context, builder, sig, args):
+            index = context.cast(builder, args[1], sig.args[1], types.intp)
+            pointer = _address(context, builder, sig.args[0], args[0], index, context.get_value_type(v))
+            instruction = builder.store(args[2], pointer, align=VECTOR_BYTES if streaming else a.dtype.bitwidth // 8)
+            if streaming:
+                instruction.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+            return context.get_dummy_value()
+        return types.none(a, i, v), codegen
+    return store
 
 
-@intrinsic
-def vstream(typingctx, a, i, v):
-    """``vstore`` past the caches (a non-temporal store), a[i] aligned to ``VECTOR_BYTES``."""
-    if not (_is_float_array(a) and isinstance(i, types.Integer) and v == Vec(a.dtype)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        index = context.cast(builder, args[1], sig.args[1], types.intp)
-        pointer = _address(context, builder, sig.args[0], args[0], index, context.get_value_type(v))
-        store = builder.store(args[2], pointer, align=VECTOR_BYTES)
-        store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
-        return context.get_dummy_value()
-    return types.none(a, i, v), codegen
+vstore, vstream = _vector_store(False), _vector_store(True)
 
 
 #: x86 orders non-temporal stores by its store fence (SFENCE) alone.
