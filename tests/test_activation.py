@@ -332,9 +332,9 @@ def test_elementwise_backward_streams_large_outputs(op, dtype, offset):
     one: an output of that size 0 to 3 elements past an allocation's start, in either dtype, NaN, inf and zeros
     among its inputs; bit for bit as the same op on pieces small enough to be cached, and against
     the reference."""
-    from numbaconv.kernels.cpu import elementwise
+    from numbaconv.kernels.cpu import _simd, elementwise
 
-    n = elementwise.STREAM_MIN_BYTES // np.dtype(dtype).itemsize + 37
+    n = _simd.STREAM_MIN_BYTES // np.dtype(dtype).itemsize + 37
     rng = np.random.default_rng(offset)
     x = rng.standard_normal(n + offset).astype(dtype)[offset:]
     g = rng.standard_normal(n + offset).astype(dtype)[offset:]

@@ -676,3 +676,49 @@ def test_both_kernel_routes_match_naive(monkeypatch, route, training):
     got = numbaconv.batch_norm_backward(g, x, mean, var, w, b, training=training)
     for a, ref, what in zip(got, naive.batch_norm_backward(g, x, mean, var, w, training=training), ("x", "w", "b")):
         assert_close(a, ref, what=f"{route} batch_norm_backward grad_{what}")
+
+
+
+@pytest.mark.parametrize("offset", [0, 1, 3])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", ["channel_backward", "plane_grad_input"])
+def test_input_gradient_streams_large_outputs(kernel, dtype, offset):
+    """An input gradient of ``STREAM_MIN_BYTES`` or more is written whole vectors at a time past
+    the caches, in float64 and rounded once, the elements before the first aligned vector and
+    after the last one at a time: an output of that size 0 to 3 elements past an allocation's
+    start, in either dtype, planes of an odd length; against the formula in float64 from the
+    coefficients the kernel used, and against the same kernel on one channel at a time (outputs
+    small enough to be cached) within a few units in the last place of the terms."""
+    from numbaconv.kernels.cpu import _simd, norm
+
+    N, C = 2, 4
+    S = _simd.STREAM_MIN_BYTES // np.dtype(dtype).itemsize // (N * C) + 37
+    rng = np.random.default_rng(offset)
+    x = (rng.standard_normal((N, C, S)) * 2 + 1).astype(dtype)
+    go = rng.standard_normal((N, C, S)).astype(dtype)
+    scale, given = rng.standard_normal(C), rng.standard_normal((4, N, C))
+    eps = 1e-5
+
+    def run(go, x, gx, c):
+        """The kernel on channels c, into gx; its (center, a, b, d), each (N or 1, channels, 1):
+        gx = go * a + (x - center) * b + d."""
+        if kernel == "plane_grad_input":
+            coefficients = [np.ascontiguousarray(v[:, c]) for v in given]
+            norm.plane_grad_input(go, x, *coefficients, gx)
+            return [v[:, :, None] for v in coefficients]
+        mean, m2, sum_go, dot = (np.empty(x.shape[1]) for _ in range(4))
+        norm.channel_backward(go, x, scale[c], eps, gx, mean, m2, sum_go, dot)
+        invstd = 1 / np.sqrt(m2 / (N * S) + eps)
+        a = invstd * scale[c]
+        return [v[None, :, None] for v in (mean, a, -a * invstd * invstd * dot / (N * S), -a * sum_go / (N * S))]
+
+    gx = np.full(N * C * S + 16, 7.0, dtype)[offset:offset + N * C * S].reshape(N, C, S)
+    center, a, b, d = run(go, x, gx, slice(None))
+    terms = np.abs(go * a) + np.abs((x - center) * b) + np.abs(d)
+    check(gx, go * a + (x - center) * b + d, terms, dtype, f"{kernel}, streamed")
+    for c in range(C):  # a channel a call: a quarter of the output, cached stores
+        one = slice(c, c + 1)
+        piece = np.empty((N, 1, S), dtype)
+        run(np.ascontiguousarray(go[:, one]), np.ascontiguousarray(x[:, one]), piece, one)
+        off = np.abs(gx[:, one].astype(np.float64) - piece) > 4 * np.finfo(dtype).eps * terms[:, one]
+        assert not off.any(), f"{kernel}: channel {c}, {off.sum()} elements differ streamed and cached"

@@ -183,3 +183,34 @@ def test_vector_operators_match_scalar_code_lane_by_lane(dtype):
     finite = np.isfinite(scale)
     assert np.all(error[finite] <= 8 * np.finfo(dtype).eps * scale[finite])
     np.testing.assert_array_equal(np.isnan(out), np.isnan(expected))
+
+
+
+@njit(cache=True)
+def _round_trip(x, out):
+    """out = x widened to float64, times 3 minus twice itself, rounded back to x's dtype, a
+    vector at a time; returns the sum of the widened vectors' lanes."""
+    total = 0.0
+    for i in range(0, x.shape[0], lanes(x)):
+        w = _simd.vcast(vload(x, i), 0.0)
+        total += vsum(w)
+        vstore(out, i, _simd.vcast(w * 3.0 - w * 2.0, out))
+    return total
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vector_cast_keeps_the_lanes_and_rounds_as_scalars_do(dtype):
+    """``vcast`` to float64 and back: a float32 vector widens into a float64 vector of as many
+    lanes (its lanes' sum is all of theirs), exactly (3x - 2x is x again, where float32
+    arithmetic would round 3x), and rounds back as NumPy's cast does, NaN and infinities included."""
+    rng = np.random.default_rng(4)
+    V = lanes(np.empty(1, dtype))
+    x = np.concatenate([rng.standard_normal(4 * V) * 1e3, np.full(V, 16777215.0)]).astype(dtype)
+    out = np.empty_like(x)
+    assert _round_trip(x, out) == pytest.approx(x.astype(np.float64).sum(), rel=1e-12)
+    np.testing.assert_array_equal(out, x)
+    special = np.resize(np.array([np.inf, -np.inf, np.nan, -0.0, 1e-40, 3e38, -1.5, 2.0], dtype), V)
+    _round_trip(special, out[:V])
+    with np.errstate(invalid="ignore", over="ignore"):
+        wide = special.astype(np.float64)
+        np.testing.assert_array_equal(out[:V], (wide * 3.0 - wide * 2.0).astype(dtype))

@@ -13,7 +13,7 @@ others), passed with the arrays' dtype so float32 arithmetic stays float32. Cons
 with ``out.dtype.type`` for the same reason: a Python literal would promote float32 to float64.
 
 The backwards of relu, leaky_relu, sigmoid and tanh are written once, as ``_grad``, for one
-element or for a SIMD vector (``_simd``'s operators): a large output (``STREAM_MIN_BYTES``) is
+element or for a SIMD vector (``_simd``'s operators): a large output (``_simd.STREAM_MIN_BYTES``) is
 written whole vectors at a time past the caches, the few elements before its first aligned
 vector and after its last one at a time, the same formula either way (bit for bit).
 
@@ -25,22 +25,13 @@ branch PyTorch sends it to (relu(NaN) is NaN; relu's gradient at a NaN input pas
 from numba import njit, prange
 
 from ._math import exp, expm1, tanh
-from ._simd import data_address, lanes, store_fence, vload, vstream, where
+from ._simd import lanes, store_fence, stream_start, vload, vstream, where
 from ._window import U, parallel_kernel
 
 RELU, LEAKY_RELU, ELU, SIGMOID, TANH = range(5)
 
 #: Elements per parallel task: large enough to amortize scheduling, small enough for 2-64 cores.
 BLOCK = 1 << 14
-
-#: The backward's outputs of at least this many bytes, more than a 2-core host's share of the
-#: last-level cache, are written past the caches (``_simd.vstream``): a cached store first reads
-#: the line it writes from memory, a fourth stream beside the two read and the one written.
-#: Measured, relu's backward over (8, 64, 112x112) float32 (25.7 MB an array), 2-core AVX2,
-#: medians taking turns: 2.37 and 2.01 ms against 3.29 and 2.31 with cached stores; PyTorch
-#: 3.43 and 2.61. Smaller outputs stay in the cache, where the next op reads them.
-STREAM_MIN_BYTES = 1 << 23
-
 
 @njit(inline="always", cache=True)
 def _block(b, n):
@@ -111,23 +102,13 @@ def _grad_block(op, go, t, a, out, lo, hi, start):
     store_fence()
 
 
-@njit(inline="always", cache=True)
-def _stream_start(out):
-    """The first index of ``out`` aligned for ``vstream`` (modulo its lanes), or -1 where it
-    is not streamed: under ``STREAM_MIN_BYTES``, or its data not aligned to its item size."""
-    address = data_address(out)
-    if out.size * out.itemsize < STREAM_MIN_BYTES or address % out.itemsize != 0:
-        return -1
-    return (-(address // out.itemsize)) % lanes(out)
-
-
 @parallel_kernel(streaming=True)
 def backward(op, go, t, a, out):
     """out = grad_out * op'(...): ``t`` is the forward's input x for relu, leaky_relu and elu,
     its output y for sigmoid and tanh (whose derivatives are functions of y, as in PyTorch).
     Each op's loops are their own (the op a constant in them), so that they vectorize."""
     n = go.size
-    start = _stream_start(out)
+    start = stream_start(out)
     for b in prange((n + BLOCK - 1) // BLOCK):
         lo, hi = _block(b, n)
         if op == RELU:

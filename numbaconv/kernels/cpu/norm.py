@@ -22,6 +22,10 @@ combines or broadcasts those (N, C) arrays with NumPy (a few values per plane, n
 * ``channel_backward``: batch norm's training backward whole, a task per channel, whose second
   pass finds the channel's planes still in the cache.
 
+An input gradient of ``_simd.STREAM_MIN_BYTES`` or more is written past the caches (as the
+element-wise backwards write theirs): batch norm's training backward over (8, 64, 112x112)
+float32, medians taking turns with PyTorch's, 0.97 -> 1.15 of its speed.
+
 Sums are accumulated in float64 for float32 data too, as PyTorch does on the CPU, and every
 coefficient is float64: a float32 result is rounded once, when stored.
 
@@ -37,6 +41,7 @@ import math
 
 from numba import njit, prange
 
+from ._simd import lanes, store_fence, stream_start, vcast, vload, vstream
 from ._window import U, parallel_kernel
 
 
@@ -157,9 +162,41 @@ def plane_sums(go, x, mean, m2, sum_go, dot):
 
 
 @njit(inline="always", cache=True)
-def _grad_input_plane(go, x, n, c, m, a, b, d, gx):
-    for s in range(x.shape[2]):
-        gx[n, c, U(s)] = go[n, c, U(s)] * a + (x[n, c, U(s)] - m) * b + d
+def _gx(g, v, m, a, b, d):
+    """The input gradient g * a + (v - m) * b + d of one element or of a vector of them, in
+    float64, the coefficients' type."""
+    return g * a + (v - m) * b + d
+
+
+@njit(inline="always", cache=True)
+def _grad_input_plane(go, x, lo, hi, m, a, b, d, gx, start):
+    """gx[lo:hi] = ``_gx`` of go's and x's, all three flat (N * C * S,) views; from ``start``
+    on (``_simd.stream_start``, -1 for none) whole vectors past the caches, the elements before
+    the first aligned one and after the last whole vector one at a time. A vector widens to
+    float64 and rounds back once, as a single element does; LLVM may fuse the two ways' products
+    into different multiply-adds (the scalar loop's sums may be reassociated, the loop
+    invariants hoisted), so float64 results can differ in the last place."""
+    if start < 0:
+        for i in range(lo, hi):
+            gx[U(i)] = _gx(go[U(i)], x[U(i)], m, a, b, d)
+        return
+    V = lanes(gx)
+    i = lo
+    while i < hi and (i - start) % V != 0:
+        gx[U(i)] = _gx(go[U(i)], x[U(i)], m, a, b, d)
+        i += 1
+    while i + V <= hi:
+        vstream(gx, i, vcast(_gx(vcast(vload(go, i), 0.0), vcast(vload(x, i), 0.0), m, a, b, d), gx))
+        i += V
+    while i < hi:
+        gx[U(i)] = _gx(go[U(i)], x[U(i)], m, a, b, d)
+        i += 1
+    store_fence()
+
+
+@njit(inline="always", cache=True)
+def _flat(a):
+    return a.reshape(a.size)
 
 
 @parallel_kernel(streaming=True)
@@ -167,10 +204,12 @@ def plane_grad_input(go, x, center, p, q, r, gx):
     """gx[n, c, :] = go[n, c, :] * p[n, c] + (x[n, c, :] - center[n, c]) * q[n, c] + r[n, c]
     (each coefficient array (N, C) or (1, C))."""
     N, C, S = x.shape
+    gof, xf, gxf = _flat(go), _flat(x), _flat(gx)
+    start = stream_start(gxf)
     for plane in prange(N * C):
         n, c = plane // C, plane % C
-        _grad_input_plane(go, x, n, c, center[_row(center, n), c], p[_row(p, n), c], q[_row(q, n), c],
-                          r[_row(r, n), c], gx)
+        _grad_input_plane(gof, xf, plane * S, plane * S + S, center[_row(center, n), c], p[_row(p, n), c],
+                          q[_row(q, n), c], r[_row(r, n), c], gxf, start)
 
 
 @parallel_kernel  # not a streaming kernel's threshold: about 0.6 elements a nanosecond on one thread
@@ -185,6 +224,8 @@ def channel_backward(go, x, scale, eps, gx, mean, m2, sum_go, dot):
     reductions, read them from memory again: 3 streams of memory traffic instead of 5.
     """
     N, C, S = x.shape
+    gof, xf, gxf = _flat(go), _flat(x), _flat(gx)
+    start = stream_start(gxf)
     for c in prange(C):
         k = _shift(x, 0, c)
         sums = (0.0, 0.0, 0.0, 0.0)
@@ -196,7 +237,8 @@ def channel_backward(go, x, scale, eps, gx, mean, m2, sum_go, dot):
         invstd = 1.0 / math.sqrt(deviations / count + eps)
         a = invstd * scale[c]
         for n in range(N - 1, -1, -1):  # the planes read last first: they are the likeliest still in L2
-            _grad_input_plane(go, x, n, c, center, a, -a * invstd * invstd * product / count, -a * grads / count, gx)
+            _grad_input_plane(gof, xf, (n * C + c) * S, (n * C + c + 1) * S, center, a,
+                              -a * invstd * invstd * product / count, -a * grads / count, gxf, start)
 
 
 @njit(inline="always", cache=True)
