@@ -1006,13 +1006,17 @@ def test_dtype_is_preserved_and_float64_is_computed_in_float64():
         ((32, 64), 128, 1, 1, "forward", "winograd"),  # 64 x 128 over 288 tiles of 4x4 outputs (9 a sample)
         ((32, 64), 128, 1, 1, "grad_input", "winograd"),
         ((32, 64), 128, 1, 1, "grad_weight", "direct"),  # ... never the weight gradient
-        ((21, 64), 128, 1, 1, "forward", "direct"),  # 189 tiles: too few
+        ((21, 64), 128, 1, 1, "forward", {"avx512": "direct", "avx2": "blocked"}),  # 189 tiles: too few (with
+        # AVX2 the blocked loops: 980 thousand elements of im2col's columns, the weight packed on the call)
         ((16, 256), 256, 1, 1, "forward", "winograd"),  # 144 tiles, enough for 256 x 256 channels
         ((12, 256), 256, 1, 1, "forward", {"avx512": "direct", "avx2": "winograd"}),  # 108: with AVX2 enough
         ((6, 128), 128, 1, 1, "forward", {"avx512": "direct", "avx2": "winograd"}),  # 54 for 128 x 128, with AVX2
         ((6, 128), 128, 1, 1, "grad_input", {"avx512": "im2col", "avx2": "winograd"}),  # (AVX-512: a short plane)
-        ((5, 128), 128, 1, 1, "forward", {"avx512": "direct", "avx2": "im2col"}),  # 45: too few (AVX2: a short plane)
-        ((6, 96), 96, 1, 1, "forward", {"avx512": "direct", "avx2": "im2col"}),  # 96 x 96 channels: too few for 54 tiles
+        ((5, 128), 128, 1, 1, "forward", {"avx512": "direct", "avx2": "blocked"}),  # 45: too few (AVX2: the
+        # blocked loops, 405 positions)
+        ((2, 128), 128, 1, 1, "forward", {"avx512": "direct", "avx2": "im2col"}),  # ... not over 162: a short plane
+        ((6, 96), 96, 1, 1, "forward", {"avx512": "direct", "avx2": "blocked"}),  # 96 x 96 channels: too few for 54
+        # tiles
         ((2048, 32), 64, 1, 1, "forward", "direct"),  # 32 channels in: too few for Winograd's
         ((2, 256), 256, 1, 1, "grad_weight", "im2col"),  # 162 positions for 256 x 256 channels
         ((2, 256), 256, 1, 1, "grad_input", "im2col"),  # ... its input gradient with it
@@ -1044,7 +1048,9 @@ def test_auto_rule(monkeypatch, isa, c_in, c_out, groups, stride, direction, exp
     "x_shape, c_out, k, stride, padding, expected",
     [
         ((64, 3, 32, 32), 16, 5, 1, 2, "direct"),
-        ((64, 6, 14, 14), 16, 5, 1, 0, "direct"),  # LeNet's c2, half its grid margin
+        ((64, 6, 14, 14), 16, 5, 1, 0, {"avx512": "direct", "avx2": ("blocked", "direct", "direct")}),  # LeNet's
+        # c2, half its grid margin; with AVX2 its forward pass on the blocked loops (150 channel-taps)
+        ((64, 1, 32, 32), 6, 5, 1, 0, "direct"),  # ... but not its c1 (25 channel-taps)
         ((8, 64, 28, 28), 64, 5, 1, 2, "direct"),
         ((1, 128, 1, 4000), 128, (1, 9), 1, (0, 4), "direct"),
         ((1, 3, 224, 224), 64, 3, 1, 1, ("direct", "im2col", "direct")),  # VGG's first layer: 3
@@ -1071,8 +1077,13 @@ def test_auto_rule(monkeypatch, isa, c_in, c_out, groups, stride, direction, exp
         # channel-taps: not the blocked loops (with AVX2, blocks of phases too large); gradients of 24 channels
         ((8, 32, 28, 28), 64, 5, 2, 2, {"avx512": ("direct", "im2col", "im2col"), "avx2": "im2col"}),  # ... but its gradients
         # not with 32 input channels
-        ((1, 64, 56, 56), 128, 3, 2, 1, {"avx512": ("direct", "im2col", "im2col"), "avx2": "im2col"}),  # a 3x3 at stride 2:
-        # the forward pass on the phases, the gradients not (16/9 of the work)
+        ((1, 64, 56, 56), 128, 3, 2, 1, {"avx512": ("direct", "im2col", "im2col"), "avx2": ("blocked", "im2col", "im2col")}),
+        # a 3x3 at stride 2: the forward pass on the phases (AVX2: the blocked loops, the weight packed on the call),
+        # the gradients not (16/9 of the work)
+        ((8, 256, 14, 14), 512, 3, 2, 1, {"avx512": ("direct", "im2col", "im2col"), "avx2": "im2col"}),  # ... not
+        # for 1.2 million weights to pack on every call
+        ((1, 256, 14, 14), 512, 3, 2, 1, {"avx512": ("direct", "im2col", "im2col"), "avx2": "im2col"}),  # ... nor
+        # over 49 positions
         ((8, 64, 56, 56), 128, 3, 2, 1, "im2col"),  # ... at batch 8, blocks of 256 x 4096 too large
         ((8, 8, 56, 56), 128, 1, 2, 0, "im2col"),  # 1x1 at stride 2
     ],

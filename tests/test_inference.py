@@ -174,14 +174,16 @@ def test_blocked_conv_matches_naive(data):
         np.testing.assert_array_equal(a, copy)
 
 
-@pytest.mark.parametrize("shape", [(20, 5, 3, 3), (33, 40, 3, 3), (17, 64, 1, 1), (9, 32, 3), (5, 32, 2, 2, 2)])
-def test_blocked_weight_packs_and_unpacks(shape):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(20, 5, 3, 3), (33, 40, 3, 3), (17, 64, 1, 1), (9, 32, 3), (5, 32, 2, 2, 2),
+                                   (40, 256, 5, 5)])  # the last large enough for the parallel packing
+def test_blocked_weight_packs_and_unpacks(shape, dtype):
     """``conv_blocked.pack``: block b's row e holds w[b * block + j, c, t] in lane j, zeros past
     K, with e = t * C + c where the loops read the input channels-last (many channels, a kernel
     wider than 1x1), else c * taps + t; ``unpack`` gives the weight back."""
     from numbaconv.kernels.cpu import conv_blocked
 
-    w = np.random.default_rng(len(shape)).standard_normal(shape).astype(np.float32)
+    w = np.random.default_rng(len(shape)).standard_normal(shape).astype(dtype)
     K, C, T = shape[0], shape[1], math.prod(shape[2:])
     KB = conv_blocked.block(w.dtype)
     wp = conv_blocked.pack(w)

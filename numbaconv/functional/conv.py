@@ -41,6 +41,16 @@ SMALL_PLANE_MIN_WORK = 64 * 64
 #: multiply-adds (see ``choose_algorithm`` and ``Rules.phases_max_channels``).
 PHASES_MAX_OVERHEAD = 1.5
 
+#: Outside an inference graph the blocked loops pack the weight on every call (``conv_blocked.pack``,
+#: about 0.1 ms for 256 x 128 x 3x3 on the AVX2 host), so "auto" takes their columns rule
+#: (``Rules.blocked_max_columns``) there only for weights of at most ``PACKING_MAX_WEIGHTS``
+#: elements, over at least ``PACKING_MIN_POSITIONS`` output positions in all (the packing a
+#: small share of the call), with at least ``PACKING_MIN_CHANNEL_TAPS`` input channels x taps
+#: (fewer leave each task's loop over them short). See ``choose_algorithm``.
+PACKING_MAX_WEIGHTS = 1 << 20
+PACKING_MIN_POSITIONS = 196
+PACKING_MIN_CHANNEL_TAPS = 100
+
 
 class Rules(NamedTuple):
     """The thresholds of ``choose_algorithm`` that differ with the host's vector registers.
@@ -175,6 +185,15 @@ def choose_algorithm(geom, direction="forward"):
       threads, which spin after each GEMM where PyTorch was imported first (``numbaconv
       bench``, AlexNet's (1, 192, 13x13) -> 384, backward: 5.6 ms mixed, 3.9 im2col).
     - stride 1 otherwise: direct, every direction.
+    - forward, with AVX2, a kernel wider than 1x1 whose im2col columns hold at most
+      ``Rules.blocked_max_columns`` elements, past Winograd's rule, under the bounds of
+      ``PACKING_MAX_WEIGHTS``: the blocked loops, the weight packed on each call. Medians, ms,
+      blocked / the other rules' choice / PyTorch: ResNet-18's (1, 64, 56x56) -> 128, 3x3/2
+      1.32 / 1.86 / 1.27, (1, 128, 28x28) -> 256, 3x3/2 1.12 / 1.37 / 1.25, (1, 256, 14x14) ->
+      256 1.50 / 2.01 / 1.50, LeNet's c2 at batch 64 0.34 / 0.49 / 0.39. Not past the bounds:
+      (8, 256, 14x14) -> 512, 3x3/2 (1.2 million weights) 7.4 / 6.7, VGG-16's (1, 512, 14x14)
+      -> 512 6.6 / 6.6; LeNet's c1 (one channel, 25 taps) 0.042 / 0.035, audio (1, 1, 16000)
+      -> 64, k = 9, 0.59 / 0.30.
     - a larger stride and a kernel wider than 1x1, forward, with AVX2, a stem (at most
       ``Rules.blocked_strided_max_channel_taps`` input channels x taps an output, one group,
       whole blocks of output channels): the blocked loops (``conv_blocked``, vectors along the
@@ -208,8 +227,9 @@ def choose_algorithm(geom, direction="forward"):
     if geom.stride != (1, 1, 1):
         if taps == 1:
             return "im2col"
-        if direction == "forward" and conv_blocked.pays(geom, np.float32, None, None,
-                                                        RULES.blocked_strided_max_channel_taps):
+        if direction == "forward" and (conv_blocked.pays(geom, np.float32, None, None,
+                                                         RULES.blocked_strided_max_channel_taps)
+                                       or _packing_pays(geom)):
             return "blocked"
         plan = conv_direct.phases(geom)
         if direction == "forward":
@@ -222,6 +242,8 @@ def choose_algorithm(geom, direction="forward"):
     if conv_winograd.applies(geom, direction) and conv_winograd.pays(  # never the weight gradient
             geom, RULES.winograd_min_channel_pairs, RULES.winograd_large_weight, RULES.winograd_large_weight_min_tiles):
         return "winograd"
+    if direction == "forward" and _packing_pays(geom):
+        return "blocked"
     if (direction != "grad_weight" and RULES.im2col_min_out_channels is not None
             and per_group_out >= RULES.im2col_min_out_channels):
         return "im2col"
@@ -231,6 +253,16 @@ def choose_algorithm(geom, direction="forward"):
             and per_group_in * per_group_out >= SMALL_PLANE_MIN_WORK):
         return "im2col"
     return "direct"
+
+
+def _packing_pays(geom):
+    """Whether the blocked loops' columns rule takes a forward pass whose weight is packed on the
+    call (``PACKING_MAX_WEIGHTS``)."""
+    taps = math.prod(geom.kernel)
+    return (conv_blocked.pays(geom, np.float32, None, max_columns=RULES.blocked_max_columns)
+            and geom.out_channels * geom.in_channels * taps <= PACKING_MAX_WEIGHTS
+            and geom.batch * math.prod(geom.out_size) >= PACKING_MIN_POSITIONS
+            and geom.in_channels * taps >= PACKING_MIN_CHANNEL_TAPS)
 
 
 def _kernel(op, algorithm, geom, direction):

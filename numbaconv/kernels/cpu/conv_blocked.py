@@ -13,8 +13,8 @@ layers and the weight rearranged once: ``pack`` lays it out as (output blocks, t
 channels, block), zero-padded to whole blocks.
 
 Where it pays (``Rules.blocked_max_positions`` in ``functional/conv.py``: an inference graph,
-whose weights are constants packed once; packing on every call would cost as much as the loops
-save), measured on the 2-core AVX2 host (Zen 3) through ``inference.ops.conv``, ms, packed /
+whose weights are constants packed once; outside one, the weight packed on every call, only
+under the columns rule below and ``functional.conv.PACKING_MAX_WEIGHTS``), measured on the 2-core AVX2 host (Zen 3) through ``inference.ops.conv``, ms, packed /
 the rules' choice (im2col) / PyTorch, medians of bursts taking turns (``numbaconv bench``'s
 policy): at batch 1, (256, 14x14) -> 256, 3x3 1.55 / 1.87 / 1.48; (512, 7x7) -> 512 1.97 /
 2.57 / 2.13; (256, 14x14) -> 512, 3x3/2 0.99 / 1.38 / 1.08; (128, 28x28) -> 256, 3x3/2 (196
@@ -50,7 +50,8 @@ elements) 1.25 / 1.49 and 1.66 / 2.34; (1, 128, 28x28) -> 128 (903 thousand) 1.7
 256, 14x14) -> 256 3.4 / 5.9. Past a million it does not pay: (1, 128, 32x32) -> 128 (1.2
 million) 2.01 / 1.94, (4, 256, 14x14) -> 256 (1.8 million) 7.0 / 7.0, (16, 512, 7x7) -> 512
 (3.6 million) 29.5 / 24.0; nor for 1x1 kernels, which im2col runs on a strided copy ((1, 64,
-56x56) -> 128, 1x1/2, 784 positions, 0.42 / 0.35).
+56x56) -> 128, 1x1/2, 784 positions: 0.42 / 0.35 before the channels-last reads below; after
+them 0.27 / 0.40 at batch 1, but 3.28 / 2.52 at batch 8, where the first two rules leave it).
 
 A 1x1 kernel at unit stride, which im2col runs as one GEMM on the input itself, takes these
 loops too under the first two rules: at a few hundred positions, or a few million
@@ -84,7 +85,8 @@ reads inside the array. The sums start from the bias; the activation is applied 
 them in registers, but where a residual is added first, one sum at a time as they are written
 out. A forward pass with one group only, which the inference graph runs with its packed weights
 (``inference/ops.py``); outside a graph it is the algorithm "blocked", the weight packed on each
-call, which "auto" takes for the stems (``functional.conv.choose_algorithm``).
+call, which "auto" takes for the stems and, under bounds on the packing, the columns rule
+(``functional.conv.choose_algorithm``).
 """
 
 import functools
@@ -117,17 +119,33 @@ def pack(w):
     """w (K, C, *kernel) as (ceil(K / block), C x taps, block), C-contiguous: block b's row e
     holds w[b * block + j, c, t] in lane j, zeros past K, e = t * C + c where the loops read the
     input channels-last (``channels_last``: one tap's channels in a row), else c * taps + t (one
-    channel's taps in a row, which lie close together in the input as given). Written block by
-    block into the result, so packing holds no more than the two layouts."""
+    channel's taps in a row, which lie close together in the input as given)."""
     K, C = w.shape[:2]
     KB = block(w.dtype)
     rows = np.ascontiguousarray(w).reshape(K, C, -1)
-    wp = np.zeros((-(-K // KB), C * rows.shape[2], KB), dtype=w.dtype)
-    order = (2, 1, 0) if channels_last(C, rows.shape[2]) else (1, 2, 0)
-    for b in range(wp.shape[0]):
-        k = rows[b * KB:(b + 1) * KB]
-        wp[b, :, :k.shape[0]] = k.transpose(order).reshape(wp.shape[1], k.shape[0])
+    wp = np.empty((-(-K // KB), C * rows.shape[2], KB), dtype=w.dtype)
+    _pack(rows, wp, channels_last(C, rows.shape[2]))
     return wp
+
+
+@parallel_kernel(streaming=True)
+def _pack(rows, wp, transposed):
+    """``pack``'s layout, a task per block of output channels and input channel: for each tap,
+    one row of ``block`` lanes (a cache line in float32 with AVX2) from the block's output
+    channels, the lanes past K zero. Measured, 2-core AVX2, (512, 256, 3x3): 0.33 ms, where
+    transposes of NumPy views took 1.0-1.2 (a plain copy of the weight: 0.14), as did this loop
+    with K's bound checked per lane and signed indices."""
+    K, C, T = rows.shape
+    B, _, KB = wp.shape
+    for task in prange(B * C):
+        b, c = task // C, task % C
+        n = min(KB, K - b * KB)
+        for t in range(T):
+            e = t * C + c if transposed else c * T + t
+            for j in range(n):
+                wp[U(b), U(e), U(j)] = rows[U(b * KB + j), U(c), U(t)]
+            for j in range(n, KB):
+                wp[U(b), U(e), U(j)] = 0
 
 
 def unpack(wp, shape):
@@ -173,8 +191,9 @@ def pays(geom, dtype, max_positions, max_work=None, strided_max_channel_taps=Non
 
 class _PackingEachCall:
     """These loops as the algorithm "blocked" (``kernels.cpu.ALL_ALGORITHMS``), with the other
-    algorithms' signatures, the weight packed on every call: "auto"'s forward pass where its rule
-    sends a stem here (a few thousand weights: microseconds to pack), a candidate of the
+    algorithms' signatures, the weight packed on every call: "auto"'s forward pass where its rules
+    send a stem here (a few thousand weights: microseconds to pack) or a layer whose packing is a
+    small share of the call (``functional.conv.PACKING_MAX_WEIGHTS``), a candidate of the
     autotune mode, or named. Forward passes with one group only."""
 
     @staticmethod
