@@ -1388,6 +1388,41 @@ def test_blocked_algorithm_runs_forward_passes_of_one_group(dtype):
                          algorithm="blocked")
 
 
+@pytest.mark.parametrize("channels", [3, 40])  # a zero-padded copy of the input, or a channels-last one
+def test_blocked_algorithm_holds_no_more_than_its_workspace(channels):
+    """What ``numbaconv bench`` quotes the blocked loops' peak memory against: besides its output,
+    a call holds at most ``conv_blocked.workspace_bytes`` (the packed weight and the input's
+    copy), counted from a fresh thread, whose scratch buffers are still to be allocated."""
+    import threading
+    import tracemalloc
+
+    from numbaconv._geometry import conv_geometry
+    from numbaconv.kernels.cpu import conv_blocked
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, channels, 15, 15)).astype(np.float32)
+    w, b = rng.standard_normal((24, channels, 3, 3)).astype(np.float32), rng.standard_normal(24).astype(np.float32)
+    geom = conv_geometry("conv2d", x, w, b, 2, 1, 1, 1, "zeros", 2)
+    numbaconv.conv2d(x, w, b, stride=2, padding=1, algorithm="blocked")  # compiled before the count
+    peak = []
+
+    def call():
+        tracemalloc.start()
+        try:
+            y = numbaconv.conv2d(x, w, b, stride=2, padding=1, algorithm="blocked")
+            peak.append(tracemalloc.get_traced_memory()[1] - y.nbytes)
+        finally:
+            tracemalloc.stop()
+        assert_close(y, naive.conv(x, w, b, stride=2, padding=1), what="blocked conv2d")
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    thread.join()
+    workspace = conv_blocked.workspace_bytes(geom, 4)
+    assert workspace >= 4 * (2 * 24 * channels * 9 // 2)  # the packed weight at the least
+    assert 0 < peak[0] <= workspace + 4096  # a bias of whole blocks and such, below a page
+
+
 def test_autotune_times_winograd_only_where_it_runs(monkeypatch):
     """The autotune mode's candidates: Winograd's tiles for the forward pass and input gradient of
     a 3x3 stride-1 convolution, never its weight gradient (im2col's) nor a strided one; the

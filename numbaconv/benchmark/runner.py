@@ -27,7 +27,7 @@ from .. import _threads, config
 from .._device import require_cuda
 from .._geometry import conv_geometry
 from ..functional.conv import ALGORITHM_CHOICES, choose_algorithm
-from ..kernels.cpu import candidates, conv_im2col, conv_winograd
+from ..kernels.cpu import candidates, conv_blocked, conv_im2col, conv_winograd
 from . import shapes as _shapes
 
 DEVICES = ("cpu", "cuda")
@@ -160,9 +160,11 @@ def _chosen(algorithm, geom, direction):
 def _workspace_bound(geom, algorithm, itemsize):
     """The most workspace one kernel may hold: none for the direct loops; im2col's chunk of
     buffers, which ``config.WORKSPACE_BYTES`` bounds, one sample at the least
-    (``kernels.cpu.conv_im2col.workspace_bytes``)."""
+    (``kernels.cpu.conv_im2col.workspace_bytes``); Winograd's and the blocked loops' own."""
     if algorithm == "winograd":
         return conv_winograd.workspace_bytes(geom, itemsize, config.WORKSPACE_BYTES)
+    if algorithm == "blocked":
+        return conv_blocked.workspace_bytes(geom, itemsize)
     if algorithm != "im2col":
         return 0
     return conv_im2col.workspace_bytes(geom, itemsize, config.WORKSPACE_BYTES)

@@ -159,6 +159,17 @@ def unpack(wp, shape):
     return np.ascontiguousarray(w).reshape(shape)
 
 
+def workspace_bytes(geom, itemsize):
+    """The most scratch a call packing its weight holds (``numbaconv bench`` quotes peak memory
+    against it): the packed weight, whole blocks of output channels, and the input's padded or
+    channels-last copy where the loops read one (``_plan``)."""
+    padded, _, _, transposed = _plan(geom)
+    copy = geom.batch * geom.in_channels * math.prod(padded) if transposed or padded != geom.in_size else 0
+    KB = block(np.float32 if itemsize == 4 else np.float64)
+    packed = -(-geom.out_channels // KB) * KB * geom.in_channels * math.prod(geom.kernel)
+    return (copy + packed) * itemsize
+
+
 def applies(geom, direction):
     """Whether these loops are a candidate for ``direction`` of this convolution: a forward pass
     with one group."""
