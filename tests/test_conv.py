@@ -627,6 +627,37 @@ def test_single_input_channel_weight_gradient_runs_the_stacked_loops(monkeypatch
     assert len(calls) == 4
 
 
+@pytest.mark.parametrize("route", ["serial", "parallel"])
+def test_bias_gradient_sums_each_channel_in_float64(monkeypatch, route):
+    """The bias gradient, grad_out summed over the batch and every position of a channel, is
+    accumulated in float64 (``kernels.cpu.norm.plane_totals``) on either route and rounded once:
+    float32 planes of ones after a 2^24, to which a float32 sum would add nothing (as NumPy's
+    did to one in eight of them), give the float64 sum rounded to float32; conv1d to conv3d and
+    a transposed convolution, and float64 data within a few units in the last place."""
+    monkeypatch.setattr(numbaconv.config, "PARALLEL_MIN_ELEMENTS", 1 << 40 if route == "serial" else 1)
+    rng = np.random.default_rng(8)
+    for ndim in (1, 2, 3, "transposed"):
+        size = {1: (4000,), 2: (50, 80), 3: (10, 20, 20), "transposed": (40, 30)}[ndim]
+        n = len(size)
+        x = rng.standard_normal((3, 2, *size)).astype(np.float32)
+        go = np.ones((3, 4, *size), np.float32)
+        go.reshape(3, 4, -1)[:, :, 0] = 2.0 ** 24
+        go[1, 2] *= -1  # a channel of opposite signs
+        exact = go.astype(np.float64).sum(axis=(0, *range(2, n + 2)))
+        if ndim == "transposed":
+            _, _, gb = numbaconv.conv_transpose2d_backward(go, x, rng.standard_normal((2, 4, 1, 1)).astype(np.float32),
+                                                           needs=(False, False, True))
+        else:
+            w = rng.standard_normal((4, 2, *(1,) * n)).astype(np.float32)
+            _, _, gb = getattr(numbaconv, f"conv{n}d_backward")(go, x, w, needs=(False, False, True))
+        assert gb.dtype == np.float32 and gb.shape == (4,)
+        np.testing.assert_array_equal(gb, exact.astype(np.float32), err_msg=f"conv{ndim}d")
+        go64 = 1000 + rng.standard_normal(go.shape)
+        gb = numbaconv.conv1d_backward(go64.reshape(3, 4, -1), x.reshape(3, 2, -1).astype(np.float64),
+                                       rng.standard_normal((4, 2, 1)), needs=(False, False, True))[2]
+        np.testing.assert_allclose(gb, go64.sum(axis=(0, *range(2, n + 2))), rtol=4 * np.finfo(np.float64).eps)
+
+
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the reference's inf * 0
 @pytest.mark.parametrize("route", ["serial", "parallel"])
 @pytest.mark.parametrize("m", [1, 2])

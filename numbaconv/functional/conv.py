@@ -18,7 +18,7 @@ from .._geometry import (
     check_choice, check_grad_out, check_needs, conv_geometry, conv_transpose_geometry,
 )
 from .._padding import pad, pad_adjoint
-from ..kernels.cpu import ALL_ALGORITHMS, candidates, conv_blocked, conv_direct, conv_winograd
+from ..kernels.cpu import ALL_ALGORITHMS, candidates, conv_blocked, conv_direct, conv_winograd, norm
 from ._autotune import tuned
 
 #: "auto": the rules of ``choose_algorithm`` (or, in autotune mode, "tune"); "tune": time the
@@ -290,7 +290,13 @@ def _user(a5, geom):
 
 
 def _bias_sum(grad_out):
-    return grad_out.sum(axis=(0, *range(2, grad_out.ndim)), dtype=grad_out.dtype)
+    """grad_out (N, K, ...) C-contiguous summed over every axis but K's: each plane in float64
+    (``kernels.cpu.norm.plane_totals``), then the batch."""
+    N, K = grad_out.shape[:2]
+    totals = np.zeros((N, K))
+    if grad_out.size:
+        norm.plane_totals(grad_out.reshape(N, K, math.prod(grad_out.shape[2:])), totals)
+    return totals.sum(axis=0).astype(grad_out.dtype)
 
 
 def _add_bias(out, bias):
@@ -373,7 +379,7 @@ def _conv_backward(op, ndim, grad_out, x, weight, stride, padding, dilation, gro
         f.kernel(op, algorithm, geom, "grad_weight")(go5, x5, grad_weight, geom, config.WORKSPACE_BYTES)
         grad_weight = grad_weight.reshape(weight.shape)
     if needs[2]:
-        grad_bias = f.bias_sum(grad_out)
+        grad_bias = f.bias_sum(go5)
     return grad_x, grad_weight, grad_bias
 
 
@@ -407,7 +413,7 @@ def _conv_transpose_backward(op, ndim, grad_out, x, weight, stride, padding, out
         f.kernel(op, algorithm, geom, "grad_weight")(_as5(f, x, geom.out_channels, geom.out_size), go5, grad_weight, geom, config.WORKSPACE_BYTES)
         grad_weight = grad_weight.reshape(weight.shape)
     if needs[2]:
-        grad_bias = f.bias_sum(grad_out)
+        grad_bias = f.bias_sum(go5)
     return grad_x, grad_weight, grad_bias
 
 

@@ -91,6 +91,17 @@ def plane_moments(x, mean, m2):
         m2[n, c] = deviations
 
 
+@parallel_kernel(streaming=True)
+def plane_totals(x, out):
+    """out[n, c] = sum(x[n, c, :]), accumulated in float64: a convolution's bias gradient, per
+    plane (the caller sums the batch's). NumPy's sum over the batch and plane axes took 0.28 ms
+    over (1, 64, 16000) float32, on one thread, this 0.07 on two."""
+    N, C, S = x.shape
+    for plane in prange(N * C):
+        n, c = plane // C, plane % C
+        out[n, c] = _block_sum(x, n, c, 0, S)
+
+
 @njit(inline="always", cache=True)
 def _row(a, n):
     """Sample n's row of a coefficient array of N rows, or its one row."""
