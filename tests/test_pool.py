@@ -475,6 +475,34 @@ def test_one_index_outside_the_plane_is_refused_on_either_route(monkeypatch, rou
     assert broken[1, 2, 3, 1] == bad and np.array_equal(broken[0], idx[0])  # inputs are never modified
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("args", [dict(kernel_size=2), dict(kernel_size=2, stride=1, padding=1),
+                                  dict(kernel_size=(1, 2), ceil_mode=True), dict(kernel_size=(2, 1), stride=(1, 2)),
+                                  dict(kernel_size=2, dilation=2, padding=1)])
+def test_small_windows_over_large_planes_pool_in_separable_passes(monkeypatch, dtype, args):
+    """Max pooling without indices over output planes of more than ``WINDOW_MAX_OUTPUTS``
+    positions runs the separable passes even for 2x2 windows and fewer: the same values as the
+    window loops (which the indices still come from), as the naive reference, NaN, infinities
+    and ties included; and the other way with the bound raised."""
+    from numbaconv.kernels.cpu import pool
+
+    rng = np.random.default_rng(4)
+    x = rng.choice(np.array([0.0, 1.0, 2.5, -np.inf, np.inf, np.nan]), size=(2, 3, 41, 36),
+                   p=(0.3, 0.3, 0.3, 0.04, 0.03, 0.03)).astype(dtype)
+    ran = []
+    separable = pool._max_separable
+    monkeypatch.setattr(pool, "_max_separable", lambda *a: (ran.append(True), separable(*a))[1])
+    y, idx = numbaconv.max_pool2d(x, return_indices=True, **args)
+    assert math.prod(y.shape[2:]) > pool.WINDOW_MAX_OUTPUTS and not ran  # indices: the window loops
+    np.testing.assert_array_equal(numbaconv.max_pool2d(x, **args), y)
+    assert ran
+    np.testing.assert_array_equal(y, naive.max_pool(x, **args)[0])
+    monkeypatch.setattr(pool, "WINDOW_MAX_OUTPUTS", 1 << 20)
+    ran.clear()
+    np.testing.assert_array_equal(numbaconv.max_pool2d(x, **args), y)
+    assert not ran
+
+
 def test_battery_in_a_subprocess():
     assert_battery_survives("test_pool")
 

@@ -186,8 +186,9 @@ def choose_algorithm(geom, direction="forward"):
       bench``, AlexNet's (1, 192, 13x13) -> 384, backward: 5.6 ms mixed, 3.9 im2col).
     - stride 1 otherwise: direct, every direction.
     - forward, with AVX2, a kernel wider than 1x1 whose im2col columns hold at most
-      ``Rules.blocked_max_columns`` elements, past Winograd's rule, under the bounds of
-      ``PACKING_MAX_WEIGHTS``: the blocked loops, the weight packed on each call. Medians, ms,
+      ``Rules.blocked_max_columns`` elements, under the bounds of ``PACKING_MAX_WEIGHTS``, ahead
+      of every rule above but the depthwise, pointwise and Winograd ones and of the stride
+      phases below: the blocked loops, the weight packed on each call. Medians, ms,
       blocked / the other rules' choice / PyTorch: ResNet-18's (1, 64, 56x56) -> 128, 3x3/2
       1.32 / 1.86 / 1.27, (1, 128, 28x28) -> 256, 3x3/2 1.12 / 1.37 / 1.25, (1, 256, 14x14) ->
       256 1.50 / 2.01 / 1.50, LeNet's c2 at batch 64 0.34 / 0.49 / 0.39. Not past the bounds:

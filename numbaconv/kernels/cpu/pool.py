@@ -114,13 +114,22 @@ def _tap_pass(x, p, base, count, tap, sv, si, s, dv, di, d, with_indices):
             di[d, U(o)] = pos if take else si[s, U(o)]
 
 
-#: Max pooling without indices runs ``_max_separable`` for windows of more taps than this: at
-#: 2x2 its passes save nothing and their short row loops cost more than ``_max_forward``'s
-#: loops over whole planes. Measured, ms, separable / ``_max_forward`` with indices, taking turns
-#: in one process (2 cores, AVX-512): ResNet's stem pooling (1, 64, 112x112) 3x3/2 0.71 / 1.67,
-#: at batch 8 8.3 / 14.3 (PyTorch 3.3 and 25); (8, 96, 55x55) 3x3/2 3.5 / 4.1; (8, 64, 56x56)
-#: 3x3/1 1.8 / 7.0; LeNet's (64, 6, 28x28) 2x2/2 0.33 / 0.15.
+#: Max pooling without indices runs ``_max_separable`` for windows of more taps than
+#: ``SEPARABLE_MIN_TAPS``, or output planes of more than ``WINDOW_MAX_OUTPUTS`` positions.
+#: Small windows over small planes stay with ``_max_forward``, whose loops over whole planes
+#: beat the separable passes' short rows there; over larger planes its two scratch rows of
+#: maxima and int64 indices per plane, read and written once a tap, leave L1 (a 112x112 output
+#: plane: 150 KB). Measured, ms, separable / ``_max_forward``, taking turns in one process:
+#: 2-core AVX-512, ResNet's stem pooling (1, 64, 112x112) 3x3/2 0.71 / 1.67, at batch 8 8.3 /
+#: 14.3 (PyTorch 3.3 and 25); (8, 96, 55x55) 3x3/2 3.5 / 4.1; (8, 64, 56x56) 3x3/1 1.8 / 7.0;
+#: LeNet's (64, 6, 28x28) 2x2/2 0.33 / 0.15 (196 outputs a plane). 2-core AVX2, 2x2/2,
+#: medians: VGG-16's (1, 64, 224x224) 0.79 / 2.98, (1, 128, 112x112) 0.42 / 1.32, (1, 256,
+#: 56x56) 0.29 / 0.60, (8, 64, 56x56) 0.55 / 1.15, (1, 64, 64x64) 0.12 / 0.22, (1, 32, 32x32)
+#: 0.060 / 0.070; about even at 196 outputs a plane, (1, 512, 28x28) 0.29 / 0.31, LeNet's (1,
+#: 6, 28x28) 0.023 / 0.024 and (64, 6, 28x28) 0.21 / 0.24; behind at 49, (1, 512, 14x14) 0.14
+#: / 0.12.
 SEPARABLE_MIN_TAPS = 4
+WINDOW_MAX_OUTPUTS = 196
 
 
 @parallel_kernel
@@ -395,7 +404,7 @@ def max_forward(x, out, idx, geom):
     """out (and idx, unless None) = max pooling of x, written over them."""
     g = geom.coalesced()  # the same windows, fewer dimensions (same flat indices)
     base, count, taps, _ = _plane_windows(g)
-    if idx is None and math.prod(taps) > SEPARABLE_MIN_TAPS:
+    if idx is None and (math.prod(taps) > SEPARABLE_MIN_TAPS or math.prod(g.out_size) > WINDOW_MAX_OUTPUTS):
         first, count = g.windows()
         _max_separable(_planes(x, g.in_size), _planes(out, g.out_size), first, count, g.step, _inner_columns(g))
         return
