@@ -117,9 +117,10 @@ def _tap_pass(x, p, base, count, tap, sv, si, s, dv, di, d, with_indices):
 #: Max pooling without indices runs ``_max_separable`` for windows of more taps than
 #: ``SEPARABLE_MIN_TAPS``, or output planes of more than ``WINDOW_MAX_OUTPUTS`` positions.
 #: Small windows over small planes stay with ``_max_forward``, whose loops over whole planes
-#: beat the separable passes' short rows there; over larger planes its two scratch rows of
-#: maxima and int64 indices per plane, read and written once a tap, leave L1 (a 112x112 output
-#: plane: 150 KB). Measured, ms, separable / ``_max_forward``, taking turns in one process:
+#: beat the separable passes' short rows there; over larger planes its gather of every tap of
+#: every output (about 2 ns a tap on the AVX2 host, its serial twin and its parallel loops
+#: alike; scratch rows cut to 1,024 outputs, to stay in L1, changed nothing) loses to the
+#: passes' contiguous loops, which vectorize. Measured, ms, separable / ``_max_forward``, taking turns in one process:
 #: 2-core AVX-512, ResNet's stem pooling (1, 64, 112x112) 3x3/2 0.71 / 1.67, at batch 8 8.3 /
 #: 14.3 (PyTorch 3.3 and 25); (8, 96, 55x55) 3x3/2 3.5 / 4.1; (8, 64, 56x56) 3x3/1 1.8 / 7.0;
 #: LeNet's (64, 6, 28x28) 2x2/2 0.33 / 0.15 (196 outputs a plane). 2-core AVX2, 2x2/2,
