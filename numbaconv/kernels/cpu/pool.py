@@ -360,12 +360,17 @@ def _whole_plane_avg_backward(go, gx, divisor):
             gx[p, U(i)] = g
 
 
-def _whole_plane_divisor(g, first, count, count_include_pad, divisor_override):
-    """The divisor when a coalesced geometry has one window per plane reading all of it, else None."""
-    if g.out_size != (1, 1, 1) or g.in_size[:2] != (1, 1) or (first[2, 0], count[2, 0]) != (0, g.in_size[2]):
-        return None
-    d = g.divisors(count_include_pad, divisor_override)
-    return float(d[0, 0]) * float(d[1, 0]) * float(d[2, 0])
+def _whole_plane_divisor(g, count_include_pad, divisor_override):
+    """The divisor when a coalesced geometry has one window per plane reading all of it, else
+    None: worked out once per geometry and rule (global pooling's calls are a few microseconds)."""
+    def make():
+        first, count = g.windows()
+        if g.out_size != (1, 1, 1) or g.in_size[:2] != (1, 1) or (first[2, 0], count[2, 0]) != (0, g.in_size[2]):
+            return None
+        d = g.divisors(count_include_pad, divisor_override)
+        return float(d[0, 0]) * float(d[1, 0]) * float(d[2, 0])
+
+    return g._memo(("whole_plane_divisor", count_include_pad, divisor_override), make)
 
 
 def _planes(a, size):
@@ -435,11 +440,11 @@ def max_backward(go, idx, gx, geom):
 def avg_forward(x, out, geom, count_include_pad=False, divisor_override=None):
     """out = average pooling of x: each window's sum divided by its divisor (``PoolGeometry.divisors``)."""
     g = geom.coalesced()
-    first, count = g.windows()
-    whole = _whole_plane_divisor(g, first, count, count_include_pad, divisor_override)
+    whole = _whole_plane_divisor(g, count_include_pad, divisor_override)
     if whole is not None:
-        _whole_plane_avg(x.reshape(x.size), out.reshape(out.size), math.prod(x.shape[2:]), x.dtype.type(whole))
+        _whole_plane_avg(x.reshape(x.size), out.reshape(out.size), g.in_size[2], x.dtype.type(whole))
         return
+    first, count = g.windows()
     _avg_forward(_planes(x, g.in_size), _planes(out, g.out_size), first, count,
                  g.divisors(count_include_pad, divisor_override))
 
@@ -447,10 +452,10 @@ def avg_forward(x, out, geom, count_include_pad=False, divisor_override=None):
 def avg_backward(go, gx, geom, count_include_pad=False, divisor_override=None):
     """gx = the input gradient of average pooling, written over ``gx``."""
     g = geom.coalesced()
-    first, count = g.windows()
-    whole = _whole_plane_divisor(g, first, count, count_include_pad, divisor_override)
+    whole = _whole_plane_divisor(g, count_include_pad, divisor_override)
     if whole is not None:
         _whole_plane_avg_backward(go.reshape(go.size), _flat(gx), gx.dtype.type(whole))
         return
+    first, count = g.windows()
     _avg_backward(_planes(go, g.out_size), _planes(gx, g.in_size), first, count,
                   g.divisors(count_include_pad, divisor_override))
