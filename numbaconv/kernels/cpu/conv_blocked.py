@@ -13,8 +13,9 @@ layers and the weight rearranged once: ``pack`` lays it out as (output blocks, t
 channels, block), zero-padded to whole blocks.
 
 Where it pays (``Rules.blocked_max_positions`` in ``functional/conv.py``: an inference graph,
-whose weights are constants packed once; outside one, the weight packed on every call, only
-under the columns rule below and ``functional.conv.PACKING_MAX_WEIGHTS``), measured on the 2-core AVX2 host (Zen 3) through ``inference.ops.conv``, ms, packed /
+whose weights are constants packed once; outside one, where the weight is packed on every
+call, only the stems' rule and, within ``functional.conv.PACKING_MAX_WEIGHTS``, the columns
+rule, both below), measured on the 2-core AVX2 host (Zen 3) through ``inference.ops.conv``, ms, packed /
 the rules' choice (im2col) / PyTorch, medians of bursts taking turns (``numbaconv bench``'s
 policy): at batch 1, (256, 14x14) -> 256, 3x3 1.55 / 1.87 / 1.48; (512, 7x7) -> 512 1.97 /
 2.57 / 2.13; (256, 14x14) -> 512, 3x3/2 0.99 / 1.38 / 1.08; (128, 28x28) -> 256, 3x3/2 (196
