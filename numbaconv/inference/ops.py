@@ -21,7 +21,8 @@ import numpy as np
 
 from .. import config
 from .. import functional as F
-from .._geometry import check_array, conv_geometry
+from .._geometry import adaptive_pool_geometry, check_array, conv_geometry, pool_geometry
+from ..functional import pool as FP
 from ..functional.conv import RULES, choose_algorithm
 from ..kernels.cpu import ALL_ALGORITHMS, conv_blocked
 from ..kernels.cpu import elementwise
@@ -288,6 +289,17 @@ def _pool_args(op, x, auto_pad, kernel_shape, pads, strides, dilations=None):
     return _cached(_POOL_ARGS, (op, _shape(x), auto_pad, kernel_shape, pads, strides, dilations), make)
 
 
+#: Checked pooling geometries by x's shape and dtype and the attributes, as ``_CONV_PLANS``: the
+#: functional pooling's checks and geometry took 6 of a 25-us max pooling over LeNet's (1, 6,
+#: 28x28), whose kernel takes 10.
+_POOL_GEOMETRIES = {}
+
+
+def _geometry(op, x, make, *key):
+    """The pooling geometry ``make()`` builds for x and the attributes ``key``, cached."""
+    return _cached(_POOL_GEOMETRIES, (op, _shape(x), *key), make)
+
+
 def _ceil_crop(y, size, kernel, strides, dilations, begin, end):
     """With ceil_mode, a window that starts in the padding after the input is dropped (ONNX
     Runtime's rule and PyTorch's); padding applied explicitly makes that padding input, so the
@@ -301,9 +313,12 @@ def _ceil_crop(y, size, kernel, strides, dilations, begin, end):
 
 def max_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=REQUIRED, pads=None,
              storage_order=0, strides=None):
-    n, kernel, strides, dilations, begin, end = _pool_args("MaxPool", x, auto_pad, kernel_shape, pads, strides, dilations)
+    op = "MaxPool"
+    n, kernel, strides, dilations, begin, end = _pool_args(op, x, auto_pad, kernel_shape, pads, strides, dilations)
     if begin == end and all(2 * p <= k for p, k in zip(begin, kernel)):
-        return getattr(F, f"max_pool{n}d")(x, kernel, strides, begin, dilations, bool(ceil_mode))
+        geom = _geometry(op, x, lambda: pool_geometry(op, x, n, kernel, strides, begin, dilations, bool(ceil_mode)),
+                         kernel, strides, begin, dilations, bool(ceil_mode))
+        return FP._max(x, geom, False)
     y = getattr(F, f"max_pool{n}d")(_pad_explicitly(x, begin, end, -np.inf), kernel, strides, 0, dilations,
                                     bool(ceil_mode))
     return _ceil_crop(y, x.shape[2:], kernel, strides, dilations, begin, end) if ceil_mode else y
@@ -320,7 +335,9 @@ def average_pool(x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dila
             raise OpError(f"{op}: asymmetric or large attribute pads {list(begin + end)} need count_include_pad=1")
         y = getattr(F, f"avg_pool{n}d")(_pad_explicitly(x, begin, end, 0), kernel, strides, 0, bool(ceil_mode), True)
         return _ceil_crop(y, x.shape[2:], kernel, strides, dilations, begin, end) if ceil_mode else y
-    return getattr(F, f"avg_pool{n}d")(x, kernel, strides, begin, bool(ceil_mode), bool(count_include_pad))
+    geom = _geometry(op, x, lambda: pool_geometry(op, x, n, kernel, strides, begin, 1, bool(ceil_mode)),
+                     kernel, strides, begin, bool(ceil_mode))
+    return FP._avg(x, geom, (bool(count_include_pad), None))
 
 
 def lp_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=REQUIRED, p=2, pads=None,
@@ -345,13 +362,15 @@ def adaptive_max_pool(x, *, output_size):
 
 
 def global_average_pool(x):
-    n = _spatial("GlobalAveragePool", x)
-    return getattr(F, f"adaptive_avg_pool{n}d")(x, 1)
+    op = "GlobalAveragePool"
+    geom = _geometry(op, x, lambda: adaptive_pool_geometry(op, x, _spatial(op, x), 1))
+    return FP._avg(x, geom, FP._WINDOW_SIZE)
 
 
 def global_max_pool(x):
-    n = _spatial("GlobalMaxPool", x)
-    return getattr(F, f"adaptive_max_pool{n}d")(x, 1)
+    op = "GlobalMaxPool"
+    geom = _geometry(op, x, lambda: adaptive_pool_geometry(op, x, _spatial(op, x), 1))
+    return FP._max(x, geom, False)
 
 
 def _reduce(op, x, axes, keepdims, noop_with_empty_axes, reducer):
